@@ -1,0 +1,118 @@
+# moonport's build. `make` builds bin/moonport; `make run` serves apps/;
+# `make test` runs every test (unit, fuzz, specs, specs under ASan+UBSan).
+
+PREFIX     ?= /usr/local
+LUADIR     ?= $(PREFIX)/share/lua/5.1
+CC         ?= cc
+FUZZ_CC    ?= clang
+VERSION    := 0.1.0
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla
+CSTD    := -std=c11 -D_GNU_SOURCE
+OPT     ?= -O2 -g
+LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
+LUAJIT_LIBS   := $(shell pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1)
+
+# llhttp: a system libllhttp through pkg-config where the distribution has
+# one; otherwise compile the C sources that Debian's node-llhttp ships.
+LLHTTP_PC := $(shell pkg-config --exists libllhttp 2>/dev/null && echo yes)
+ifeq ($(LLHTTP_PC),yes)
+LLHTTP_CFLAGS := $(shell pkg-config --cflags libllhttp)
+LLHTTP_LIBS   := $(shell pkg-config --libs libllhttp)
+LLHTTP_SRC    :=
+else
+LLHTTP_DIR    ?= /usr/share/llhttp
+LLHTTP_CFLAGS := -I$(firstword $(wildcard /usr/share/include/llhttp /usr/include/llhttp) /usr/share/include/llhttp)
+LLHTTP_LIBS   :=
+LLHTTP_SRC    := $(LLHTTP_DIR)/llhttp.c $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c
+endif
+
+CFLAGS_ALL := $(CSTD) $(WARN) $(OPT) $(LUAJIT_CFLAGS) $(LLHTTP_CFLAGS) -DMOONPORT_VERSION='"$(VERSION)"' $(CFLAGS)
+LIBS       := -lev $(LUAJIT_LIBS) $(LLHTTP_LIBS) -lssl -lcrypto -lz -lm
+
+SRC      := $(wildcard src/*.c)
+# The pure modules: no libev, no Lua, no sockets. Unit tests and fuzz targets link only these.
+PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c
+SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+REL_OBJ  := $(SRC:src/%.c=build/rel/%.o) $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/rel/llhttp_%.o)
+ASAN_OBJ := $(SRC:src/%.c=build/asan/%.o) $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/asan/llhttp_%.o)
+
+UNIT_TESTS := $(patsubst spec/c/%.c,build/unit/%,$(wildcard spec/c/test_*.c))
+FUZZERS    := $(patsubst spec/fuzz/%.c,build/fuzz/%,$(wildcard spec/fuzz/fuzz_*.c))
+
+.PHONY: all run test unit fuzz asan deps deps-test install uninstall clean bench
+all: bin/moonport
+
+bin/moonport: $(REL_OBJ)
+	@mkdir -p bin
+	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(LDFLAGS)
+
+build/asan/moonport: $(ASAN_OBJ)
+	$(CC) $(CFLAGS_ALL) $(SAN) -o $@ $^ $(LIBS) $(LDFLAGS)
+
+build/rel/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+build/asan/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) $(SAN) -c -o $@ $<
+
+# llhttp is not our code: build it with its own warnings off.
+build/rel/llhttp_%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -g -w $(LLHTTP_CFLAGS) -c -o $@ $<
+
+build/asan/llhttp_%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(@D)
+	$(CC) -O1 -g -w $(SAN) $(LLHTTP_CFLAGS) -c -o $@ $<
+
+asan: build/asan/moonport
+
+# Unit tests #include nothing but the header under test and link the pure
+# modules, built with the sanitizers.
+build/unit/%: spec/c/%.c $(PURE_SRC) $(LLHTTP_SRC) $(wildcard src/*.h) spec/c/unit.h
+	@mkdir -p $(@D)
+	$(CC) $(CSTD) $(WARN) -O1 -g $(SAN) -Isrc $(LLHTTP_CFLAGS) -o $@ $< $(PURE_SRC) \
+	    $(LLHTTP_SRC) $(LLHTTP_LIBS) -lcrypto
+
+unit: $(UNIT_TESTS)
+	@for t in $(UNIT_TESTS); do $$t || exit 1; done
+
+build/fuzz/%: spec/fuzz/%.c $(PURE_SRC) $(LLHTTP_SRC) $(wildcard src/*.h)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CSTD) -O1 -g -fsanitize=fuzzer,address,undefined -Isrc $(LLHTTP_CFLAGS) \
+	    -o $@ $< $(PURE_SRC) $(LLHTTP_SRC) $(LLHTTP_LIBS) -lcrypto
+
+FUZZ_SECONDS ?= 20
+fuzz: $(FUZZERS)
+	@for f in $(FUZZERS); do n=$$(basename $$f); mkdir -p build/fuzz/corpus/$$n; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 build/fuzz/corpus/$$n spec/fuzz/corpus/$$n \
+	      >build/fuzz/$$n.log 2>&1 || { tail -40 build/fuzz/$$n.log; exit 1; }; done
+
+# Install what building needs (and, for deps-test, what the tests need):
+# apt-get when root on Debian/Ubuntu, otherwise the exact command to run.
+deps:
+	@sh .ci/deps build
+deps-test:
+	@sh .ci/deps test
+
+run: deps all
+	bin/moonport apps
+
+test: deps-test all asan $(UNIT_TESTS) $(FUZZERS)
+	@bash spec/run
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUADIR)/moonport
+	install -m 755 bin/moonport $(DESTDIR)$(PREFIX)/bin/moonport
+	install -m 644 lua/moonport/*.lua $(DESTDIR)$(LUADIR)/moonport/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/moonport
+	rm -rf $(DESTDIR)$(LUADIR)/moonport
+
+clean:
+	rm -rf build bin

@@ -1,0 +1,132 @@
+/* ws_frame: the RFC 6455 frame codec, server side. It turns bytes read from
+ * a client into chunks of unmasked payload and enforces every framing rule
+ * (masking, opcodes, reserved bits, control frame limits, fragmentation,
+ * UTF-8 of text and close reasons, message size and fragment count). It also
+ * writes server frame headers. Pure: no fd, no libev, no Lua, no allocation;
+ * all of its state is in struct ws_parser, a few dozen bytes, so an idle
+ * connection holds no buffer at all: a partial frame header and a partial
+ * control payload are kept inside the parser. */
+#ifndef MOONPORT_WS_FRAME_H
+#define MOONPORT_WS_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ws_utf8.h"
+
+enum ws_opcode {
+    WS_OP_CONT = 0x0,
+    WS_OP_TEXT = 0x1,
+    WS_OP_BINARY = 0x2,
+    WS_OP_CLOSE = 0x8,
+    WS_OP_PING = 0x9,
+    WS_OP_PONG = 0xA,
+};
+
+/* Close codes the codec reports (RFC 6455 section 7.4.1). */
+enum ws_close_code {
+    WS_CLOSE_NORMAL = 1000,
+    WS_CLOSE_GOING_AWAY = 1001,
+    WS_CLOSE_PROTOCOL = 1002,
+    WS_CLOSE_UNSUPPORTED = 1003,
+    WS_CLOSE_NO_STATUS = 1005, /* never on the wire: "close had no code" */
+    WS_CLOSE_ABNORMAL = 1006,  /* never on the wire: "no close frame" */
+    WS_CLOSE_INVALID_DATA = 1007,
+    WS_CLOSE_POLICY = 1008,
+    WS_CLOSE_TOO_BIG = 1009,
+    WS_CLOSE_INTERNAL = 1011,
+};
+
+/* Negative results of ws_parser_feed and ws_close_parse. Each maps to the
+ * close code that fails the connection: ws_frame_error_code(). */
+enum ws_frame_err {
+    WS_ERR_PROTOCOL = -1, /* 1002: a framing rule broken */
+    WS_ERR_UTF8 = -2,     /* 1007: invalid UTF-8 in a text message or close reason */
+    WS_ERR_TOO_BIG = -3,  /* 1009: message over max_message, or over max_fragments */
+};
+
+/* Flags of a chunk. */
+enum {
+    WS_CHUNK_MSG_START = 1, /* first chunk of a data message */
+    WS_CHUNK_MSG_END = 2,   /* last chunk of a data message (FIN frame, all its payload) */
+};
+
+/* What ws_parser_feed hands back: nothing, a piece of a data message, or a
+ * whole control frame. data points into the caller's buffer (unmasked in
+ * place) for data chunks, and into the parser for control frames; it is
+ * valid until the next call. */
+struct ws_chunk {
+    uint8_t opcode;  /* 0 = no chunk; WS_OP_TEXT/BINARY for data (the message's
+                        opcode, also for continuation frames); CLOSE/PING/PONG */
+    uint8_t flags;   /* WS_CHUNK_* for data chunks */
+    uint8_t rsv;     /* the RSV bits of the frame the chunk came from (0x40 = RSV1) */
+    const uint8_t *data;
+    size_t len;
+};
+
+struct ws_parser {
+    /* Limits, set by the caller before the first feed (ws_parser_init). */
+    uint64_t max_message;   /* bytes of payload in one message; 0 = no limit */
+    uint32_t max_fragments; /* frames in one message; 0 = no limit */
+    uint8_t rsv_allowed;    /* RSV bits an extension negotiated (0x40 for RSV1) */
+
+    /* State: private to ws_frame.c. */
+    uint8_t hdr[14];        /* a frame header that arrived in pieces */
+    uint8_t hdr_len;
+    uint8_t in_payload;     /* 1 while payload bytes of a frame are expected */
+    uint8_t frame_op;       /* opcode of the current frame */
+    uint8_t frame_fin;
+    uint8_t frame_rsv;
+    uint8_t mask[4];
+    uint8_t mask_pos;       /* index into mask of the next payload byte */
+    uint8_t msg_op;         /* TEXT/BINARY while a fragmented message is open, else 0 */
+    uint8_t msg_rsv;        /* RSV bits of the message's first frame */
+    uint64_t frame_left;    /* payload bytes of the current frame still to come */
+    uint64_t msg_len;       /* payload bytes of the open message so far */
+    uint32_t msg_frames;    /* frames of the open message so far */
+    struct ws_utf8 utf8;    /* state across a text message's chunks */
+    uint8_t ctl_len;
+    uint8_t ctl[125];       /* payload of a control frame that arrived in pieces */
+    const char *error;      /* after a negative return: why, for the log */
+};
+
+void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments);
+
+/* Parse client bytes. buf is modified: payload is unmasked in place.
+ * Consumes bytes until it has one chunk to report or the input runs out.
+ * Returns the number of bytes consumed (>= 0) and fills *out; out->opcode is
+ * 0 when there is no chunk, which happens only when all of len was consumed
+ * (a partial header or partial control payload is then kept in the parser).
+ * Call again with the rest of the buffer until it returns with no chunk.
+ * Returns WS_ERR_* on a violation; p->error then says why, and the parser
+ * must not be fed again.
+ *
+ * Text is validated as it arrives, so an invalid byte fails the message at
+ * once, not when it ends. A frame header that would take the message over
+ * max_message fails before any of its payload is read. A text message with
+ * RSV1 set (compressed) is not UTF-8 checked here: the caller checks it after
+ * inflating. */
+long ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out);
+
+/* Validate a close frame's payload. Empty: code 1005, no reason. One byte,
+ * a code that may not be sent (RFC 6455 7.4, IANA registry), or invalid
+ * UTF-8 in the reason: WS_ERR_PROTOCOL or WS_ERR_UTF8. */
+int ws_close_parse(const uint8_t *payload, size_t len, uint16_t *code, const uint8_t **reason,
+                   size_t *reason_len);
+
+/* 1 if an endpoint may send this close code in a close frame. */
+int ws_close_code_valid(unsigned code);
+
+/* The close code that fails a connection for a WS_ERR_* result. */
+uint16_t ws_frame_error_code(int err);
+
+/* Write the header of an unmasked server frame into out (at most 10 bytes)
+ * and return its length. fin_rsv_op is the first byte: 0x80 for FIN, RSV
+ * bits, opcode. */
+size_t ws_frame_header(uint8_t out[10], uint8_t fin_rsv_op, uint64_t payload_len);
+
+/* Unmask len bytes in place with key, starting at key index *pos, which it
+ * advances. Word-at-a-time; exposed for the tests and the benchmark. */
+void ws_unmask(uint8_t *p, size_t len, const uint8_t key[4], uint8_t *pos);
+
+#endif

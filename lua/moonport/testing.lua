@@ -1,0 +1,302 @@
+--[[ moonport.testing: starts a real moonport server for a spec.
+
+It boots the binary on a free port with a temporary directory holding the
+apps, the config and the server's logs, so specs talk to the server through
+real sockets exactly as clients do. It never kills anything but the server
+it started, by its pid.
+
+  local testing = require "moonport.testing"
+  local server = assert(testing.start { apps = { echo = ECHO_SOURCE } })
+
+testing.start(opts) -> server | nil, err, stderr_text
+  opts (all optional):
+    apps     = { name = lua_source }: written to DIR/apps/name.lua, and
+               DIR/apps is passed as the apps directory.
+    apps_dir = an existing apps directory to serve instead.
+    config   = Lua source of a config file, written to DIR/config.lua and
+               passed with --config. Paths in it are relative to DIR, so the
+               apps above are "apps/name.lua" for routes.
+    files    = { relative_path = content }: more files to write under DIR.
+    args     = { ... } extra command line arguments (before the apps dir).
+    bin      = the binary (default $MOONPORT_BIN, else "bin/moonport").
+    env      = a prefix of shell assignments, like "FOO=1 BAR=2".
+    host     = the --host value (default "127.0.0.1"; false: no --host).
+    port     = the --port value (default 0, a free port; false: no --port).
+    timeout  = seconds to wait for "listening on ws://HOST:PORT" (default 10).
+  When neither apps nor apps_dir is given and there is no config, an empty
+  DIR/apps is served. If the server exits, or does not say it listens
+  within timeout (then it is killed), start returns nil, a reason, and what
+  it wrote to stderr.
+
+The server object:
+  .host .port .pid .dir (the temp dir) .apps_dir
+  :stderr() :stdout()     what the server wrote so far (stdout is the
+                          access log, stderr everything else).
+  :alive()                true while the process runs.
+  :signal(name)           sends a signal ("TERM", "HUP", "KILL", ...).
+  :stop(timeout)          -> exit status: TERM, then waits up to timeout
+                          (default 5 s); KILL if it is still running then, and
+                          a second value "killed". A status above 128 means
+                          death by signal 128 - status, as in the shell.
+  :exit_status()          -> the status if the process has exited, else nil.
+  :rss_kib()              VmRSS from /proc/PID/status, in KiB.
+  :wait_log(pattern, timeout) -> the first match of a Lua pattern in stderr
+                          or stdout, polled until timeout (default 5 s), or nil.
+  :write_app(name, src)   writes APPS_DIR/name.lua.
+  :connect(path, opts)    client.connect to this server.
+  :request(raw, timeout)  client.request to this server.
+  :cleanup()              stops the server if it runs, removes DIR.
+
+testing.sleep(seconds)
+]]
+
+local socket = require "socket"
+local client = require "moonport.client"
+
+local testing = {}
+
+local unpack = rawget(table, "unpack") or rawget(_G, "unpack")
+
+function testing.sleep(s)
+    socket.sleep(s)
+end
+
+local function quote(s)
+    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- os.execute's result differs between Lua 5.1 (a number) and 5.2+.
+local function run(cmd)
+    local a, _, c = os.execute(cmd)
+    if type(a) == "number" then
+        return a == 0
+    end
+    return a == true and (c == nil or c == 0)
+end
+
+local function read_file(path)
+    local f = io.open(path, "rb")
+    if not f then
+        return nil
+    end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+local function write_file(path, content)
+    local f = assert(io.open(path, "wb"))
+    assert(f:write(content))
+    f:close()
+end
+
+local function dirname(path)
+    return path:match("^(.*)/[^/]*$") or "."
+end
+
+local function make_temp_dir()
+    local p = io.popen("mktemp -d \"${TMPDIR:-/tmp}/moonport-spec.XXXXXX\" 2>/dev/null")
+    local dir = p and p:read("*l")
+    if p then
+        p:close()
+    end
+    if dir and dir ~= "" then
+        return dir
+    end
+    -- No mktemp: reuse the name of a fresh temp file.
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(run("mkdir -m 700 " .. quote(dir)), "cannot create a temp dir")
+    return dir
+end
+
+local server = {}
+server.__index = server
+
+function server:stderr()
+    return read_file(self.dir .. "/stderr") or ""
+end
+
+function server:stdout()
+    return read_file(self.dir .. "/stdout") or ""
+end
+
+function server:exit_status()
+    local rc = read_file(self.dir .. "/rc")
+    -- The wrapper may still be writing the file: only a full line counts.
+    if rc and rc:find("\n") then
+        return tonumber(rc:match("%d+"))
+    end
+    return nil
+end
+
+function server:alive()
+    if self:exit_status() then
+        return false
+    end
+    return run("kill -0 " .. self.pid .. " 2>/dev/null")
+end
+
+function server:signal(name)
+    return run("kill -" .. name .. " " .. self.pid .. " 2>/dev/null")
+end
+
+local function wait_exit(self, timeout)
+    local deadline = socket.gettime() + timeout
+    repeat
+        local status = self:exit_status()
+        if status then
+            return status
+        end
+        socket.sleep(0.02)
+    until socket.gettime() > deadline
+    return nil
+end
+
+function server:stop(timeout)
+    local status = self:exit_status()
+    if status then
+        return status
+    end
+    self:signal("TERM")
+    status = wait_exit(self, timeout or 5)
+    if status then
+        return status
+    end
+    self:signal("KILL")
+    return wait_exit(self, 5), "killed"
+end
+
+function server:rss_kib()
+    local status = read_file("/proc/" .. self.pid .. "/status")
+    return status and tonumber(status:match("VmRSS:%s*(%d+)"))
+end
+
+function server:wait_log(pattern, timeout)
+    local deadline = socket.gettime() + (timeout or 5)
+    repeat
+        for _, text in ipairs {self:stderr(), self:stdout()} do
+            local found = {text:match(pattern)}
+            if found[1] then
+                return unpack(found)
+            end
+        end
+        socket.sleep(0.02)
+    until socket.gettime() > deadline
+    return nil
+end
+
+function server:write_app(name, source)
+    if not name:match("%.lua$") then
+        name = name .. ".lua"
+    end
+    write_file(self.apps_dir .. "/" .. name, source)
+end
+
+function server:connect(path, opts)
+    return client.connect(self.host, self.port, path, opts)
+end
+
+function server:request(raw, timeout)
+    return client.request(self.host, self.port, raw, timeout)
+end
+
+function server:cleanup()
+    if self.pid and self:alive() then
+        self:stop()
+    end
+    if self.dir and self.owns_dir then
+        run("rm -rf " .. quote(self.dir))
+    end
+    self.dir = nil
+end
+
+function testing.start(opts)
+    opts = opts or {}
+    local dir = make_temp_dir()
+    local self = setmetatable({dir = dir, owns_dir = true, host = opts.host or "127.0.0.1"}, server)
+
+    local apps_dir = opts.apps_dir
+    if not apps_dir and (opts.apps or not opts.config) then
+        apps_dir = dir .. "/apps"
+        assert(run("mkdir " .. quote(apps_dir)))
+        for name, source in pairs(opts.apps or {}) do
+            write_file(apps_dir .. "/" .. name .. ".lua", source)
+        end
+    end
+    self.apps_dir = apps_dir
+    for path, content in pairs(opts.files or {}) do
+        run("mkdir -p " .. quote(dirname(dir .. "/" .. path)))
+        write_file(dir .. "/" .. path, content)
+    end
+
+    local argv = {quote(opts.bin or os.getenv("MOONPORT_BIN") or "bin/moonport")}
+    if opts.port ~= false then
+        argv[#argv + 1] = "--port " .. quote(opts.port or 0)
+    end
+    if opts.host ~= false then
+        argv[#argv + 1] = "--host " .. quote(opts.host or "127.0.0.1")
+    end
+    if opts.config then
+        write_file(dir .. "/config.lua", opts.config)
+        argv[#argv + 1] = "--config " .. quote(dir .. "/config.lua")
+    end
+    for _, arg in ipairs(opts.args or {}) do
+        argv[#argv + 1] = quote(arg)
+    end
+    if apps_dir then
+        argv[#argv + 1] = quote(apps_dir)
+    end
+
+    -- The inner shell starts the server in the background so that $! is the
+    -- server's own pid (signals reach it, not a wrapper), waits for it and
+    -- records its exit status; the outer os.execute returns at once.
+    local d = quote(dir)
+    local inner = string.format("%s %s >%s/stdout 2>%s/stderr </dev/null & echo $! >%s/pid.tmp; " ..
+        "mv %s/pid.tmp %s/pid; wait $!; echo $? >%s/rc.tmp; mv %s/rc.tmp %s/rc",
+        opts.env or "", table.concat(argv, " "), d, d, d, d, d, d, d, d)
+    if not run("sh -c " .. quote(inner) .. " >/dev/null 2>&1 </dev/null &") then
+        self:cleanup()
+        return nil, "cannot run sh", ""
+    end
+
+    local deadline = socket.gettime() + (opts.timeout or 10)
+    while not self.pid do
+        self.pid = tonumber(read_file(dir .. "/pid") or "")
+        if not self.pid then
+            if socket.gettime() > deadline then
+                self:cleanup()
+                return nil, "the server was not started", ""
+            end
+            socket.sleep(0.01)
+        end
+    end
+
+    while true do
+        local err = self:stderr()
+        local host, port = err:match("listening on ws://(%S+):(%d+)")
+        if port then
+            self.port = tonumber(port)
+            if opts.host ~= false then
+                self.host = opts.host or "127.0.0.1"
+            else
+                self.host = host:match("^%[(.*)%]$") or host
+            end
+            return self
+        end
+        local status = self:exit_status()
+        if status then
+            err = self:stderr()
+            self:cleanup()
+            return nil, "the server exited with status " .. status, err
+        end
+        if socket.gettime() > deadline then
+            err = self:stderr()
+            self:cleanup()
+            return nil, "the server did not say it listens", err
+        end
+        socket.sleep(0.02)
+    end
+end
+
+return testing

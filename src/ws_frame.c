@@ -1,0 +1,374 @@
+/* ws_frame: the RFC 6455 frame codec, server side. It owns the framing state
+ * of one connection (struct ws_parser) and turns client bytes into unmasked
+ * payload chunks, enforcing every framing rule on the way. It must never do
+ * I/O, allocate, or read outside the buffer it is given: everything a
+ * partial header or control frame needs is kept inside the parser. */
+#include "ws_frame.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+#define HDR_FIN 0x80
+#define HDR_RSV 0x70
+#define HDR_RSV1 0x40
+#define HDR_OPCODE 0x0F
+#define HDR_MASK 0x80
+#define HDR_LEN7 0x7F
+#define CTL_MAX 125
+
+static int op_is_control(uint8_t op)
+{
+    return (op & 0x08) != 0;
+}
+
+static int op_is_known(uint8_t op)
+{
+    return op <= WS_OP_BINARY || (op >= WS_OP_CLOSE && op <= WS_OP_PONG);
+}
+
+/* p->error must point at something that outlives the call and the parser
+ * allocates nothing, so fixed reasons are string literals and the reserved
+ * opcodes get a table. */
+static const char *const reserved_opcode[16] = {
+    [0x3] = "reserved opcode 0x3", [0x4] = "reserved opcode 0x4", [0x5] = "reserved opcode 0x5",
+    [0x6] = "reserved opcode 0x6", [0x7] = "reserved opcode 0x7", [0xB] = "reserved opcode 0xB",
+    [0xC] = "reserved opcode 0xC", [0xD] = "reserved opcode 0xD", [0xE] = "reserved opcode 0xE",
+    [0xF] = "reserved opcode 0xF",
+};
+
+static long fail(struct ws_parser *p, int err, const char *why)
+{
+    p->error = why;
+    return err;
+}
+
+/* A reason that carries a number (the limit that was crossed). Once the
+ * parser has failed it is never fed again, so the control payload buffer is
+ * dead and serves as the place to format it: no allocation, no static
+ * buffer shared between connections. */
+static long fail_limit(struct ws_parser *p, unsigned long long limit, const char *unit)
+{
+    char *msg = (char *)p->ctl;
+
+    snprintf(msg, sizeof p->ctl, "message over %llu %s", limit, unit);
+    return fail(p, WS_ERR_TOO_BIG, msg);
+}
+
+void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments)
+{
+    memset(p, 0, sizeof *p);
+    p->max_message = max_message;
+    p->max_fragments = max_fragments;
+    ws_utf8_reset(&p->utf8);
+}
+
+/* Header length implied by the first n (>= 2) header bytes. */
+static uint8_t header_size(const uint8_t *h)
+{
+    uint8_t len7 = h[1] & HDR_LEN7;
+
+    return (uint8_t)(2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + 4);
+}
+
+static uint64_t header_payload_len(const uint8_t *h)
+{
+    uint8_t len7 = h[1] & HDR_LEN7;
+    uint64_t n = 0;
+
+    if (len7 < 126)
+        return len7;
+    for (int i = 0, k = len7 == 126 ? 2 : 8; i < k; i++)
+        n = n << 8 | h[2 + i];
+    return n;
+}
+
+/* Check every rule that the first n bytes of a frame header can decide.
+ * Called again as more bytes arrive; the checks are pure functions of the
+ * prefix and run in a fixed order, so the first rule broken is the same
+ * however the input was split. */
+static long header_check(struct ws_parser *p, const uint8_t *h, size_t n)
+{
+    if (n < 1)
+        return 0;
+    uint8_t op = h[0] & HDR_OPCODE, rsv = h[0] & HDR_RSV;
+    int control = op_is_control(op);
+
+    if (!op_is_known(op))
+        return fail(p, WS_ERR_PROTOCOL, reserved_opcode[op]);
+    if (rsv & ~p->rsv_allowed)
+        return fail(p, WS_ERR_PROTOCOL, "RSV bits set without extension");
+    /* An extension such as permessage-deflate marks a whole message with
+     * RSV1 on its first frame; anywhere else RSV1 means nothing. */
+    if ((rsv & HDR_RSV1) && control)
+        return fail(p, WS_ERR_PROTOCOL, "RSV1 set on a control frame");
+    if ((rsv & HDR_RSV1) && op == WS_OP_CONT)
+        return fail(p, WS_ERR_PROTOCOL, "RSV1 set on a continuation frame");
+    if (control && !(h[0] & HDR_FIN))
+        return fail(p, WS_ERR_PROTOCOL, "fragmented control frame");
+    if (op == WS_OP_CONT && !p->msg_op)
+        return fail(p, WS_ERR_PROTOCOL, "continuation frame without a message");
+    if ((op == WS_OP_TEXT || op == WS_OP_BINARY) && p->msg_op)
+        return fail(p, WS_ERR_PROTOCOL, "new data frame inside a fragmented message");
+
+    if (n < 2)
+        return 0;
+    if (!(h[1] & HDR_MASK))
+        return fail(p, WS_ERR_PROTOCOL, "unmasked client frame");
+    if (control && (h[1] & HDR_LEN7) > CTL_MAX)
+        return fail(p, WS_ERR_PROTOCOL, "control frame payload over 125 bytes");
+
+    /* The length is known once the extended length bytes are in; the mask
+     * key does not matter, so an oversized frame fails four bytes sooner. */
+    if (n < (size_t)header_size(h) - 4)
+        return 0;
+    if ((h[1] & HDR_LEN7) == 127 && (h[2] & 0x80))
+        return fail(p, WS_ERR_PROTOCOL, "64-bit length with the high bit set");
+    if (control)
+        return 0;
+    uint64_t len = header_payload_len(h);
+    if (p->max_fragments && p->msg_frames >= p->max_fragments)
+        return fail_limit(p, p->max_fragments, "fragments");
+    /* msg_len never exceeds max_message, so the subtraction cannot wrap. */
+    if (p->max_message && len > p->max_message - p->msg_len)
+        return fail_limit(p, p->max_message, "bytes");
+    return 0;
+}
+
+/* A complete, checked header is in h: set up the frame it announces. */
+static void header_start(struct ws_parser *p, const uint8_t *h)
+{
+    uint8_t op = h[0] & HDR_OPCODE;
+
+    p->frame_op = op;
+    p->frame_fin = (h[0] & HDR_FIN) != 0;
+    p->frame_rsv = h[0] & HDR_RSV;
+    p->frame_left = header_payload_len(h);
+    memcpy(p->mask, h + header_size(h) - 4, 4);
+    p->mask_pos = 0;
+    p->in_payload = 1;
+    p->hdr_len = 0;
+    if (op_is_control(op)) {
+        p->ctl_len = 0;
+        return;
+    }
+    if (op != WS_OP_CONT) {
+        p->msg_op = op;
+        p->msg_rsv = p->frame_rsv;
+        p->msg_len = 0;
+        p->msg_frames = 0;
+        ws_utf8_reset(&p->utf8);
+    }
+    p->msg_frames++;
+}
+
+/* Gather header bytes from buf into p->hdr until the header is complete or
+ * buf runs out. Returns the bytes taken, or WS_ERR_*. */
+static long header_feed(struct ws_parser *p, const uint8_t *buf, size_t len)
+{
+    size_t used = 0;
+
+    for (;;) {
+        size_t want = p->hdr_len < 2 ? 2 : header_size(p->hdr);
+        if (p->hdr_len >= want)
+            break;
+        size_t n = want - p->hdr_len;
+        if (n > len - used)
+            n = len - used;
+        memcpy(p->hdr + p->hdr_len, buf + used, n);
+        p->hdr_len = (uint8_t)(p->hdr_len + n);
+        used += n;
+        long rc = header_check(p, p->hdr, p->hdr_len);
+        if (rc < 0)
+            return rc;
+        if (used == len)
+            break;
+    }
+    return (long)used;
+}
+
+static long control_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
+{
+    size_t n = p->frame_left < len ? (size_t)p->frame_left : len;
+    uint8_t *dst = p->ctl + p->ctl_len;
+
+    memcpy(dst, buf, n);
+    ws_unmask(dst, n, p->mask, &p->mask_pos);
+    p->ctl_len = (uint8_t)(p->ctl_len + n);
+    p->frame_left -= n;
+    if (p->frame_left == 0) {
+        p->in_payload = 0;
+        out->opcode = p->frame_op;
+        out->rsv = p->frame_rsv;
+        out->data = p->ctl;
+        out->len = p->ctl_len;
+    }
+    return (long)n;
+}
+
+static long data_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
+{
+    size_t n = p->frame_left < len ? (size_t)p->frame_left : len;
+    int text = p->msg_op == WS_OP_TEXT && !(p->msg_rsv & HDR_RSV1);
+
+    /* A frame with payload still to come but none in the buffer has nothing
+     * to report; only a zero-length frame yields an empty chunk. */
+    if (n == 0 && p->frame_left > 0)
+        return 0;
+    ws_unmask(buf, n, p->mask, &p->mask_pos);
+    if (text && ws_utf8_feed(&p->utf8, buf, n) != WS_UTF8_OK)
+        return fail(p, WS_ERR_UTF8, "invalid UTF-8 in text message");
+
+    out->opcode = p->msg_op;
+    out->rsv = p->frame_rsv;
+    out->data = buf;
+    out->len = n;
+    /* msg_len counts payload already reported, so it is 0 only until the
+     * first chunk of the first frame (a zero-length first frame reports one
+     * empty chunk and ends; its successors have msg_frames > 1). */
+    if (p->msg_frames == 1 && p->msg_len == 0)
+        out->flags |= WS_CHUNK_MSG_START;
+    p->msg_len += n;
+    p->frame_left -= n;
+    if (p->frame_left == 0) {
+        p->in_payload = 0;
+        if (p->frame_fin) {
+            if (text && !ws_utf8_complete(&p->utf8))
+                return fail(p, WS_ERR_UTF8, "text message ends inside a UTF-8 character");
+            out->flags |= WS_CHUNK_MSG_END;
+            p->msg_op = 0;
+            p->msg_rsv = 0;
+            p->msg_len = 0;
+            p->msg_frames = 0;
+        }
+    }
+    return (long)n;
+}
+
+long ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
+{
+    size_t off = 0;
+    long rc;
+
+    memset(out, 0, sizeof *out);
+    /* The result must fit in a long; a larger buffer is simply consumed over
+     * more calls. */
+    if (len > LONG_MAX)
+        len = LONG_MAX;
+    if (!p->in_payload) {
+        if (len == 0)
+            return 0;
+        rc = header_feed(p, buf, len);
+        if (rc < 0)
+            return rc;
+        off = (size_t)rc;
+        if (p->hdr_len < 2 || p->hdr_len < header_size(p->hdr))
+            return (long)off; /* all of buf went into the partial header */
+        header_start(p, p->hdr);
+    }
+    if (op_is_control(p->frame_op))
+        rc = control_feed(p, buf + off, len - off, out);
+    else
+        rc = data_feed(p, buf + off, len - off, out);
+    if (rc < 0) {
+        memset(out, 0, sizeof *out);
+        return rc;
+    }
+    return (long)(off + (size_t)rc);
+}
+
+int ws_close_code_valid(unsigned code)
+{
+    /* 1004-1006 and 1015 are reserved or never sent, 1016-2999 are for
+     * future revisions of the protocol and extensions, 3000-4999 belong to
+     * libraries and applications. */
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
+}
+
+int ws_close_parse(const uint8_t *payload, size_t len, uint16_t *code, const uint8_t **reason,
+                   size_t *reason_len)
+{
+    *code = WS_CLOSE_NO_STATUS;
+    *reason = NULL;
+    *reason_len = 0;
+    if (len == 0)
+        return 0;
+    if (len == 1)
+        return WS_ERR_PROTOCOL;
+    uint16_t c = (uint16_t)(payload[0] << 8 | payload[1]);
+    if (!ws_close_code_valid(c))
+        return WS_ERR_PROTOCOL;
+    if (!ws_utf8_valid(payload + 2, len - 2))
+        return WS_ERR_UTF8;
+    *code = c;
+    *reason = payload + 2;
+    *reason_len = len - 2;
+    return 0;
+}
+
+uint16_t ws_frame_error_code(int err)
+{
+    switch (err) {
+    case WS_ERR_PROTOCOL:
+        return WS_CLOSE_PROTOCOL;
+    case WS_ERR_UTF8:
+        return WS_CLOSE_INVALID_DATA;
+    case WS_ERR_TOO_BIG:
+        return WS_CLOSE_TOO_BIG;
+    default:
+        return WS_CLOSE_INTERNAL;
+    }
+}
+
+size_t ws_frame_header(uint8_t out[10], uint8_t fin_rsv_op, uint64_t payload_len)
+{
+    out[0] = fin_rsv_op;
+    if (payload_len <= 125) {
+        out[1] = (uint8_t)payload_len;
+        return 2;
+    }
+    if (payload_len <= 0xFFFF) {
+        out[1] = 126;
+        out[2] = (uint8_t)(payload_len >> 8);
+        out[3] = (uint8_t)payload_len;
+        return 4;
+    }
+    out[1] = 127;
+    for (int i = 0; i < 8; i++)
+        out[2 + i] = (uint8_t)(payload_len >> (56 - 8 * i));
+    return 10;
+}
+
+void ws_unmask(uint8_t *p, size_t len, const uint8_t key[4], uint8_t *pos)
+{
+    unsigned k = *pos & 3u;
+    size_t i = 0;
+
+    /* Bytes up to an 8-byte boundary, so the word loop's stores align. */
+    while (i < len && ((uintptr_t)(p + i) & 7u)) {
+        p[i++] ^= key[k];
+        k = (k + 1) & 3u;
+    }
+    if (len - i >= 8) {
+        /* The key rotated to the current position, twice: 8 is a multiple
+         * of 4, so the position is the same after every word. Building it
+         * byte by byte in memory keeps it right on either endianness. */
+        uint8_t rot[8];
+        uint64_t kw;
+        for (unsigned j = 0; j < 8; j++)
+            rot[j] = key[(k + j) & 3u];
+        memcpy(&kw, rot, sizeof kw);
+        for (; len - i >= 8; i += 8) {
+            uint64_t w;
+            memcpy(&w, p + i, sizeof w);
+            w ^= kw;
+            memcpy(p + i, &w, sizeof w);
+        }
+    }
+    while (i < len) {
+        p[i++] ^= key[k];
+        k = (k + 1) & 3u;
+    }
+    *pos = (uint8_t)k;
+}

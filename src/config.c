@@ -1,0 +1,356 @@
+/* config: the command line and the config file. The file is Lua run in its
+ * own short-lived lua_State, so a config can compute values, and nothing it
+ * does survives into the apps' state. */
+#include "config.h"
+
+#include <getopt.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+static const char usage[] =
+    "usage: moonport [options] [APPS_DIR]\n"
+    "\n"
+    "Serve every APPS_DIR/NAME.lua as a WebSocket app at /NAME (index.lua at /).\n"
+    "\n"
+    "options:\n"
+    "  --host ADDR        address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
+    "  --port N           port to listen on (default 8080; 0 picks a free one)\n"
+    "  --config FILE      a Lua file returning a table of settings (see README)\n"
+    "  --log-level LEVEL  error, warn, info (default; includes the access log) or debug\n"
+    "  -h, --help         print this help and exit\n"
+    "  -v, --version      print the version and exit\n";
+
+void config_init(struct config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->host = strdup("127.0.0.1");
+    c->port = 8080;
+    c->log_level = LOG_INFO;
+    c->log_access = 1;
+    c->max_message = 16u << 20;
+    c->max_fragments = 65536;
+    c->max_head = 16384;
+    c->max_headers = 100;
+    c->send_buffer = 1u << 20;
+    c->max_send_buffer = 64u << 20;
+    c->max_connections = 100000;
+    c->handshake_timeout = 10;
+    c->close_timeout = 5;
+}
+
+void config_free(struct config *c)
+{
+    free(c->host);
+    free(c->apps_dir);
+    free(c->config_file);
+    for (size_t i = 0; i < c->nroutes; i++) {
+        free(c->routes[i].pattern);
+        free(c->routes[i].file);
+    }
+    free(c->routes);
+    memset(c, 0, sizeof *c);
+}
+
+static void set_str(char **dst, const char *s)
+{
+    free(*dst);
+    *dst = s ? strdup(s) : NULL;
+}
+
+/* A path from the config file is relative to the file's directory. */
+static char *relative_to(const char *file, const char *path)
+{
+    const char *slash = strrchr(file, '/');
+    if (path[0] == '/' || !slash)
+        return strdup(path);
+    size_t dl = (size_t)(slash - file) + 1;
+    char *out = malloc(dl + strlen(path) + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, file, dl);
+    strcpy(out + dl, path);
+    return out;
+}
+
+static int field_number(lua_State *L, int t, const char *key, const char *where, double min,
+                        double max, double *out, char *err, size_t errlen)
+{
+    lua_getfield(L, t, key);
+    int type = lua_type(L, -1);
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (type != LUA_TNUMBER) {
+        snprintf(err, errlen, "%s%s must be a number, not %s", where, key, lua_typename(L, type));
+        return -1;
+    }
+    double v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (!(v >= min && v <= max)) {
+        snprintf(err, errlen, "%s%s must be between %g and %g, not %g", where, key, min, max, v);
+        return -1;
+    }
+    *out = v;
+    return 1;
+}
+
+static int field_string(lua_State *L, int t, const char *key, const char **out, char *err,
+                        size_t errlen)
+{
+    lua_getfield(L, t, key);
+    int type = lua_type(L, -1);
+    lua_pop(L, 1);
+    if (type == LUA_TNIL)
+        return 0;
+    if (type != LUA_TSTRING) {
+        snprintf(err, errlen, "%s must be a string, not %s", key, lua_typename(L, type));
+        return -1;
+    }
+    lua_getfield(L, t, key);
+    *out = lua_tostring(L, -1); /* stays valid: the table holds the string */
+    lua_pop(L, 1);
+    return 1;
+}
+
+static int add_route(struct config *c, const char *pattern, const char *file, char *err,
+                     size_t errlen)
+{
+    if (pattern[0] != '/') {
+        snprintf(err, errlen, "route \"%s\" must start with /", pattern);
+        return -1;
+    }
+    struct route_spec *r = realloc(c->routes, (c->nroutes + 1) * sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    c->routes = r;
+    r[c->nroutes].pattern = strdup(pattern);
+    r[c->nroutes].file = relative_to(c->config_file, file);
+    c->nroutes++;
+    return 0;
+}
+
+static int load_routes(struct config *c, lua_State *L, int t, char *err, size_t errlen)
+{
+    lua_getfield(L, t, "routes");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "routes must be a table");
+        return -1;
+    }
+    int rt = lua_gettop(L);
+    /* Array part first, in order: { {"/path", "file.lua"}, ... } */
+    size_t n = lua_objlen(L, rt);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, rt, (int)i);
+        if (!lua_istable(L, -1)) {
+            snprintf(err, errlen, "routes[%zu] must be a table {\"/path\", \"file.lua\"}", i);
+            return -1;
+        }
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+            snprintf(err, errlen, "routes[%zu] must be {\"/path\", \"file.lua\"}", i);
+            return -1;
+        }
+        if (add_route(c, lua_tostring(L, -2), lua_tostring(L, -1), err, errlen))
+            return -1;
+        lua_pop(L, 3);
+    }
+    /* Then the map part: { ["/path"] = "file.lua" }. */
+    lua_pushnil(L);
+    while (lua_next(L, rt)) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            if (lua_type(L, -1) != LUA_TSTRING) {
+                snprintf(err, errlen, "routes[\"%s\"] must be a file name", lua_tostring(L, -2));
+                return -1;
+            }
+            if (add_route(c, lua_tostring(L, -2), lua_tostring(L, -1), err, errlen))
+                return -1;
+        } else if (lua_type(L, -2) != LUA_TNUMBER) {
+            snprintf(err, errlen, "routes keys must be paths");
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+static int load_file(struct config *c, const char *file, char *err, size_t errlen)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    luaL_openlibs(L);
+    int rc = -1;
+    if (luaL_dofile(L, file)) {
+        snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
+        goto out;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "config: %s must return a table", file);
+        goto out;
+    }
+    int t = lua_gettop(L);
+    char msg[400];
+    msg[0] = '\0';
+    const char *s;
+    double v;
+    int r;
+#define NUM(tbl, where, key, min, max, dst)                                              \
+    do {                                                                                 \
+        r = field_number(L, tbl, key, where, min, max, &v, msg, sizeof msg);             \
+        if (r < 0)                                                                       \
+            goto bad;                                                                    \
+        if (r > 0)                                                                       \
+            dst = v;                                                                     \
+    } while (0)
+
+    if ((r = field_string(L, t, "host", &s, msg, sizeof msg)) < 0)
+        goto bad;
+    if (r)
+        set_str(&c->host, s);
+    NUM(t, "", "port", 0, 65535, c->port);
+    if ((r = field_string(L, t, "apps", &s, msg, sizeof msg)) < 0)
+        goto bad;
+    if (r) {
+        free(c->apps_dir);
+        c->apps_dir = relative_to(file, s);
+    }
+    if (load_routes(c, L, t, msg, sizeof msg))
+        goto bad;
+
+    lua_getfield(L, t, "limits");
+    if (lua_istable(L, -1)) {
+        int l = lua_gettop(L);
+        NUM(l, "limits.", "max_message", 1, 1ull << 40, c->max_message);
+        NUM(l, "limits.", "max_fragments", 1, 1u << 31, c->max_fragments);
+        NUM(l, "limits.", "max_head", 512, 1 << 24, c->max_head);
+        NUM(l, "limits.", "max_headers", 1, 10000, c->max_headers);
+        NUM(l, "limits.", "send_buffer", 1024, 1ull << 40, c->send_buffer);
+        NUM(l, "limits.", "max_send_buffer", 1024, 1ull << 40, c->max_send_buffer);
+        NUM(l, "limits.", "max_connections", 1, 10000000, c->max_connections);
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(msg, sizeof msg, "limits must be a table");
+        goto bad;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "timeouts");
+    if (lua_istable(L, -1)) {
+        int l = lua_gettop(L);
+        NUM(l, "timeouts.", "handshake", 0.001, 86400, c->handshake_timeout);
+        NUM(l, "timeouts.", "close", 0.001, 3600, c->close_timeout);
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(msg, sizeof msg, "timeouts must be a table");
+        goto bad;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "log");
+    if (lua_istable(L, -1)) {
+        int l = lua_gettop(L);
+        if ((r = field_string(L, l, "level", &s, msg, sizeof msg)) < 0)
+            goto bad;
+        if (r && (c->log_level = log_level_parse(s)) < 0) {
+            snprintf(msg, sizeof msg, "log.level must be error, warn, info or debug, not \"%s\"", s);
+            goto bad;
+        }
+        lua_getfield(L, l, "access");
+        if (!lua_isnil(L, -1))
+            c->log_access = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(msg, sizeof msg, "log must be a table");
+        goto bad;
+    }
+    lua_pop(L, 1);
+#undef NUM
+    rc = 0;
+    goto out;
+bad:
+    snprintf(err, errlen, "config: %s: %s", file, msg);
+out:
+    lua_close(L);
+    return rc;
+}
+
+int config_load(struct config *c, int argc, char **argv, char *err, size_t errlen)
+{
+    static const struct option opts[] = {
+        {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'p'},
+        {"config", required_argument, NULL, 'c'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'v'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *host = NULL, *port = NULL, *level = NULL, *file = NULL;
+    int ch;
+    opterr = 0;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, ":hv", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'H': host = optarg; break;
+        case 'p': port = optarg; break;
+        case 'c': file = optarg; break;
+        case 'l': level = optarg; break;
+        case 'h': fputs(usage, stdout); return CONFIG_EXIT_OK;
+        case 'v': printf("moonport %s\n", MOONPORT_VERSION); return CONFIG_EXIT_OK;
+        case ':':
+            snprintf(err, errlen, "option %s needs a value (see --help)", argv[optind - 1]);
+            return CONFIG_ERROR;
+        default:
+            snprintf(err, errlen, "unknown option %s (see --help)", argv[optind - 1]);
+            return CONFIG_ERROR;
+        }
+    }
+    if (argc - optind > 1) {
+        snprintf(err, errlen, "one apps directory at most, got \"%s\" and \"%s\"", argv[optind],
+                 argv[optind + 1]);
+        return CONFIG_ERROR;
+    }
+    if (file) {
+        set_str(&c->config_file, file);
+        if (load_file(c, file, err, errlen))
+            return CONFIG_ERROR;
+    }
+    if (optind < argc)
+        set_str(&c->apps_dir, argv[optind]);
+    if (host)
+        set_str(&c->host, host);
+    if (port) {
+        char *end;
+        long p = strtol(port, &end, 10);
+        if (*port == '\0' || *end || p < 0 || p > 65535) {
+            snprintf(err, errlen, "--port must be a number from 0 to 65535, not \"%s\"", port);
+            return CONFIG_ERROR;
+        }
+        c->port = (int)p;
+    }
+    if (level && (c->log_level = log_level_parse(level)) < 0) {
+        snprintf(err, errlen, "--log-level must be error, warn, info or debug, not \"%s\"", level);
+        return CONFIG_ERROR;
+    }
+    if (!c->apps_dir && c->nroutes == 0) {
+        snprintf(err, errlen, "nothing to serve: give an apps directory or a config with routes "
+                              "(see --help)");
+        return CONFIG_ERROR;
+    }
+    return CONFIG_OK;
+}

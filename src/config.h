@@ -1,0 +1,47 @@
+/* config: everything the host can be told, from the command line and from a
+ * config file (a Lua file that returns a table). The command line wins over
+ * the file. Loading never exits: a mistake comes back as one line in err. */
+#ifndef MOONPORT_CONFIG_H
+#define MOONPORT_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct route_spec {
+    char *pattern; /* "/echo", "/rooms/:room" */
+    char *file;    /* path of the app's Lua file */
+};
+
+struct config {
+    char *host;
+    int port;
+    char *apps_dir;    /* NULL: no directory of apps */
+    char *config_file; /* NULL: none */
+    int log_level;
+    int log_access;
+
+    struct route_spec *routes; /* explicit routes from the config file, in order */
+    size_t nroutes;
+
+    uint64_t max_message;
+    uint32_t max_fragments;
+    size_t max_head;
+    unsigned max_headers;
+    size_t send_buffer;     /* stop reading a connection whose output is over this */
+    size_t max_send_buffer; /* close a connection whose output is over this */
+    unsigned max_connections;
+
+    double handshake_timeout;
+    double close_timeout;
+};
+
+enum { CONFIG_OK = 0, CONFIG_EXIT_OK = 1, CONFIG_ERROR = -1 };
+
+void config_init(struct config *c);
+void config_free(struct config *c);
+
+/* Parse argv, then the config file it names, then apply argv over the file.
+ * CONFIG_EXIT_OK means --help or --version was printed. */
+int config_load(struct config *c, int argc, char **argv, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,565 @@
+/* conn: one WebSocket connection from accept to close. Input is read into
+ * the server's shared buffer and handed, in the same callback, to the
+ * handshake parser or the frame codec; output is queued and leaves in one
+ * write per loop iteration (server.c flushes). Lua runs only through
+ * lbridge, and after every call into Lua the state is checked again: a
+ * handler may have closed this connection, or another. */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "handshake.h"
+#include "lbridge.h"
+#include "log.h"
+#include "server.h"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+static void on_read(struct ev_loop *loop, ev_io *w, int revents);
+static void on_write(struct ev_loop *loop, ev_io *w, int revents);
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+static void enter_linger(struct conn *c);
+
+static void sockaddr_text(const struct sockaddr_storage *sa, char *host, size_t hostlen, int *port)
+{
+    if (sa->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, (socklen_t)hostlen);
+        *port = ntohs(s6->sin6_port);
+    } else if (sa->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, host, (socklen_t)hostlen);
+        *port = ntohs(s4->sin_port);
+    } else {
+        snprintf(host, hostlen, "unix");
+        *port = 0;
+    }
+}
+
+struct conn *conn_new(struct server *srv, int fd)
+{
+    const struct config *cfg = srv->cfg;
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->hs = hs_new(cfg->max_head, cfg->max_headers);
+    if (!c->hs) {
+        free(c);
+        return NULL;
+    }
+    c->srv = srv;
+    c->fd = fd;
+    c->lua_ref = LUA_NOREF;
+    c->id = ++srv->next_id;
+    c->started = ev_now(srv->loop);
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    if (getpeername(fd, (struct sockaddr *)&sa, &len) == 0)
+        sockaddr_text(&sa, c->client_host, sizeof c->client_host, &c->client_port);
+    len = sizeof sa;
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        sockaddr_text(&sa, c->server_host, sizeof c->server_host, &c->server_port);
+    ws_parser_init(&c->parser, cfg->max_message, cfg->max_fragments);
+
+    ev_io_init(&c->rio, on_read, fd, EV_READ);
+    ev_io_init(&c->wio, on_write, fd, EV_WRITE);
+    ev_init(&c->timer, on_timer);
+    c->timer.repeat = cfg->handshake_timeout;
+    ev_timer_again(srv->loop, &c->timer);
+    ev_io_start(srv->loop, &c->rio);
+
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->nconns++;
+    return c;
+}
+
+void conn_free(struct conn *c)
+{
+    if (!c)
+        return;
+    hs_free(c->hs);
+    buf_reset(&c->msg);
+    buf_reset(&c->out);
+    free(c->path);
+    free(c);
+}
+
+int conn_can_send(const struct conn *c)
+{
+    return c->state == CONN_OPEN || (c->state == CONN_HANDSHAKE && c->in_connect);
+}
+
+static const char *path_or_dash(const struct conn *c)
+{
+    return c->path ? c->path : "-";
+}
+
+/* Tell the app, once, that an accepted connection ended, and log it. */
+static void finish(struct conn *c)
+{
+    if (!c->accepted || c->on_close_done)
+        return;
+    c->on_close_done = 1;
+    uint16_t code = c->close_code ? c->close_code : WS_CLOSE_ABNORMAL;
+    log_access("%s:%d \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs", c->client_host,
+               c->client_port, path_or_dash(c), (unsigned long long)c->id, code,
+               ev_now(c->srv->loop) - c->started);
+    lbridge_close(c->srv->lb, c, code, c->close_reason, c->close_reason_len);
+}
+
+void conn_abort(struct conn *c, const char *why)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    if (why)
+        log_debug("conn %llu: closing socket: %s", (unsigned long long)c->id, why);
+    finish(c);
+    if (c->state == CONN_DEAD) /* on_close cannot kill it, but be sure */
+        return;
+    c->state = CONN_DEAD;
+    struct ev_loop *loop = c->srv->loop;
+    ev_io_stop(loop, &c->rio);
+    ev_io_stop(loop, &c->wio);
+    ev_timer_stop(loop, &c->timer);
+    close(c->fd);
+    c->fd = -1;
+    lbridge_release(c->srv->lb, c);
+    server_conn_dead(c->srv, c);
+}
+
+/* Append one unmasked frame to the output queue, whatever the state. */
+static int queue_frame(struct conn *c, uint8_t first_byte, const void *data, size_t len)
+{
+    uint8_t hdr[10];
+    size_t hl = ws_frame_header(hdr, first_byte, len);
+    uint8_t *w = buf_reserve(&c->out, hl + len);
+    if (!w) {
+        conn_abort(c, "out of memory for the output queue");
+        return -1;
+    }
+    memcpy(w, hdr, hl);
+    if (len)
+        memcpy(w + hl, data, len);
+    buf_commit(&c->out, hl + len);
+
+    const struct config *cfg = c->srv->cfg;
+    size_t pending = buf_pending(&c->out);
+    if (pending > cfg->max_send_buffer) {
+        log_warn("conn %llu %s: %zu bytes waiting to be sent, over limits.max_send_buffer: "
+                 "dropping the connection",
+                 (unsigned long long)c->id, path_or_dash(c), pending);
+        conn_abort(c, "send buffer over limit");
+        return -1;
+    }
+    if (pending > cfg->send_buffer && !c->read_paused) {
+        /* The peer is not reading: stop reading it, so it cannot make us
+         * produce more for it, until the queue drains. */
+        c->read_paused = 1;
+        ev_io_stop(c->srv->loop, &c->rio);
+    }
+    server_want_flush(c->srv, c);
+    return 0;
+}
+
+int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len)
+{
+    if (!conn_can_send(c))
+        return -1;
+    return queue_frame(c, (uint8_t)(0x80 | opcode), data, len);
+}
+
+static void queue_close(struct conn *c, uint16_t code, const char *reason, size_t rlen)
+{
+    uint8_t payload[125];
+    size_t n = 0;
+    if (code != WS_CLOSE_NO_STATUS) {
+        payload[0] = (uint8_t)(code >> 8);
+        payload[1] = (uint8_t)code;
+        n = 2;
+        if (rlen > sizeof payload - 2)
+            rlen = sizeof payload - 2; /* may cut a UTF-8 sequence: see set_reason */
+        memcpy(payload + 2, reason, rlen);
+        n += rlen;
+    }
+    queue_frame(c, 0x80 | WS_OP_CLOSE, payload, n);
+}
+
+/* Keep a close reason for on_close, cut to what a close frame can carry
+ * without splitting a UTF-8 sequence. */
+static void set_reason(struct conn *c, uint16_t code, const char *reason, size_t len)
+{
+    if (len > sizeof c->close_reason) {
+        len = sizeof c->close_reason;
+        while (len && ((unsigned char)reason[len] & 0xC0) == 0x80)
+            len--; /* reason[len] exists: the reason was longer */
+    }
+    c->close_code = code;
+    memcpy(c->close_reason, reason, len);
+    c->close_reason_len = (uint8_t)len;
+}
+
+void conn_close(struct conn *c, uint16_t code, const char *reason)
+{
+    if (c->state != CONN_OPEN)
+        return;
+    if (!reason)
+        reason = "";
+    set_reason(c, code, reason, strlen(reason));
+    c->close_code = 0; /* on_close reports the peer's answer, not our request */
+    queue_close(c, code, c->close_reason, c->close_reason_len);
+    if (c->state != CONN_OPEN) /* the queue overflowed and dropped it */
+        return;
+    c->state = CONN_CLOSING;
+    c->timer.repeat = c->srv->cfg->close_timeout;
+    ev_timer_again(c->srv->loop, &c->timer);
+}
+
+/* The peer broke a rule: send the close code that says which, and close. */
+static void conn_fail(struct conn *c, uint16_t code, const char *why)
+{
+    log_info("conn %llu %s: failing the connection with %u: %s", (unsigned long long)c->id,
+             path_or_dash(c), code, why);
+    if (c->state == CONN_OPEN)
+        queue_close(c, code, why, strlen(why));
+    if (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
+        set_reason(c, code, why, strlen(why));
+        enter_linger(c);
+    }
+}
+
+/* The closing handshake is over (or failed): tell the app, send what is
+ * queued, half-close, and give the peer a moment to close its side, so the
+ * close frame is not lost to a reset. */
+static void enter_linger(struct conn *c)
+{
+    if (c->state == CONN_LINGER || c->state == CONN_DEAD)
+        return;
+    c->state = CONN_LINGER;
+    buf_reset(&c->msg);
+    c->timer.repeat = c->srv->cfg->close_timeout;
+    ev_timer_again(c->srv->loop, &c->timer);
+    finish(c);
+    if (c->state == CONN_DEAD)
+        return;
+    if (c->read_paused) {
+        c->read_paused = 0;
+        ev_io_start(c->srv->loop, &c->rio);
+    }
+    server_want_flush(c->srv, c);
+}
+
+/* Answer the handshake with an HTTP error (or an app's rejection) and close. */
+static void http_reply(struct conn *c, int status, const char *why, const char *headers,
+                       size_t headers_len, const void *body, size_t body_len)
+{
+    char head[512];
+    char dflt[128];
+    if (!body) {
+        body_len = (size_t)snprintf(dflt, sizeof dflt, "%d %s\n", status, hs_reason(status));
+        body = dflt;
+    }
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\nConnection: close\r\n%s",
+                     status, hs_reason(status), body_len,
+                     headers_len && memmem(headers, headers_len, "Content-Type:", 13) ? ""
+                                                                 : "Content-Type: text/plain\r\n");
+    log_access("%s:%d \"WSREJECT %s\" id=%llu status=%d%s%s", c->client_host, c->client_port,
+               path_or_dash(c), (unsigned long long)c->id, status, why ? " reason=" : "",
+               why ? why : "");
+    buf_reset(&c->out); /* frames an app queued in on_connect never go out */
+    buf_append(&c->out, head, (size_t)n);
+    if (headers_len)
+        buf_append(&c->out, headers, headers_len);
+    buf_append(&c->out, "\r\n", 2);
+    buf_append(&c->out, body, body_len);
+    hs_free(c->hs);
+    c->hs = NULL;
+    enter_linger(c);
+}
+
+static void http_error(struct conn *c, int status, const char *why)
+{
+    static const char upgrade[] = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+    if (status == 426)
+        http_reply(c, status, why, upgrade, sizeof upgrade - 1, NULL, 0);
+    else
+        http_reply(c, status, why, NULL, 0, NULL, 0);
+}
+
+static void frames_input(struct conn *c, uint8_t *buf, size_t n);
+
+/* Accept: the 101 goes out before any frame on_connect queued. */
+static void send_101(struct conn *c, const char *key, const struct conn_reply *reply)
+{
+    char accept[29];
+    hs_accept_key(key, accept);
+    struct buf head = {0};
+    char line[256];
+    int n = snprintf(line, sizeof line,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n",
+                     accept);
+    buf_append(&head, line, (size_t)n);
+    if (reply->protocol) {
+        buf_append(&head, "Sec-WebSocket-Protocol: ", 24);
+        buf_append(&head, reply->protocol, strlen(reply->protocol));
+        buf_append(&head, "\r\n", 2);
+    }
+    if (buf_pending(&reply->headers))
+        buf_append(&head, reply->headers.data + reply->headers.off, buf_pending(&reply->headers));
+    buf_append(&head, "\r\n", 2);
+    if (buf_pending(&c->out))
+        buf_append(&head, c->out.data + c->out.off, buf_pending(&c->out));
+    buf_reset(&c->out);
+    c->out = head;
+    server_want_flush(c->srv, c);
+}
+
+static void reply_free(struct conn_reply *r)
+{
+    free(r->protocol);
+    buf_reset(&r->headers);
+    buf_reset(&r->body);
+}
+
+static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
+{
+    size_t used = 0;
+    int r = hs_feed(c->hs, (const char *)buf, n, &used);
+    if (r == HS_NEED_MORE)
+        return;
+    if (r == HS_ERROR) {
+        http_error(c, hs_status(c->hs), hs_error(c->hs));
+        return;
+    }
+    const char *target = hs_target(c->hs);
+    size_t plen = strcspn(target, "?#");
+    c->path = strndup(target, plen);
+    if (!c->path) {
+        http_error(c, 500, "out of memory");
+        return;
+    }
+    struct route_match m;
+    if (!router_match(c->srv->router, target, plen, &m)) {
+        http_error(c, 404, "no route");
+        return;
+    }
+    struct hs_upgrade up;
+    const char *why;
+    int status = hs_check_upgrade(c->hs, &up, &why);
+    if (status) {
+        http_error(c, status, why);
+        return;
+    }
+    c->app = m.route->app;
+    log_access("%s:%d \"WSCONNECTING %s\" id=%llu", c->client_host, c->client_port, c->path,
+               (unsigned long long)c->id);
+
+    struct conn_reply reply = {0};
+    c->reply = &reply;
+    c->in_connect = 1;
+    int rc = lbridge_connect(c->srv->lb, c, &m, target, up.protocols);
+    c->in_connect = 0;
+    c->reply = NULL;
+    if (c->state != CONN_HANDSHAKE) { /* dropped while on_connect ran */
+        reply_free(&reply);
+        return;
+    }
+    if (rc < 0) {
+        http_error(c, 500, "on_connect raised an error");
+    } else if (reply.status) {
+        http_reply(c, reply.status, "rejected by the app", (const char *)reply.headers.data,
+                   buf_pending(&reply.headers), reply.body.data ? reply.body.data : (void *)"",
+                   buf_pending(&reply.body));
+    } else {
+        send_101(c, up.key, &reply);
+        c->state = CONN_OPEN;
+        c->accepted = 1;
+        ev_timer_stop(c->srv->loop, &c->timer);
+        log_access("%s:%d \"WSCONNECT %s\" id=%llu", c->client_host, c->client_port, c->path,
+                   (unsigned long long)c->id);
+        hs_free(c->hs);
+        c->hs = NULL;
+        if (used < n) /* the client's first frames came with the head */
+            frames_input(c, buf + used, n - used);
+    }
+    reply_free(&reply);
+}
+
+static void deliver(struct conn *c, uint8_t op, const uint8_t *data, size_t len)
+{
+    lbridge_message(c->srv->lb, c, data, len, op == WS_OP_BINARY);
+}
+
+static void on_close_frame(struct conn *c, const struct ws_chunk *ch)
+{
+    uint16_t code;
+    const uint8_t *reason;
+    size_t rlen;
+    int err = ws_close_parse(ch->data, ch->len, &code, &reason, &rlen);
+    if (err) {
+        conn_fail(c, ws_frame_error_code(err),
+                  err == WS_ERR_UTF8 ? "close reason is not UTF-8" : "invalid close frame");
+        return;
+    }
+    if (c->state == CONN_OPEN) /* echo the peer's code, as RFC 6455 5.5.1 asks */
+        queue_close(c, code, NULL, 0);
+    set_reason(c, code, (const char *)reason, rlen);
+    enter_linger(c);
+}
+
+static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
+{
+    switch (ch->opcode) {
+    case WS_OP_TEXT:
+    case WS_OP_BINARY:
+        if (c->state != CONN_OPEN)
+            return; /* after our close, data is read and dropped */
+        if ((ch->flags & WS_CHUNK_MSG_START) && (ch->flags & WS_CHUNK_MSG_END)) {
+            deliver(c, ch->opcode, ch->data, ch->len); /* straight from the read buffer */
+            return;
+        }
+        if (buf_append(&c->msg, ch->data, ch->len)) {
+            conn_fail(c, WS_CLOSE_TOO_BIG, "out of memory for a message");
+            return;
+        }
+        if (ch->flags & WS_CHUNK_MSG_END) {
+            deliver(c, ch->opcode, c->msg.data + c->msg.off, buf_pending(&c->msg));
+            buf_reset(&c->msg);
+        }
+        return;
+    case WS_OP_PING:
+        if (c->state == CONN_OPEN)
+            queue_frame(c, 0x80 | WS_OP_PONG, ch->data, ch->len);
+        return;
+    case WS_OP_PONG:
+        return;
+    case WS_OP_CLOSE:
+        on_close_frame(c, ch);
+        return;
+    }
+}
+
+static void frames_input(struct conn *c, uint8_t *buf, size_t n)
+{
+    size_t off = 0;
+    while (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
+        struct ws_chunk ch;
+        long r = ws_parser_feed(&c->parser, buf + off, n - off, &ch);
+        if (r < 0) {
+            conn_fail(c, ws_frame_error_code((int)r), c->parser.error);
+            return;
+        }
+        off += (size_t)r;
+        if (!ch.opcode)
+            return;
+        handle_chunk(c, &ch);
+    }
+}
+
+static void on_read(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct conn *c = container_of(w, struct conn, rio);
+    uint8_t *buf = c->srv->rbuf;
+    ssize_t n = recv(c->fd, buf, SERVER_READ_BUF, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_abort(c, strerror(errno));
+        return;
+    }
+    if (n == 0) {
+        if (c->state == CONN_HANDSHAKE)
+            log_debug("conn %llu: closed before the handshake completed", (unsigned long long)c->id);
+        conn_abort(c, "peer closed the connection");
+        return;
+    }
+    switch (c->state) {
+    case CONN_HANDSHAKE:
+        handshake_input(c, buf, (size_t)n);
+        break;
+    case CONN_OPEN:
+    case CONN_CLOSING:
+        frames_input(c, buf, (size_t)n);
+        break;
+    case CONN_LINGER: /* waiting for EOF: input is dropped */
+    case CONN_DEAD:
+        break;
+    }
+}
+
+void conn_flush(struct conn *c)
+{
+    struct ev_loop *loop = c->srv->loop;
+    while (buf_pending(&c->out)) {
+        ssize_t n = send(c->fd, c->out.data + c->out.off, buf_pending(&c->out), MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                ev_io_start(loop, &c->wio);
+                break;
+            }
+            conn_abort(c, strerror(errno));
+            return;
+        }
+        buf_consume(&c->out, (size_t)n);
+    }
+    size_t pending = buf_pending(&c->out);
+    if (c->read_paused && pending <= c->srv->cfg->send_buffer / 2) {
+        c->read_paused = 0;
+        ev_io_start(loop, &c->rio);
+    }
+    if (pending)
+        return;
+    ev_io_stop(loop, &c->wio);
+    if (c->state == CONN_LINGER && !c->shut_wr) {
+        c->shut_wr = 1;
+        shutdown(c->fd, SHUT_WR);
+    }
+}
+
+static void on_write(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_flush(container_of(w, struct conn, wio));
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct conn *c = container_of(w, struct conn, timer);
+    switch (c->state) {
+    case CONN_HANDSHAKE:
+        log_info("conn %llu from %s:%d: handshake not complete after %gs: closing",
+                 (unsigned long long)c->id, c->client_host, c->client_port,
+                 c->srv->cfg->handshake_timeout);
+        conn_abort(c, "handshake timeout");
+        break;
+    case CONN_CLOSING:
+        log_info("conn %llu %s: no close frame from the peer after %gs: closing",
+                 (unsigned long long)c->id, path_or_dash(c), c->srv->cfg->close_timeout);
+        c->close_code = WS_CLOSE_ABNORMAL;
+        conn_abort(c, "close timeout");
+        break;
+    default:
+        conn_abort(c, "linger timeout");
+        break;
+    }
+}

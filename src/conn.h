@@ -1,0 +1,102 @@
+/* conn: the one connection state machine. A conn owns its socket, its
+ * libev watchers, its timer, its output queue, its pending message, its
+ * frame parser state and its handshake while that lasts. Everything that
+ * ends a connection goes through conn_fail (the peer broke a rule),
+ * conn_close (the server wants to close) or the peer's own close frame.
+ * A conn is never freed inside its own callbacks: it is marked dead and the
+ * server frees it at a safe point (server_sweep). */
+#ifndef MOONPORT_CONN_H
+#define MOONPORT_CONN_H
+
+#include <ev.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "router.h"
+#include "ws_frame.h"
+
+struct server;
+struct app;
+struct hs_request;
+
+enum conn_state {
+    CONN_HANDSHAKE, /* reading the request head */
+    CONN_OPEN,      /* 101 sent: messages flow both ways */
+    CONN_CLOSING,   /* our close frame is queued: waiting for the peer's */
+    CONN_LINGER,    /* finished: flush, half-close, wait briefly for EOF */
+    CONN_DEAD,      /* closed; freed at the next sweep */
+};
+
+/* What on_connect decided. Filled by ws:accept / ws:reject. */
+struct conn_reply {
+    int status;        /* 0 = accept (101); else the HTTP status */
+    char *protocol;    /* chosen subprotocol or NULL */
+    struct buf headers; /* extra header lines, "Name: value\r\n" each */
+    struct buf body;
+};
+
+struct conn {
+    struct server *srv;
+    struct conn *prev, *next; /* every live conn: srv->conns */
+    struct conn *flush_next;  /* srv->flush_list while output is pending */
+    struct conn *dead_next;   /* srv->dead_list once dead */
+    int fd;
+    ev_io rio, wio;
+    ev_timer timer; /* handshake, close and linger timeouts */
+    enum conn_state state;
+    uint64_t id;
+    ev_tstamp started;
+    char client_host[48];
+    int client_port;
+    char server_host[48];
+    int server_port;
+    char *path; /* request path for logs (no query) */
+
+    struct hs_request *hs;       /* while the handshake lasts */
+    struct conn_reply *reply;    /* only during on_connect */
+    struct app *app;             /* the app of the route, NULL before routing */
+    int lua_ref;                 /* registry ref of the ws userdata, or LUA_NOREF */
+
+    struct ws_parser parser;
+    struct buf msg; /* a message arriving in pieces */
+    uint8_t msg_op;
+    struct buf out; /* bytes queued for the socket */
+
+    uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
+    uint8_t close_reason_len;
+    char close_reason[123];
+
+    unsigned in_flush_list : 1;
+    unsigned read_paused : 1;    /* output over send_buffer: not reading */
+    unsigned accepted : 1;       /* on_connect accepted: on_close is owed */
+    unsigned on_close_done : 1;
+    unsigned in_connect : 1;     /* inside on_connect */
+    unsigned shut_wr : 1;        /* our side is half-closed */
+};
+
+/* Take ownership of an accepted socket. */
+struct conn *conn_new(struct server *srv, int fd);
+
+/* Queue a frame (fin + opcode, payload). Returns 0, or -1 if the
+ * connection cannot take it (not open, or over max_send_buffer: then the
+ * connection is dropped). */
+int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len);
+
+/* The server closes: queue a close frame with code and reason, wait up to
+ * timeouts.close for the peer's close. No-op unless open. */
+void conn_close(struct conn *c, uint16_t code, const char *reason);
+
+/* Write queued output now; called by the server before the loop blocks. */
+void conn_flush(struct conn *c);
+
+/* Close the socket at once, without a closing handshake (on_close gets
+ * code 1006 if it is owed). */
+void conn_abort(struct conn *c, const char *why);
+
+/* Free a dead conn. Only the server's sweep calls this. */
+void conn_free(struct conn *c);
+
+/* 1 while the app may send on it: open, or inside on_connect. */
+int conn_can_send(const struct conn *c);
+
+#endif

@@ -1,0 +1,461 @@
+/* handshake: parse and validate the client's opening handshake (RFC 6455
+ * 4.2.1) with llhttp, and compute the accept key. It owns one bounded buffer
+ * per request, holding the target and the header strings; it never touches
+ * a socket, and it answers every malformed input with a status, never by
+ * crashing or reading past what it was given. */
+#include "handshake.h"
+
+#include <llhttp.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+struct hs_slot {
+    size_t name_off, value_off, value_len;
+    int dropped; /* name contains '_': parsed, never shown */
+};
+
+struct hs_request {
+    llhttp_t http;
+    size_t max_head, head_bytes;
+    unsigned max_headers;
+    int status;
+    const char *error;
+    int done;
+    int field; /* 0 none, 1 in a header name, 2 in a header value */
+
+    char *buf; /* target and header strings, NUL-separated */
+    size_t len, cap;
+    size_t target_off;
+    int have_target;
+
+    struct hs_slot *slots;
+    size_t nslots, slots_cap;
+    struct hs_header *view; /* built once the head is complete */
+    size_t nview;
+    char method[24];
+};
+
+static const char WS_GUID[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+static struct hs_request *req_of(llhttp_t *h)
+{
+    return (struct hs_request *)((char *)h - offsetof(struct hs_request, http));
+}
+
+static int fail(struct hs_request *r, int status, const char *why)
+{
+    if (!r->status) {
+        r->status = status;
+        r->error = why;
+    }
+    return -1;
+}
+
+/* Append to the string buffer. It cannot outgrow max_head by much: no more
+ * than max_head bytes are ever given to llhttp. */
+static int append(struct hs_request *r, const char *at, size_t n)
+{
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 256;
+        while (r->len + n + 1 > cap)
+            cap *= 2;
+        char *b = realloc(r->buf, cap);
+        if (!b)
+            return fail(r, 500, "out of memory");
+        r->buf = b;
+        r->cap = cap;
+    }
+    memcpy(r->buf + r->len, at, n);
+    r->len += n;
+    return 0;
+}
+
+static int end_string(struct hs_request *r)
+{
+    if (append(r, "", 1))
+        return -1;
+    return 0;
+}
+
+static int on_url(llhttp_t *h, const char *at, size_t n)
+{
+    struct hs_request *r = req_of(h);
+    if (!r->have_target) {
+        r->have_target = 1;
+        r->target_off = r->len;
+    }
+    return append(r, at, n);
+}
+
+static int on_url_complete(llhttp_t *h)
+{
+    return end_string(req_of(h));
+}
+
+static int on_header_field(llhttp_t *h, const char *at, size_t n)
+{
+    struct hs_request *r = req_of(h);
+    if (r->field != 1) {
+        if (r->nslots >= r->max_headers)
+            return fail(r, 431, "too many header lines");
+        if (r->nslots == r->slots_cap) {
+            size_t cap = r->slots_cap ? r->slots_cap * 2 : 16;
+            struct hs_slot *s = realloc(r->slots, cap * sizeof *s);
+            if (!s)
+                return fail(r, 500, "out of memory");
+            r->slots = s;
+            r->slots_cap = cap;
+        }
+        struct hs_slot *s = &r->slots[r->nslots++];
+        memset(s, 0, sizeof *s);
+        s->name_off = r->len;
+        r->field = 1;
+    }
+    return append(r, at, n);
+}
+
+/* RFC 9110 5.6.2: token = 1*tchar. */
+static int is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return 1;
+    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int on_header_field_complete(llhttp_t *h)
+{
+    struct hs_request *r = req_of(h);
+    struct hs_slot *s = &r->slots[r->nslots - 1];
+    size_t n = r->len - s->name_off;
+    if (n == 0)
+        return fail(r, 400, "empty header name");
+    for (size_t i = s->name_off; i < r->len; i++) {
+        unsigned char c = (unsigned char)r->buf[i];
+        if (!is_tchar(c))
+            return fail(r, 400, "header name is not a token");
+        if (c >= 'A' && c <= 'Z')
+            r->buf[i] = (char)(c + 32);
+        if (c == '_')
+            s->dropped = 1;
+    }
+    return end_string(r);
+}
+
+static int on_header_value(llhttp_t *h, const char *at, size_t n)
+{
+    struct hs_request *r = req_of(h);
+    if (r->field != 2) {
+        r->field = 2;
+        r->slots[r->nslots - 1].value_off = r->len;
+    }
+    return append(r, at, n);
+}
+
+static int on_header_value_complete(llhttp_t *h)
+{
+    struct hs_request *r = req_of(h);
+    struct hs_slot *s = &r->slots[r->nslots - 1];
+    if (r->field != 2) /* an empty value: llhttp gave no bytes */
+        s->value_off = r->len;
+    r->field = 0;
+    /* RFC 9110 5.5: field-value is VCHAR, obs-text, SP and HTAB. Any other
+     * control character (NUL, a lone CR or LF, VT, FF, the C0 separators,
+     * DEL) is refused, not cleaned: a proxy in front might have read the
+     * request differently. */
+    size_t start = s->value_off, end = r->len;
+    for (size_t i = start; i < end; i++) {
+        unsigned char c = (unsigned char)r->buf[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return fail(r, 400, "control character in a header value");
+    }
+    while (start < end && (r->buf[start] == ' ' || r->buf[start] == '\t'))
+        start++;
+    while (end > start && (r->buf[end - 1] == ' ' || r->buf[end - 1] == '\t'))
+        end--;
+    s->value_off = start;
+    s->value_len = end - start;
+    if (end_string(r))
+        return -1;
+    r->buf[start + s->value_len] = '\0';
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *h)
+{
+    req_of(h)->done = 1;
+    return HPE_PAUSED; /* stop here: whatever follows is the client's frames */
+}
+
+static const llhttp_settings_t settings = {
+    .on_url = on_url,
+    .on_url_complete = on_url_complete,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_message_complete = on_message_complete,
+};
+
+struct hs_request *hs_new(size_t max_head, unsigned max_headers)
+{
+    struct hs_request *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    llhttp_init(&r->http, HTTP_REQUEST, &settings);
+    r->max_head = max_head;
+    r->max_headers = max_headers;
+    return r;
+}
+
+void hs_free(struct hs_request *r)
+{
+    if (!r)
+        return;
+    free(r->buf);
+    free(r->slots);
+    free(r->view);
+    free(r);
+}
+
+static int finish(struct hs_request *r)
+{
+    size_t shown = 0;
+    for (size_t i = 0; i < r->nslots; i++)
+        shown += !r->slots[i].dropped;
+    r->view = calloc(shown ? shown : 1, sizeof *r->view);
+    if (!r->view)
+        return fail(r, 500, "out of memory");
+    for (size_t i = 0; i < r->nslots; i++) {
+        struct hs_slot *s = &r->slots[i];
+        if (s->dropped)
+            continue;
+        r->view[r->nview++] = (struct hs_header){
+            .name = r->buf + s->name_off,
+            .value = r->buf + s->value_off,
+            .value_len = s->value_len,
+        };
+    }
+    const char *m = llhttp_method_name((llhttp_method_t)llhttp_get_method(&r->http));
+    strncpy(r->method, m ? m : "?", sizeof r->method - 1);
+    if (!r->have_target)
+        return fail(r, 400, "no request target");
+    return 0;
+}
+
+int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed)
+{
+    *consumed = 0;
+    if (r->status)
+        return HS_ERROR;
+    if (r->done)
+        return HS_DONE;
+    /* Never give llhttp more than the head may take: the bound holds even
+     * when a client sends megabytes in one write. */
+    size_t room = r->max_head - r->head_bytes;
+    size_t n = len < room ? len : room;
+    llhttp_errno_t err = llhttp_execute(&r->http, data, n);
+    if (err == HPE_OK) {
+        *consumed = n;
+        r->head_bytes += n;
+        if (r->head_bytes >= r->max_head)
+            return fail(r, 431, "request head over the size limit"), HS_ERROR;
+        return HS_NEED_MORE;
+    }
+    if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && r->done) {
+        *consumed = (size_t)(llhttp_get_error_pos(&r->http) - data);
+        r->head_bytes += *consumed;
+        return finish(r) ? HS_ERROR : HS_DONE;
+    }
+    if (!r->status)
+        fail(r, 400, llhttp_get_error_reason(&r->http));
+    return HS_ERROR;
+}
+
+int hs_status(const struct hs_request *r)
+{
+    return r->status;
+}
+
+const char *hs_error(const struct hs_request *r)
+{
+    return r->error ? r->error : "";
+}
+
+const char *hs_method(const struct hs_request *r)
+{
+    return r->method;
+}
+
+const char *hs_target(const struct hs_request *r)
+{
+    return r->have_target ? r->buf + r->target_off : "";
+}
+
+size_t hs_header_count(const struct hs_request *r)
+{
+    return r->nview;
+}
+
+const struct hs_header *hs_header_at(const struct hs_request *r, size_t i)
+{
+    return i < r->nview ? &r->view[i] : NULL;
+}
+
+const char *hs_header_get(const struct hs_request *r, const char *name)
+{
+    for (size_t i = 0; i < r->nview; i++)
+        if (strcmp(r->view[i].name, name) == 0)
+            return r->view[i].value;
+    return NULL;
+}
+
+static size_t header_count(const struct hs_request *r, const char *name)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < r->nview; i++)
+        n += strcmp(r->view[i].name, name) == 0;
+    return n;
+}
+
+struct token_search {
+    const char *want;
+    int found;
+};
+
+static void match_token(const char *item, size_t len, void *ud)
+{
+    struct token_search *t = ud;
+    if (strlen(t->want) == len && strncasecmp(item, t->want, len) == 0)
+        t->found = 1;
+}
+
+/* 1 if any header called name holds token in its comma list. */
+static int has_token(const struct hs_request *r, const char *name, const char *token)
+{
+    struct token_search t = {token, 0};
+    for (size_t i = 0; i < r->nview && !t.found; i++)
+        if (strcmp(r->view[i].name, name) == 0)
+            hs_list_each(r->view[i].value, match_token, &t);
+    return t.found;
+}
+
+int hs_check_upgrade(const struct hs_request *r, struct hs_upgrade *up, const char **why)
+{
+    memset(up, 0, sizeof *up);
+    if (strcmp(r->method, "GET") != 0)
+        return *why = "method is not GET", 405;
+    if (!hs_header_get(r, "upgrade") && !hs_header_get(r, "sec-websocket-key"))
+        return *why = "plain HTTP request to a WebSocket route", 426;
+    if (!has_token(r, "upgrade", "websocket"))
+        return *why = "Upgrade header does not name websocket", 400;
+    if (!has_token(r, "connection", "upgrade"))
+        return *why = "Connection header lacks the upgrade token", 400;
+    uint8_t major = llhttp_get_http_major((llhttp_t *)&r->http);
+    uint8_t minor = llhttp_get_http_minor((llhttp_t *)&r->http);
+    if (major < 1 || (major == 1 && minor < 1))
+        return *why = "HTTP version below 1.1", 400;
+    const char *version = hs_header_get(r, "sec-websocket-version");
+    if (!version || strcmp(version, "13") != 0 || header_count(r, "sec-websocket-version") != 1)
+        return *why = "Sec-WebSocket-Version is not 13", 426;
+    const char *key = hs_header_get(r, "sec-websocket-key");
+    if (!key)
+        return *why = "no Sec-WebSocket-Key", 400;
+    if (header_count(r, "sec-websocket-key") != 1)
+        return *why = "more than one Sec-WebSocket-Key", 400;
+    if (!hs_key_valid(key))
+        return *why = "Sec-WebSocket-Key is not 16 bytes of base64", 400;
+    const char *cl = hs_header_get(r, "content-length");
+    if ((cl && strcmp(cl, "0") != 0) || hs_header_get(r, "transfer-encoding"))
+        return *why = "upgrade request with a body", 400;
+    up->key = key;
+    up->protocols = hs_header_get(r, "sec-websocket-protocol");
+    up->extensions = hs_header_get(r, "sec-websocket-extensions");
+    *why = NULL;
+    return 0;
+}
+
+static int b64_value(char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+int hs_key_valid(const char *key)
+{
+    /* 16 bytes are 22 base64 digits and "==". */
+    if (strlen(key) != 24 || key[22] != '=' || key[23] != '=')
+        return 0;
+    for (int i = 0; i < 22; i++)
+        if (b64_value(key[i]) < 0)
+            return 0;
+    return 1;
+}
+
+void hs_accept_key(const char *key, char out[29])
+{
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    char input[64];
+    size_t klen = strlen(key);
+    if (klen > sizeof input - sizeof WS_GUID)
+        klen = sizeof input - sizeof WS_GUID;
+    memcpy(input, key, klen);
+    memcpy(input + klen, WS_GUID, sizeof WS_GUID - 1);
+    SHA1((const unsigned char *)input, klen + sizeof WS_GUID - 1, digest);
+    EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH);
+    out[28] = '\0';
+}
+
+void hs_list_each(const char *list, void (*fn)(const char *item, size_t len, void *ud), void *ud)
+{
+    if (!list)
+        return;
+    const char *p = list;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        const char *stop = end ? end : p + strlen(p);
+        const char *a = p, *b = stop;
+        while (a < b && (*a == ' ' || *a == '\t'))
+            a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+            b--;
+        if (b > a)
+            fn(a, (size_t)(b - a), ud);
+        if (!end)
+            return;
+        p = end + 1;
+    }
+}
+
+const char *hs_reason(int status)
+{
+    switch (status) {
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}

@@ -1,0 +1,368 @@
+/* lbridge: the lua_State, the apps, and every call from C into Lua. Each
+ * app file runs in its own environment table whose misses fall through to
+ * the shared globals, so one app's globals never leak into another's. Every
+ * handler runs under lua_pcall with a traceback handler: an error is logged
+ * with the app, the handler and the connection id, and then (for
+ * on_message) closes that connection with 1011. */
+#include "lbridge.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "handshake.h"
+#include "log.h"
+#include "router.h"
+#include "server.h"
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            msg = lua_tostring(L, -1);
+        else
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int lb_pcall(lua_State *L, int nargs, int nresults, const char *what)
+{
+    int base = lua_gettop(L) - nargs; /* the function */
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    int rc = lua_pcall(L, nargs, nresults, base);
+    lua_remove(L, base);
+    if (rc == 0)
+        return 0;
+    if (what)
+        log_error("%s: %s", what, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return -1;
+}
+
+/* The message of a failed pcall without its traceback: its first line. */
+static void first_line(const char *msg, char *out, size_t outlen)
+{
+    size_t n = strcspn(msg, "\n");
+    if (n >= outlen)
+        n = outlen - 1;
+    memcpy(out, msg, n);
+    out[n] = '\0';
+}
+
+struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err, size_t errlen)
+{
+    struct lbridge *lb = calloc(1, sizeof *lb);
+    if (!lb || !(lb->L = luaL_newstate())) {
+        free(lb);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    lua_State *L = lb->L;
+    lb->srv = srv;
+    luaL_openlibs(L);
+    if (apps_dir) { /* apps may require modules that sit next to them */
+        lua_getglobal(L, "package");
+        lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", apps_dir, apps_dir);
+        lua_getfield(L, -2, "path");
+        lua_concat(L, 2);
+        lua_setfield(L, -2, "path");
+        lua_pop(L, 1);
+    }
+    lconn_open(L);
+    lhost_open(L, srv);
+    return lb;
+}
+
+void lbridge_free(struct lbridge *lb)
+{
+    if (!lb)
+        return;
+    lua_close(lb->L); /* timers' __gc stop their watchers */
+    for (struct app *a = lb->apps, *next; a; a = next) {
+        next = a->next;
+        free(a->name);
+        free(a->file);
+        free(a);
+    }
+    free(lb);
+}
+
+static const char *const handler_names[] = {"on_connect", "on_message", "on_close", NULL};
+
+struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, char *err,
+                        size_t errlen)
+{
+    for (struct app *a = lb->apps; a; a = a->next)
+        if (strcmp(a->file, file) == 0)
+            return a;
+    lua_State *L = lb->L;
+    int top = lua_gettop(L);
+    if (luaL_loadfile(L, file)) {
+        first_line(lua_tostring(L, -1), err, errlen);
+        goto fail;
+    }
+    /* env = setmetatable({}, {__index = _G}) */
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushvalue(L, LUA_GLOBALSINDEX);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_setfenv(L, -2);
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 0, 1, -2)) {
+        char msg[400];
+        first_line(lua_tostring(L, -1), msg, sizeof msg);
+        snprintf(err, errlen, "%s (while loading %s)", msg, file);
+        log_debug("%s", lua_tostring(L, -1));
+        goto fail;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "%s: an app must return a table of handlers, not %s", file,
+                 luaL_typename(L, -1));
+        goto fail;
+    }
+    for (const char *const *h = handler_names; *h; h++) {
+        lua_getfield(L, -1, *h);
+        int t = lua_type(L, -1);
+        lua_pop(L, 1);
+        if (t != LUA_TNIL && t != LUA_TFUNCTION) {
+            snprintf(err, errlen, "%s: %s must be a function, not %s", file, *h,
+                     lua_typename(L, t));
+            goto fail;
+        }
+    }
+    struct app *a = calloc(1, sizeof *a);
+    if (!a || !(a->name = strdup(name)) || !(a->file = strdup(file))) {
+        if (a)
+            free(a->name);
+        free(a);
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    a->version = 1;
+    a->next = lb->apps;
+    lb->apps = a;
+    lua_settop(L, top);
+    return a;
+fail:
+    lua_settop(L, top);
+    return NULL;
+}
+
+/* Push app[name] if it is a function; returns 0 (nothing pushed) if not. */
+static int push_handler(lua_State *L, const struct app *app, const char *name)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app->ref);
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    if (lua_isfunction(L, -1))
+        return 1;
+    lua_pop(L, 1);
+    return 0;
+}
+
+static void log_handler_error(lua_State *L, const struct conn *c, const char *handler)
+{
+    log_error("app %s (%s) conn %llu: error in %s: %s", c->app->name, c->path,
+              (unsigned long long)c->id, handler, lua_tostring(L, -1));
+    lua_pop(L, 1);
+}
+
+static int hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Push s[0..len) percent-decoded ('+' is a space in query arguments). */
+static void push_decoded(lua_State *L, const char *s, size_t len, int plus_is_space)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < len; i++) {
+        int hi, lo;
+        if (s[i] == '%' && i + 2 < len && (hi = hexval(s[i + 1])) >= 0 &&
+            (lo = hexval(s[i + 2])) >= 0) {
+            luaL_addchar(&b, (char)(hi * 16 + lo));
+            i += 2;
+        } else if (s[i] == '+' && plus_is_space) {
+            luaL_addchar(&b, ' ');
+        } else {
+            luaL_addchar(&b, s[i]);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+/* req.args: a=1&b=x%20y -> {a="1", b="x y"}; a repeated key keeps the last. */
+static void push_args(lua_State *L, const char *q)
+{
+    lua_newtable(L);
+    while (q && *q) {
+        size_t n = strcspn(q, "&");
+        const char *eq = memchr(q, '=', n);
+        if (n) {
+            size_t kl = eq ? (size_t)(eq - q) : n;
+            push_decoded(L, q, kl, 1);
+            if (eq)
+                push_decoded(L, eq + 1, n - kl - 1, 1);
+            else
+                lua_pushboolean(L, 1);
+            lua_rawset(L, -3);
+        }
+        q += n;
+        if (*q == '&')
+            q++;
+    }
+}
+
+static void push_endpoint(lua_State *L, const char *host, int port)
+{
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, host);
+    lua_setfield(L, -2, "host");
+    lua_pushinteger(L, port);
+    lua_setfield(L, -2, "port");
+}
+
+struct list_ctx {
+    lua_State *L;
+    int n;
+};
+
+static void push_list_item(const char *item, size_t len, void *ud)
+{
+    struct list_ctx *x = ud;
+    lua_pushlstring(x->L, item, len);
+    lua_rawseti(x->L, -2, ++x->n);
+}
+
+/* Build the req table described in the README. */
+static void push_request(lua_State *L, const struct conn *c, const struct route_match *m,
+                         const char *target, const char *protocols)
+{
+    lua_createtable(L, 0, 11);
+    lua_pushstring(L, hs_method(c->hs));
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, c->path);
+    lua_setfield(L, -2, "path");
+    const char *q = strchr(target, '?');
+    lua_pushstring(L, q ? q + 1 : "");
+    lua_setfield(L, -2, "query");
+    push_args(L, q ? q + 1 : NULL);
+    lua_setfield(L, -2, "args");
+
+    lua_createtable(L, 0, (int)m->nparams);
+    for (unsigned i = 0; i < m->nparams; i++) {
+        lua_pushlstring(L, m->params[i].name, m->params[i].name_len);
+        push_decoded(L, m->params[i].value, m->params[i].value_len, 0);
+        lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "params");
+
+    /* Headers: lowercase names; a repeated header's values joined by ", ". */
+    lua_createtable(L, 0, (int)hs_header_count(c->hs));
+    for (size_t i = 0; i < hs_header_count(c->hs); i++) {
+        const struct hs_header *h = hs_header_at(c->hs, i);
+        lua_getfield(L, -1, h->name);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, h->value, h->value_len);
+        } else {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, h->value, h->value_len);
+            lua_concat(L, 3);
+        }
+        lua_setfield(L, -2, h->name);
+    }
+    lua_setfield(L, -2, "headers");
+
+    push_endpoint(L, c->client_host, c->client_port);
+    lua_setfield(L, -2, "client");
+    push_endpoint(L, c->server_host, c->server_port);
+    lua_setfield(L, -2, "server");
+    lua_pushliteral(L, "ws");
+    lua_setfield(L, -2, "scheme");
+    lua_newtable(L);
+    struct list_ctx x = {L, 0};
+    hs_list_each(protocols, push_list_item, &x);
+    lua_setfield(L, -2, "subprotocols");
+}
+
+int lbridge_connect(struct lbridge *lb, struct conn *c, const struct route_match *m,
+                    const char *target, const char *protocols)
+{
+    lua_State *L = lb->L;
+    int top = lua_gettop(L);
+    lconn_new(L, c);
+    int ud = lua_gettop(L);
+    push_request(L, c, m, target, protocols);
+    lua_getfenv(L, ud);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "request");
+    lua_pop(L, 1);
+    int rc = 0;
+    if (push_handler(L, c->app, "on_connect")) {
+        lua_pushvalue(L, ud);
+        lua_pushvalue(L, ud + 1);
+        if (lb_pcall(L, 2, 0, NULL)) {
+            log_handler_error(L, c, "on_connect");
+            rc = -1;
+        }
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
+                     int binary)
+{
+    lua_State *L = lb->L;
+    if (!push_handler(L, c->app, "on_message"))
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
+    lua_pushlstring(L, (const char *)data, len);
+    if (binary)
+        lua_pushliteral(L, "binary");
+    else
+        lua_pushliteral(L, "text");
+    if (lb_pcall(L, 3, 0, NULL)) {
+        log_handler_error(L, c, "on_message");
+        conn_close(c, WS_CLOSE_INTERNAL, "internal error");
+    }
+}
+
+void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
+                   size_t reason_len)
+{
+    lua_State *L = lb->L;
+    if (c->lua_ref == LUA_NOREF || !push_handler(L, c->app, "on_close"))
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
+    lua_pushinteger(L, code);
+    lua_pushlstring(L, reason, reason_len);
+    if (lb_pcall(L, 3, 0, NULL))
+        log_handler_error(L, c, "on_close");
+}
+
+void lbridge_release(struct lbridge *lb, struct conn *c)
+{
+    if (c->lua_ref == LUA_NOREF)
+        return;
+    lconn_detach(lb->L, c->lua_ref);
+    c->lua_ref = LUA_NOREF;
+}

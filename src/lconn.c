@@ -1,0 +1,316 @@
+/* lconn: the ws object apps see. It is a small box pointing at the C
+ * connection; its environment table holds id, request and data. When the
+ * connection ends, C clears the pointer (lconn_detach) and every method
+ * returns nil, "closed" from then on; __gc frees only the box. Misuse (a
+ * wrong argument) raises; a runtime failure returns nil and a reason. */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "handshake.h"
+#include "lbridge.h"
+#include "ws_utf8.h"
+
+#define LCONN_MT "moonport.ws"
+
+struct lconn {
+    struct conn *c; /* NULL once the connection has ended */
+};
+
+static struct lconn *check_box(lua_State *L)
+{
+    return luaL_checkudata(L, 1, LCONN_MT);
+}
+
+static int closed(lua_State *L)
+{
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+}
+
+/* ws:send(data [, kind]) */
+static int lconn_send(lua_State *L)
+{
+    struct lconn *box = check_box(L);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    const char *kind = luaL_optstring(L, 3, "text");
+    int binary = strcmp(kind, "binary") == 0;
+    if (!binary && strcmp(kind, "text") != 0)
+        return luaL_argerror(L, 3, "kind must be \"text\" or \"binary\"");
+    if (!binary && !ws_utf8_valid((const uint8_t *)data, len))
+        return luaL_argerror(L, 2, "text is not valid UTF-8 (send it as \"binary\")");
+    if (!box->c || !conn_can_send(box->c))
+        return closed(L);
+    if (conn_send_frame(box->c, binary ? WS_OP_BINARY : WS_OP_TEXT, data, len))
+        return closed(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ws:ping([data]) */
+static int lconn_ping(lua_State *L)
+{
+    struct lconn *box = check_box(L);
+    size_t len = 0;
+    const char *data = luaL_optlstring(L, 2, "", &len);
+    if (len > 125)
+        return luaL_argerror(L, 2, "a ping carries at most 125 bytes");
+    if (!box->c || !conn_can_send(box->c))
+        return closed(L);
+    if (conn_send_frame(box->c, WS_OP_PING, data, len))
+        return closed(L);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ws:close([code [, reason]]) */
+static int lconn_close(lua_State *L)
+{
+    struct lconn *box = check_box(L);
+    lua_Integer code = luaL_optinteger(L, 2, WS_CLOSE_NORMAL);
+    size_t rlen = 0;
+    const char *reason = luaL_optlstring(L, 3, "", &rlen);
+    if (!ws_close_code_valid((unsigned)code) || code > 65535)
+        return luaL_argerror(L, 2, "not a close code an endpoint may send");
+    if (rlen > 123)
+        return luaL_argerror(L, 3, "a close reason is at most 123 bytes");
+    if (!ws_utf8_valid((const uint8_t *)reason, rlen))
+        return luaL_argerror(L, 3, "a close reason must be UTF-8");
+    struct conn *c = box->c;
+    if (c && c->in_connect) { /* closing before the 101 is a rejection */
+        if (!c->reply->status)
+            c->reply->status = 403;
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (!c || c->state != CONN_OPEN)
+        return closed(L);
+    conn_close(c, (uint16_t)code, reason);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Header names must be tokens and values must not hold control characters:
+ * an app must not be able to split the response. */
+static void check_headers(lua_State *L, int idx, int argn)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+            luaL_argerror(L, argn, "headers must map names to string values");
+        const char *name = lua_tostring(L, -2);
+        for (const char *p = name; *p; p++)
+            if (!(((*p | 32) >= 'a' && (*p | 32) <= 'z') || (*p >= '0' && *p <= '9') ||
+                  strchr("!#$%&'*+-.^_`|~", *p)))
+                luaL_argerror(L, argn, lua_pushfstring(L, "bad header name \"%s\"", name));
+        if (!*name)
+            luaL_argerror(L, argn, "empty header name");
+        size_t vl;
+        const char *v = lua_tolstring(L, -1, &vl);
+        for (size_t i = 0; i < vl; i++)
+            if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
+                luaL_argerror(L, argn,
+                              lua_pushfstring(L, "control character in header \"%s\"", name));
+        lua_pop(L, 1);
+    }
+}
+
+/* Append the checked headers at idx to out as "Name: value\r\n" lines. */
+static void add_headers(lua_State *L, int idx, struct buf *out)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t nl, vl;
+        const char *n = lua_tolstring(L, -2, &nl);
+        const char *v = lua_tolstring(L, -1, &vl);
+        buf_append(out, n, nl);
+        buf_append(out, ": ", 2);
+        buf_append(out, v, vl);
+        buf_append(out, "\r\n", 2);
+        lua_pop(L, 1);
+    }
+}
+
+static struct conn *connecting(lua_State *L, struct lconn *box, const char *method)
+{
+    if (!box->c || !box->c->in_connect)
+        luaL_error(L, "ws:%s can only be called in on_connect", method);
+    return box->c;
+}
+
+/* ws:reject([status [, body [, headers]]]) */
+static int lconn_reject(lua_State *L)
+{
+    struct lconn *box = check_box(L);
+    lua_Integer status = luaL_optinteger(L, 2, 403);
+    size_t blen = 0;
+    const char *body = luaL_optlstring(L, 3, NULL, &blen);
+    if (status < 400 || status > 599)
+        return luaL_argerror(L, 2, "status must be from 400 to 599");
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        check_headers(L, 4, 4);
+    }
+    struct conn *c = connecting(L, box, "reject");
+    /* Everything is checked: only now change the reply. */
+    c->reply->status = (int)status;
+    buf_reset(&c->reply->headers);
+    buf_reset(&c->reply->body);
+    if (!lua_isnoneornil(L, 4))
+        add_headers(L, 4, &c->reply->headers);
+    if (body)
+        buf_append(&c->reply->body, body, blen);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+struct offered {
+    const char *want;
+    size_t want_len;
+    int found;
+};
+
+static void match_offered(const char *item, size_t len, void *ud)
+{
+    struct offered *o = ud;
+    if (len == o->want_len && memcmp(item, o->want, len) == 0)
+        o->found = 1;
+}
+
+/* ws:accept{protocol = "chat.v2", headers = {...}} */
+static int lconn_accept(lua_State *L)
+{
+    struct lconn *box = check_box(L);
+    const char *protocol = NULL;
+    size_t plen = 0;
+    int headers = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "protocol");
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_argerror(L, 2, "protocol must be a string");
+            protocol = lua_tolstring(L, -1, &plen);
+        }
+        lua_getfield(L, 2, "headers");
+        if (!lua_isnil(L, -1)) {
+            if (!lua_istable(L, -1))
+                return luaL_argerror(L, 2, "headers must be a table");
+            headers = lua_gettop(L);
+            check_headers(L, headers, 2);
+        }
+    }
+    struct conn *c = connecting(L, box, "accept");
+    if (protocol) {
+        struct offered o = {protocol, plen, 0};
+        hs_list_each(hs_header_get(c->hs, "sec-websocket-protocol"), match_offered, &o);
+        if (!o.found)
+            return luaL_argerror(
+                L, 2, lua_pushfstring(L, "protocol \"%s\" was not offered by the client", protocol));
+    }
+    c->reply->status = 0;
+    free(c->reply->protocol);
+    c->reply->protocol = protocol ? strdup(protocol) : NULL;
+    buf_reset(&c->reply->headers);
+    if (headers)
+        add_headers(L, headers, &c->reply->headers);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ws:buffered(): bytes queued for this connection and not yet sent. */
+static int lconn_buffered(lua_State *L)
+{
+    struct lconn *box = check_box(L);
+    if (!box->c)
+        return closed(L);
+    lua_pushinteger(L, (lua_Integer)buf_pending(&box->c->out));
+    return 1;
+}
+
+static const luaL_Reg methods[] = {
+    {"send", lconn_send},       {"ping", lconn_ping},     {"close", lconn_close},
+    {"reject", lconn_reject},   {"accept", lconn_accept}, {"buffered", lconn_buffered},
+    {NULL, NULL},
+};
+
+/* ws.key: a method, else a field of the box's environment (id, request, data). */
+static int lconn_index(lua_State *L)
+{
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+    if (!lua_isnil(L, -1))
+        return 1;
+    lua_getfenv(L, 1);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    return 1;
+}
+
+static int lconn_newindex(lua_State *L)
+{
+    const char *key = lua_tostring(L, 2);
+    if (!key || strcmp(key, "data") != 0)
+        return luaL_error(L, "ws.%s cannot be set: keep per-connection state in ws.data",
+                          key ? key : "?");
+    lua_getfenv(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, -3);
+    return 0;
+}
+
+static int lconn_tostring(lua_State *L)
+{
+    struct lconn *box = check_box(L);
+    lua_getfenv(L, 1);
+    lua_getfield(L, -1, "id");
+    lua_pushfstring(L, "ws#%s%s", lua_tostring(L, -1), box->c ? "" : " (closed)");
+    return 1;
+}
+
+void lconn_open(lua_State *L)
+{
+    luaL_newmetatable(L, LCONN_MT);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_pushcclosure(L, lconn_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, lconn_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, lconn_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "moonport.ws");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
+
+int lconn_new(lua_State *L, struct conn *c)
+{
+    struct lconn *box = lua_newuserdata(L, sizeof *box);
+    box->c = c;
+    luaL_getmetatable(L, LCONN_MT);
+    lua_setmetatable(L, -2);
+    lua_createtable(L, 0, 3);
+    lua_pushnumber(L, (lua_Number)c->id);
+    lua_setfield(L, -2, "id");
+    lua_newtable(L);
+    lua_setfield(L, -2, "data");
+    lua_setfenv(L, -2);
+    lua_pushvalue(L, -1);
+    c->lua_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return c->lua_ref;
+}
+
+void lconn_detach(lua_State *L, int ref)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    struct lconn *box = lua_touserdata(L, -1);
+    if (box)
+        box->c = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}

@@ -1,0 +1,170 @@
+/* lhost: the moonport module apps require: log, now, after, every. A timer
+ * is a userdata holding its ev_timer; while it is armed, the registry holds
+ * the timer and its callback, and those refs are dropped when it fires for
+ * the last time or is cancelled. A timer callback's error is logged, never
+ * fatal; an `every` timer keeps running after an error. */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lbridge.h"
+#include "log.h"
+#include "server.h"
+
+#define LTIMER_MT "moonport.timer"
+
+struct ltimer {
+    ev_timer w;
+    lua_State *L;
+    struct server *srv;
+    int self_ref, fn_ref; /* LUA_NOREF when not armed */
+};
+
+static struct server *host_server(lua_State *L)
+{
+    return lua_touserdata(L, lua_upvalueindex(1));
+}
+
+/* moonport.log(level, ...) */
+static int lhost_log(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    int level = log_level_parse(name);
+    if (level < 0)
+        return luaL_argerror(L, 1, "level must be error, warn, info or debug");
+    if (level > log_threshold)
+        return 0;
+    int n = lua_gettop(L);
+    lua_getglobal(L, "tostring");
+    int tostr = n + 1, parts = 0;
+    for (int i = 2; i <= n; i++) {
+        if (i > 2) {
+            lua_pushliteral(L, " ");
+            parts++;
+        }
+        lua_pushvalue(L, tostr);
+        lua_pushvalue(L, i);
+        lua_call(L, 1, 1);
+        parts++;
+    }
+    lua_concat(L, parts);
+    log_msg(level, "app: %s", lua_tostring(L, -1));
+    return 0;
+}
+
+/* moonport.now(): monotonic seconds. */
+static int lhost_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+static void timer_disarm(struct ltimer *t)
+{
+    ev_timer_stop(t->srv->loop, &t->w);
+    luaL_unref(t->L, LUA_REGISTRYINDEX, t->fn_ref);
+    luaL_unref(t->L, LUA_REGISTRYINDEX, t->self_ref);
+    t->fn_ref = t->self_ref = LUA_NOREF;
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct ltimer *t = (struct ltimer *)w;
+    lua_State *L = t->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref); /* keeps t alive during the call */
+    int self = lua_gettop(L);
+    if (w->repeat == 0)
+        timer_disarm(t); /* a one-shot is done before its callback runs */
+    lua_pushvalue(L, self - 1);
+    lua_pushvalue(L, self);
+    lb_pcall(L, 1, 0, "timer callback");
+    lua_pop(L, 2);
+}
+
+static int start_timer(lua_State *L, int repeat)
+{
+    double after = luaL_checknumber(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (!(after >= 0))
+        return luaL_argerror(L, 1, "seconds must be 0 or more");
+    if (repeat && !(after > 0))
+        return luaL_argerror(L, 1, "an every() interval must be more than 0");
+    struct ltimer *t = lua_newuserdata(L, sizeof *t);
+    memset(t, 0, sizeof *t);
+    t->L = L;
+    t->srv = host_server(L);
+    t->fn_ref = t->self_ref = LUA_NOREF;
+    luaL_getmetatable(L, LTIMER_MT);
+    lua_setmetatable(L, -2);
+    ev_timer_init(&t->w, on_timer, after, repeat ? after : 0);
+    lua_pushvalue(L, 2);
+    t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, -1);
+    t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ev_timer_start(t->srv->loop, &t->w);
+    return 1;
+}
+
+static int lhost_after(lua_State *L)
+{
+    return start_timer(L, 0);
+}
+
+static int lhost_every(lua_State *L)
+{
+    return start_timer(L, 1);
+}
+
+/* timer:cancel(): true if it was armed. */
+static int ltimer_cancel(lua_State *L)
+{
+    struct ltimer *t = luaL_checkudata(L, 1, LTIMER_MT);
+    int armed = t->self_ref != LUA_NOREF;
+    if (armed)
+        timer_disarm(t);
+    lua_pushboolean(L, armed);
+    return 1;
+}
+
+static int ltimer_gc(lua_State *L)
+{
+    struct ltimer *t = luaL_checkudata(L, 1, LTIMER_MT);
+    if (t->srv)
+        ev_timer_stop(t->srv->loop, &t->w);
+    return 0;
+}
+
+void lhost_open(lua_State *L, struct server *srv)
+{
+    luaL_newmetatable(L, LTIMER_MT);
+    lua_newtable(L);
+    lua_pushcfunction(L, ltimer_cancel);
+    lua_setfield(L, -2, "cancel");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, ltimer_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    static const luaL_Reg fns[] = {
+        {"log", lhost_log}, {"now", lhost_now}, {"after", lhost_after}, {"every", lhost_every},
+        {NULL, NULL},
+    };
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_newtable(L);
+    for (const luaL_Reg *f = fns; f->name; f++) {
+        lua_pushlightuserdata(L, srv);
+        lua_pushcclosure(L, f->func, 1);
+        lua_setfield(L, -2, f->name);
+    }
+    lua_pushliteral(L, MOONPORT_VERSION);
+    lua_setfield(L, -2, "version");
+    lua_setfield(L, -2, "moonport");
+    lua_pop(L, 2);
+}

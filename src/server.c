@@ -1,0 +1,217 @@
+/* server: listen, accept, and the per-iteration work of the loop. Before
+ * the loop blocks (ev_prepare), it writes every connection's queued output
+ * in one call each, then frees the connections that died during the
+ * iteration: no callback can still be running for them. */
+#include "server.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "lbridge.h"
+#include "log.h"
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+int server_listen(struct server *s, char *err, size_t errlen)
+{
+    const struct config *cfg = s->cfg;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res;
+    char port[16];
+    snprintf(port, sizeof port, "%d", cfg->port);
+    int rc = getaddrinfo(cfg->host, port, &hints, &res);
+    if (rc) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, cfg->port, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1, saved = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+            break;
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s%s", cfg->host, cfg->port,
+                 strerror(saved), saved == EADDRINUSE ? " (another server is using the port?)" : "");
+        return -1;
+    }
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    int bound_port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                                    : ((struct sockaddr_in *)&sa)->sin_port);
+    if (strchr(cfg->host, ':'))
+        snprintf(s->bound, sizeof s->bound, "[%s]:%d", cfg->host, bound_port);
+    else
+        snprintf(s->bound, sizeof s->bound, "%s:%d", cfg->host, bound_port);
+    s->lfd = fd;
+    return 0;
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)revents;
+    struct server *s = container_of(w, struct server, accept_w);
+    for (int i = 0; i < 256; i++) { /* bounded: let other watchers run too */
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
+                errno == ECONNABORTED)
+                return;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: stop accepting for a moment rather
+                 * than spin on a listening socket that stays readable. */
+                log_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
+                ev_io_stop(loop, &s->accept_w);
+                ev_timer_start(loop, &s->accept_retry);
+                return;
+            }
+            log_error("accept: %s", strerror(errno));
+            return;
+        }
+        if (s->nconns >= s->cfg->max_connections) {
+            log_warn("refusing a connection: limits.max_connections (%u) reached",
+                     s->cfg->max_connections);
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!conn_new(s, fd)) {
+            log_error("out of memory for a new connection");
+            close(fd);
+        }
+    }
+}
+
+static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct server *s = container_of(w, struct server, accept_retry);
+    if (!s->shutting_down)
+        ev_io_start(loop, &s->accept_w);
+}
+
+void server_want_flush(struct server *s, struct conn *c)
+{
+    if (c->in_flush_list || c->state == CONN_DEAD)
+        return;
+    c->in_flush_list = 1;
+    c->flush_next = s->flush_list;
+    s->flush_list = c;
+}
+
+void server_conn_dead(struct server *s, struct conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    s->nconns--;
+    c->dead_next = s->dead_list;
+    s->dead_list = c;
+}
+
+/* Runs before the loop blocks: flush, then free the dead. */
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    struct server *s = container_of(w, struct server, prepare_w);
+    while (s->flush_list) {
+        struct conn *c = s->flush_list;
+        s->flush_list = c->flush_next;
+        c->in_flush_list = 0;
+        if (c->state != CONN_DEAD)
+            conn_flush(c);
+    }
+    while (s->dead_list) {
+        struct conn *c = s->dead_list;
+        s->dead_list = c->dead_next;
+        if (c->in_flush_list) /* cannot be: the flush list was just emptied */
+            continue;
+        conn_free(c);
+    }
+    if (s->shutting_down && s->nconns == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void on_shutdown_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct server *s = container_of(w, struct server, shutdown_w);
+    log_warn("shutdown: %zu connection(s) did not finish closing; dropping them", s->nconns);
+    while (s->conns)
+        conn_abort(s->conns, "shutdown");
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)revents;
+    struct server *s = w->signum == SIGINT ? container_of(w, struct server, sigint_w)
+                                           : container_of(w, struct server, sigterm_w);
+    if (s->shutting_down) {
+        log_warn("second signal: dropping every connection now");
+        while (s->conns)
+            conn_abort(s->conns, "shutdown");
+        return;
+    }
+    s->shutting_down = 1;
+    log_info("%s: closing %zu connection(s) with 1001 and exiting",
+             w->signum == SIGINT ? "SIGINT" : "SIGTERM", s->nconns);
+    ev_io_stop(loop, &s->accept_w);
+    ev_timer_stop(loop, &s->accept_retry);
+    close(s->lfd);
+    s->lfd = -1;
+    for (struct conn *c = s->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_OPEN)
+            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+        else if (c->state == CONN_HANDSHAKE && !c->in_connect)
+            conn_abort(c, "shutdown");
+    }
+    ev_timer_set(&s->shutdown_w, s->cfg->close_timeout + 0.5, 0);
+    ev_timer_start(loop, &s->shutdown_w);
+}
+
+int server_run(struct server *s)
+{
+    struct ev_loop *loop = s->loop;
+    signal(SIGPIPE, SIG_IGN);
+    ev_io_init(&s->accept_w, on_accept, s->lfd, EV_READ);
+    ev_io_start(loop, &s->accept_w);
+    ev_timer_init(&s->accept_retry, on_accept_retry, 0.1, 0);
+    ev_signal_init(&s->sigint_w, on_signal, SIGINT);
+    ev_signal_init(&s->sigterm_w, on_signal, SIGTERM);
+    ev_signal_start(loop, &s->sigint_w);
+    ev_signal_start(loop, &s->sigterm_w);
+    ev_prepare_init(&s->prepare_w, on_prepare);
+    ev_prepare_start(loop, &s->prepare_w);
+    ev_init(&s->shutdown_w, on_shutdown_timeout);
+    /* Timers and signals must not keep a finished loop alive. */
+    ev_run(loop, 0);
+    log_info("stopped");
+    return 0;
+}

@@ -1,0 +1,57 @@
+/* server: the event loop's owner. It listens, accepts, keeps the list of
+ * connections, flushes their output once per loop iteration (so frames
+ * queued by one handler leave in one write), frees dead connections at a
+ * safe point, and shuts down on SIGINT/SIGTERM by closing every connection
+ * with 1001. */
+#ifndef MOONPORT_SERVER_H
+#define MOONPORT_SERVER_H
+
+#include <ev.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+struct conn;
+struct router;
+struct lbridge;
+
+#define SERVER_READ_BUF (64 * 1024)
+
+struct server {
+    struct ev_loop *loop;
+    const struct config *cfg;
+    struct router *router;
+    struct lbridge *lb;
+
+    int lfd;
+    ev_io accept_w;
+    ev_timer accept_retry; /* after EMFILE: try accepting again later */
+    ev_signal sigint_w, sigterm_w;
+    ev_prepare prepare_w; /* flush output and sweep dead conns */
+    ev_timer shutdown_w;  /* bound on the graceful shutdown */
+
+    struct conn *conns;
+    size_t nconns;
+    struct conn *flush_list;
+    struct conn *dead_list;
+    uint64_t next_id;
+    int shutting_down;
+    char bound[80]; /* "host:port" actually bound */
+
+    /* One read buffer for every connection: bytes are parsed as soon as
+     * they are read, so a connection keeps none of them. */
+    uint8_t rbuf[SERVER_READ_BUF];
+};
+
+/* Bind and listen. Returns 0, or -1 with err set ("port in use"...). */
+int server_listen(struct server *s, char *err, size_t errlen);
+
+/* Run the loop until shutdown. Returns the exit status. */
+int server_run(struct server *s);
+
+/* Connection bookkeeping for conn.c. */
+void server_want_flush(struct server *s, struct conn *c);
+void server_conn_dead(struct server *s, struct conn *c);
+
+#endif

@@ -190,7 +190,8 @@ static void queue_close(struct conn *c, uint16_t code, const char *reason, size_
         n = 2;
         if (rlen > sizeof payload - 2)
             rlen = sizeof payload - 2; /* may cut a UTF-8 sequence: see set_reason */
-        memcpy(payload + 2, reason, rlen);
+        if (rlen)
+            memcpy(payload + 2, reason, rlen);
         n += rlen;
     }
     queue_frame(c, 0x80 | WS_OP_CLOSE, payload, n);
@@ -206,7 +207,8 @@ static void set_reason(struct conn *c, uint16_t code, const char *reason, size_t
             len--; /* reason[len] exists: the reason was longer */
     }
     c->close_code = code;
-    memcpy(c->close_reason, reason, len);
+    if (len)
+        memcpy(c->close_reason, reason, len);
     c->close_reason_len = (uint8_t)len;
 }
 

@@ -68,7 +68,8 @@ static int append(struct hs_request *r, const char *at, size_t n)
         r->buf = b;
         r->cap = cap;
     }
-    memcpy(r->buf + r->len, at, n);
+    if (n)
+        memcpy(r->buf + r->len, at, n);
     r->len += n;
     return 0;
 }

@@ -2,6 +2,7 @@
 # `make test` runs every test (unit, fuzz, specs, specs under ASan+UBSan).
 
 PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
 LUADIR     ?= $(PREFIX)/share/lua/5.1
 CC         ?= cc
 FUZZ_CC    ?= clang
@@ -106,12 +107,12 @@ test: deps-test all asan $(UNIT_TESTS) $(FUZZERS)
 	@bash spec/run
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUADIR)/moonport
-	install -m 755 bin/moonport $(DESTDIR)$(PREFIX)/bin/moonport
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/moonport
+	install -m 755 bin/moonport $(DESTDIR)$(BINDIR)/moonport
 	install -m 644 lua/moonport/*.lua $(DESTDIR)$(LUADIR)/moonport/
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/moonport
+	rm -f $(DESTDIR)$(BINDIR)/moonport
 	rm -rf $(DESTDIR)$(LUADIR)/moonport
 
 clean:

@@ -34,6 +34,8 @@ uint8_t *buf_reserve(struct buf *b, size_t n)
 
 int buf_append(struct buf *b, const void *p, size_t n)
 {
+    if (n == 0)
+        return 0;
     uint8_t *w = buf_reserve(b, n);
     if (!w)
         return -1;

@@ -402,6 +402,8 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
 
 static void deliver(struct conn *c, uint8_t op, const uint8_t *data, size_t len)
 {
+    if (!data) /* an empty message that never needed a buffer */
+        data = (const uint8_t *)"";
     lbridge_message(c->srv->lb, c, data, len, op == WS_OP_BINARY);
 }
 

@@ -42,7 +42,7 @@ ASAN_OBJ := $(SRC:src/%.c=build/asan/%.o) $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/a
 UNIT_TESTS := $(patsubst spec/c/%.c,build/unit/%,$(wildcard spec/c/test_*.c))
 FUZZERS    := $(patsubst spec/fuzz/%.c,build/fuzz/%,$(wildcard spec/fuzz/fuzz_*.c))
 
-.PHONY: all run test unit fuzz asan deps deps-test install uninstall clean bench
+.PHONY: all run test unit fuzz asan deps deps-test install uninstall clean
 all: bin/moonport
 
 bin/moonport: $(REL_OBJ)
@@ -117,3 +117,6 @@ uninstall:
 
 clean:
 	rm -rf build bin
+
+# Benchmarks (make bench, make bench-peers) live with their tools in bench/.
+-include bench/bench.mk

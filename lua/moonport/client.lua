@@ -70,7 +70,9 @@ The ws object (one connection):
   ws:expect_close(timeout) -> code, reason, tcp_closed | nil, err
                            Reads until a close frame, skipping data frames,
                            then waits (the rest of timeout) for the server to
-                           close TCP. code is nil for an empty close frame.
+                           close TCP. An empty close frame gives nil, nil,
+                           tcp_closed; no close frame at all gives nil and
+                           "timeout" or "closed".
   ws:is_closed(timeout)  -> true if the server closes TCP (EOF or reset)
                            within timeout; bytes read meanwhile are dropped.
   ws:shutdown()          closes the socket.

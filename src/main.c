@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "config.h"
 #include "conn.h"
@@ -78,6 +79,17 @@ static int load_routes(struct server *s, const struct config *cfg, char *err, si
     return 0;
 }
 
+/* Each connection is a descriptor: take the hard limit, not the soft 1024
+ * most shells start with, so thousands of clients fit. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int main(int argc, char **argv)
 {
     static struct config cfg;
@@ -93,6 +105,7 @@ int main(int argc, char **argv)
     }
     log_threshold = cfg.log_level;
     log_access_on = cfg.log_access;
+    raise_fd_limit();
 
     srv.cfg = &cfg;
     srv.loop = ev_default_loop(EVFLAG_AUTO);

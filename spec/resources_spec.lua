@@ -1,0 +1,110 @@
+-- Resource bounds, through the real binary: many connections on one loop,
+-- a client that stops reading, a subscriber that cannot keep up. Sizes are
+-- asserted, never timings.
+local testing = require "moonport.testing"
+
+local ECHO = [[
+local app = {}
+function app.on_message(ws, data, kind) ws:send(data, kind) end
+return app
+]]
+
+local FLOOD = [[
+local app = {}
+local chunk = string.rep("y", 1024 * 1024)
+function app.on_message(ws, data)
+  for i = 1, 200 do
+    if not ws:send(chunk, "binary") then
+      require("moonport").log("info", "flood stopped after", i, "messages")
+      return
+    end
+  end
+end
+return app
+]]
+
+local function count(text, pattern)
+  local n = 0
+  for _ in text:gmatch(pattern) do n = n + 1 end
+  return n
+end
+
+describe("resources", function()
+  it("serves 3000 concurrent connections on one loop, and closes them all", function()
+    local server = assert(testing.start { apps = { echo = ECHO }, args = { "--log-level", "info" } })
+    local p = io.popen("/usr/bin/python3 spec/support/many_clients.py 127.0.0.1 " .. server.port
+                       .. " 3000 2>&1")
+    local out = p:read("*a")
+    p:close()
+    assert.matches("3000 connected, 3000 echoed, 3000 closed", out, 1, true)
+    local disconnects
+    for _ = 1, 50 do
+      disconnects = count(server:stdout(), "WSDISCONNECT /echo\" id=%d+ code=1000")
+      if disconnects == 3000 then break end
+      testing.sleep(0.1)
+    end
+    assert.are.equal(3000, disconnects)
+    assert.is_true(server:alive())
+    assert.are.equal(0, server:stop())
+    server:cleanup()
+  end)
+
+  it("stops reading a client that does not read its echoes; memory stays bounded", function()
+    local server = assert(testing.start {
+      apps = { echo = ECHO },
+      config = [[return { apps = "apps", limits = { send_buffer = 262144 } }]],
+    })
+    local ws = assert(server:connect("/echo"))
+    ws.timeout = 1 -- a send that blocks this long means the server stopped reading
+    local before = server:rss_kib()
+    local chunk = string.rep("x", 65536)
+    local sent, limit = 0, 256 * 1024 * 1024
+    while sent < limit do
+      local ok = ws:send_frame { opcode = "binary", payload = chunk, key = "\0\0\0\0" }
+      if not ok then break end
+      sent = sent + #chunk
+    end
+    -- Kernel buffers on both sides hold some megabytes; the server itself
+    -- must hold no more than about send_buffer.
+    assert.is_true(sent < limit, "the server kept reading " .. sent .. " bytes")
+    local grown = server:rss_kib() - before
+    assert.is_true(grown < 32 * 1024, "server RSS grew by " .. grown .. " KiB")
+    -- Reading now drains the queue; every echo that arrives is intact.
+    local frames = 0
+    while true do
+      local f = ws:receive(1)
+      if not f then break end
+      assert.are.equal(2, f.opcode)
+      assert.are.equal(65536, #f.payload)
+      assert.is_true(f.payload == chunk)
+      frames = frames + 1
+    end
+    assert.is_true(frames > 4, "only " .. frames .. " echoes came back")
+    assert.is_true(server:alive())
+    local ws2 = assert(server:connect("/echo"))
+    ws2:send("still here")
+    assert.are.equal("still here", (ws2:receive_message(5)))
+    server:stop()
+    server:cleanup()
+  end)
+
+  it("drops a connection whose output queue passes max_send_buffer, and logs it", function()
+    local server = assert(testing.start {
+      apps = { flood = FLOOD, echo = ECHO },
+      config = [[return { apps = "apps", limits = { send_buffer = 1048576, max_send_buffer = 8388608 } }]],
+    })
+    local ws = assert(server:connect("/flood"))
+    ws:send("go")
+    assert.truthy(server:wait_log("over limits.max_send_buffer: dropping the connection", 5))
+    -- 8 queued messages of 1 MiB + a 10-byte header pass 8 MiB: the 8th send fails.
+    assert.truthy(server:wait_log("flood stopped after 8 messages", 5))
+    -- What was queued before the limit may arrive; then the socket ends.
+    assert.is_true(ws:is_closed(10))
+    assert.truthy(server:wait_log("WSDISCONNECT /flood\" id=%d+ code=1006", 5))
+    local ws2 = assert(server:connect("/echo"))
+    ws2:send("alive")
+    assert.are.equal("alive", (ws2:receive_message(5)))
+    server:stop()
+    server:cleanup()
+  end)
+end)

@@ -294,8 +294,11 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
 static void http_error(struct conn *c, int status, const char *why)
 {
     static const char upgrade[] = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+    static const char allow[] = "Allow: GET\r\n";
     if (status == 426)
         http_reply(c, status, why, upgrade, sizeof upgrade - 1, NULL, 0);
+    else if (status == 405) /* RFC 9110 15.5.6: a 405 names the allowed methods */
+        http_reply(c, status, why, allow, sizeof allow - 1, NULL, 0);
     else
         http_reply(c, status, why, NULL, 0, NULL, 0);
 }

@@ -25,6 +25,7 @@ struct hs_request {
     const char *error;
     int done;
     int field; /* 0 none, 1 in a header name, 2 in a header value */
+    int lines; /* where the obs-fold scan is: see find_fold() */
 
     char *buf; /* target and header strings, NUL-separated */
     size_t len, cap;
@@ -246,6 +247,35 @@ static int finish(struct hs_request *r)
     return 0;
 }
 
+enum { LINES_START, LINES_IN, LINES_AT_START, LINES_END };
+
+/* The offset of the first obs-fold in data (a header line that begins with
+ * SP or HTAB), or len. llhttp 8.1 accepts folds silently and hands the
+ * continuation on as more of the value, so "X: a\r\n b" would read as
+ * "a b" and "X:\r\n b" as "b"; RFC 9112 5.2 lets a server refuse them
+ * instead, and a proxy in front may have joined them differently. The scan
+ * only follows line starts and stops at the blank line that ends the head;
+ * it refuses, never accepts, so llhttp still decides what the request says. */
+static size_t find_fold(struct hs_request *r, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && r->lines != LINES_END; i++) {
+        char c = data[i];
+        if (r->lines == LINES_START) {
+            /* llhttp skips empty lines before the request line. */
+            if (c != '\r' && c != '\n')
+                r->lines = LINES_IN;
+        } else if (r->lines == LINES_IN) {
+            if (c == '\n')
+                r->lines = LINES_AT_START;
+        } else if (c == ' ' || c == '\t') {
+            return i;
+        } else {
+            r->lines = c == '\r' || c == '\n' ? LINES_END : LINES_IN;
+        }
+    }
+    return len;
+}
+
 int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed)
 {
     *consumed = 0;
@@ -257,7 +287,12 @@ int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed
      * when a client sends megabytes in one write. */
     size_t room = r->max_head - r->head_bytes;
     size_t n = len < room ? len : room;
-    llhttp_errno_t err = llhttp_execute(&r->http, data, n);
+    /* Parse up to a fold, not past it: whatever llhttp rejects before it is
+     * still the error, whichever way the bytes were split. */
+    size_t fold = find_fold(r, data, n);
+    llhttp_errno_t err = llhttp_execute(&r->http, data, fold);
+    if (err == HPE_OK && fold < n)
+        return fail(r, 400, "obsolete line folding in a header"), HS_ERROR;
     if (err == HPE_OK) {
         *consumed = n;
         r->head_bytes += n;

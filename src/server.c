@@ -191,6 +191,8 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
             conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
         else if (c->state == CONN_HANDSHAKE && !c->in_connect)
             conn_abort(c, "shutdown");
+        else if (c->state == CONN_LINGER && c->shut_wr)
+            conn_abort(c, "shutdown"); /* all sent: only the peer's FIN is missing */
     }
     ev_timer_set(&s->shutdown_w, s->cfg->close_timeout + 0.5, 0);
     ev_timer_start(loop, &s->shutdown_w);

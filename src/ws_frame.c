@@ -63,7 +63,7 @@ void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_frag
     ws_utf8_reset(&p->utf8);
 }
 
-/* Header length implied by the first n (>= 2) header bytes. */
+/* Whole header length implied by its first two bytes (mask key included). */
 static uint8_t header_size(const uint8_t *h)
 {
     uint8_t len7 = h[1] & HDR_LEN7;
@@ -163,7 +163,9 @@ static void header_start(struct ws_parser *p, const uint8_t *h)
 }
 
 /* Gather header bytes from buf into p->hdr until the header is complete or
- * buf runs out. Returns the bytes taken, or WS_ERR_*. */
+ * buf runs out. Returns the bytes taken, or WS_ERR_*. Headers are copied
+ * even when they arrive whole: at most 14 bytes a frame buys one code path
+ * for whole and split headers alike. */
 static long header_feed(struct ws_parser *p, const uint8_t *buf, size_t len)
 {
     size_t used = 0;

@@ -23,6 +23,8 @@ static const char usage[] =
     "  --port N           port to listen on (default 8080; 0 picks a free one)\n"
     "  --config FILE      a Lua file returning a table of settings (see README)\n"
     "  --log-level LEVEL  error, warn, info (default; includes the access log) or debug\n"
+    "  --reload on|off    reload apps when their files change (default on); SIGHUP\n"
+    "                     reloads every app and the config file either way\n"
     "  -h, --help         print this help and exit\n"
     "  -v, --version      print the version and exit\n";
 
@@ -33,6 +35,7 @@ void config_init(struct config *c)
     c->port = 8080;
     c->log_level = LOG_INFO;
     c->log_access = 1;
+    c->reload = 1;
     c->max_message = 16u << 20;
     c->max_fragments = 65536;
     c->max_head = 16384;
@@ -225,6 +228,10 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     if (r)
         set_str(&c->host, s);
     NUM(t, "", "port", 0, 65535, c->port);
+    lua_getfield(L, t, "reload");
+    if (!lua_isnil(L, -1))
+        c->reload = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if ((r = field_string(L, t, "apps", &s, msg, sizeof msg)) < 0)
         goto bad;
     if (r) {
@@ -296,20 +303,22 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         {"port", required_argument, NULL, 'p'},
         {"config", required_argument, NULL, 'c'},
         {"log-level", required_argument, NULL, 'l'},
+        {"reload", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
     };
-    const char *host = NULL, *port = NULL, *level = NULL, *file = NULL;
+    const char *host = NULL, *port = NULL, *level = NULL, *file = NULL, *reload = NULL;
     int ch;
     opterr = 0;
-    optind = 1;
+    optind = 0; /* glibc: 0 re-initialises, so SIGHUP can parse argv again */
     while ((ch = getopt_long(argc, argv, ":hv", opts, NULL)) != -1) {
         switch (ch) {
         case 'H': host = optarg; break;
         case 'p': port = optarg; break;
         case 'c': file = optarg; break;
         case 'l': level = optarg; break;
+        case 'r': reload = optarg; break;
         case 'h': fputs(usage, stdout); return CONFIG_EXIT_OK;
         case 'v': printf("moonport %s\n", MOONPORT_VERSION); return CONFIG_EXIT_OK;
         case ':':
@@ -346,6 +355,13 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
     if (level && (c->log_level = log_level_parse(level)) < 0) {
         snprintf(err, errlen, "--log-level must be error, warn, info or debug, not \"%s\"", level);
         return CONFIG_ERROR;
+    }
+    if (reload) {
+        if (strcmp(reload, "on") && strcmp(reload, "off")) {
+            snprintf(err, errlen, "--reload must be on or off, not \"%s\"", reload);
+            return CONFIG_ERROR;
+        }
+        c->reload = strcmp(reload, "on") == 0;
     }
     if (!c->apps_dir && c->nroutes == 0) {
         snprintf(err, errlen, "nothing to serve: give an apps directory or a config with routes "

@@ -19,6 +19,7 @@ struct config {
     char *config_file; /* NULL: none */
     int log_level;
     int log_access;
+    int reload; /* watch app files and reload them on change */
 
     struct route_spec *routes; /* explicit routes from the config file, in order */
     size_t nroutes;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "conn.h"
 #include "handshake.h"
@@ -80,6 +81,8 @@ struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err,
     return lb;
 }
 
+static void app_free(struct app *a);
+
 void lbridge_free(struct lbridge *lb)
 {
     if (!lb)
@@ -87,29 +90,137 @@ void lbridge_free(struct lbridge *lb)
     lua_close(lb->L); /* timers' __gc stop their watchers */
     for (struct app *a = lb->apps, *next; a; a = next) {
         next = a->next;
-        free(a->name);
-        free(a->file);
-        free(a);
+        app_free(a);
     }
+    for (struct module *m = lb->modules, *next; m; m = next) {
+        next = m->next;
+        free(m->name);
+        free(m->file);
+        free(m->users);
+        free(m);
+    }
+    for (size_t i = 0; i < lb->nwatched; i++)
+        free(lb->watched[i]);
+    free(lb->watched);
     free(lb);
 }
 
-static const char *const handler_names[] = {"on_connect", "on_message", "on_close", NULL};
+static const char *const handler_names[] = {"on_connect", "on_message", "on_close", "on_reload",
+                                            NULL};
 
-struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, char *err,
-                        size_t errlen)
+int file_sig_read(const char *path, struct file_sig *sig)
 {
-    for (struct app *a = lb->apps; a; a = a->next)
-        if (strcmp(a->file, file) == 0)
-            return a;
+    struct stat st;
+    memset(sig, 0, sizeof *sig);
+    if (stat(path, &st))
+        return -1;
+    sig->mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    sig->ctime_ns = (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec;
+    sig->size = (long long)st.st_size;
+    sig->ino = (unsigned long long)st.st_ino;
+    return 0;
+}
+
+int file_sig_equal(const struct file_sig *a, const struct file_sig *b)
+{
+    return a->mtime_ns == b->mtime_ns && a->ctime_ns == b->ctime_ns && a->size == b->size &&
+           a->ino == b->ino;
+}
+
+void lbridge_watch_dir(struct lbridge *lb, const char *dir)
+{
+    for (size_t i = 0; i < lb->nwatched; i++)
+        if (strcmp(lb->watched[i], dir) == 0)
+            return;
+    char **w = realloc(lb->watched, (lb->nwatched + 1) * sizeof *w);
+    if (!w)
+        return;
+    lb->watched = w;
+    lb->watched[lb->nwatched] = strdup(dir);
+    if (lb->watched[lb->nwatched])
+        lb->nwatched++;
+}
+
+static int under_watched(const struct lbridge *lb, const char *file)
+{
+    for (size_t i = 0; i < lb->nwatched; i++) {
+        size_t n = strlen(lb->watched[i]);
+        if (strncmp(file, lb->watched[i], n) == 0 && file[n] == '/')
+            return 1;
+    }
+    return 0;
+}
+
+/* Remember that app a uses the module in file, so a change to the module
+ * reloads the app. */
+static void track_module(struct lbridge *lb, struct app *a, const char *name, const char *file)
+{
+    struct module *m;
+    for (m = lb->modules; m; m = m->next)
+        if (strcmp(m->file, file) == 0)
+            break;
+    if (!m) {
+        m = calloc(1, sizeof *m);
+        if (!m || !(m->name = strdup(name)) || !(m->file = strdup(file))) {
+            if (m)
+                free(m->name);
+            free(m);
+            return;
+        }
+        file_sig_read(file, &m->sig);
+        m->next = lb->modules;
+        lb->modules = m;
+    }
+    for (size_t i = 0; i < m->nusers; i++)
+        if (m->users[i] == a)
+            return;
+    struct app **u = realloc(m->users, (m->nusers + 1) * sizeof *u);
+    if (!u)
+        return;
+    m->users = u;
+    m->users[m->nusers++] = a;
+}
+
+/* An app's require: the global require, after noting which watched file
+ * the module comes from.
+ * upvalues: 1 = the app, 2 = the bridge. */
+static int tracked_require(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    struct app *a = lua_touserdata(L, lua_upvalueindex(1));
+    struct lbridge *lb = lua_touserdata(L, lua_upvalueindex(2));
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "searchpath");
+    if (lua_isfunction(L, -1)) {
+        lua_pushvalue(L, 1);
+        lua_getfield(L, -3, "path");
+        lua_call(L, 2, 1); /* searchpath(name, package.path): file or nil */
+        if (lua_isstring(L, -1) && under_watched(lb, lua_tostring(L, -1)))
+            track_module(lb, a, name, lua_tostring(L, -1));
+    }
+    lua_settop(L, 1);
+    lua_getglobal(L, "require");
+    lua_insert(L, 1);
+    lua_call(L, 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Run file in a fresh environment; push the table it returns. On failure
+ * push nothing and fill err. */
+static int load_app_table(struct lbridge *lb, struct app *a, char *err, size_t errlen)
+{
     lua_State *L = lb->L;
     int top = lua_gettop(L);
-    if (luaL_loadfile(L, file)) {
+    if (luaL_loadfile(L, a->file)) {
         first_line(lua_tostring(L, -1), err, errlen);
         goto fail;
     }
-    /* env = setmetatable({}, {__index = _G}) */
+    /* env = setmetatable({require = tracked}, {__index = _G}) */
     lua_newtable(L);
+    lua_pushlightuserdata(L, a);
+    lua_pushlightuserdata(L, lb);
+    lua_pushcclosure(L, tracked_require, 2);
+    lua_setfield(L, -2, "require");
     lua_newtable(L);
     lua_pushvalue(L, LUA_GLOBALSINDEX);
     lua_setfield(L, -2, "__index");
@@ -120,12 +231,12 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
     if (lua_pcall(L, 0, 1, -2)) {
         char msg[400];
         first_line(lua_tostring(L, -1), msg, sizeof msg);
-        snprintf(err, errlen, "%s (while loading %s)", msg, file);
+        snprintf(err, errlen, "%s (while loading %s)", msg, a->file);
         log_debug("%s", lua_tostring(L, -1));
         goto fail;
     }
     if (!lua_istable(L, -1)) {
-        snprintf(err, errlen, "%s: an app must return a table of handlers, not %s", file,
+        snprintf(err, errlen, "%s: an app must return a table of handlers, not %s", a->file,
                  luaL_typename(L, -1));
         goto fail;
     }
@@ -134,28 +245,102 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
         int t = lua_type(L, -1);
         lua_pop(L, 1);
         if (t != LUA_TNIL && t != LUA_TFUNCTION) {
-            snprintf(err, errlen, "%s: %s must be a function, not %s", file, *h,
+            snprintf(err, errlen, "%s: %s must be a function, not %s", a->file, *h,
                      lua_typename(L, t));
             goto fail;
         }
     }
-    struct app *a = calloc(1, sizeof *a);
+    lua_replace(L, top + 1); /* the table, where the traceback function was */
+    lua_settop(L, top + 1);
+    return 0;
+fail:
+    lua_settop(L, top);
+    return -1;
+}
+
+void lbridge_forget_module(struct lbridge *lb, const char *name)
+{
+    lua_State *L = lb->L;
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_pushnil(L);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 2);
+}
+
+struct app *lbridge_find(struct lbridge *lb, const char *file)
+{
+    for (struct app *a = lb->apps; a; a = a->next)
+        if (strcmp(a->file, file) == 0)
+            return a;
+    return NULL;
+}
+
+static void app_free(struct app *a)
+{
+    if (!a)
+        return;
+    for (size_t i = 0; i < a->npatterns; i++)
+        free(a->patterns[i]);
+    free(a->patterns);
+    free(a->name);
+    free(a->file);
+    free(a);
+}
+
+struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, char *err,
+                        size_t errlen)
+{
+    struct app *a = lbridge_find(lb, file);
+    if (a)
+        return a;
+    a = calloc(1, sizeof *a);
     if (!a || !(a->name = strdup(name)) || !(a->file = strdup(file))) {
-        if (a)
-            free(a->name);
-        free(a);
+        app_free(a);
         snprintf(err, errlen, "out of memory");
-        goto fail;
+        return NULL;
     }
-    a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    file_sig_read(file, &a->sig);
+    if (load_app_table(lb, a, err, errlen)) {
+        app_free(a);
+        return NULL;
+    }
+    a->ref = luaL_ref(lb->L, LUA_REGISTRYINDEX);
     a->version = 1;
     a->next = lb->apps;
     lb->apps = a;
-    lua_settop(L, top);
     return a;
-fail:
+}
+
+int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen)
+{
+    lua_State *L = lb->L;
+    int top = lua_gettop(L);
+    /* The signature from before the load: a write during it reloads again. */
+    file_sig_read(a->file, &a->sig);
+    if (load_app_table(lb, a, err, errlen))
+        return -1;
+    lua_getfield(L, -1, "on_reload");
+    if (lua_isfunction(L, -1)) {
+        /* Before any event reaches the new version, it may adopt the old
+         * one's state. */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+        if (lb_pcall(L, 1, 0, NULL)) {
+            char msg[400];
+            first_line(lua_tostring(L, -1), msg, sizeof msg);
+            snprintf(err, errlen, "%s (in on_reload of %s)", msg, a->file);
+            log_debug("%s", lua_tostring(L, -1));
+            lua_settop(L, top);
+            return -1;
+        }
+    } else {
+        lua_pop(L, 1);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, a->ref);
+    a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    a->version++;
     lua_settop(L, top);
-    return NULL;
+    return 0;
 }
 
 /* Push app[name] if it is a function; returns 0 (nothing pushed) if not. */

@@ -15,20 +15,44 @@ struct server;
 struct conn;
 struct route_match;
 
-/* An app: one Lua file, shared by every route that names it. */
+/* What a file looked like when it was loaded: a change means reload. */
+struct file_sig {
+    long long mtime_ns, ctime_ns, size;
+    unsigned long long ino;
+};
+
+/* An app: one Lua file, shared by every route that names it. Apps are never
+ * freed before exit: a connection may still point at a deleted one. */
 struct app {
     char *name;  /* for logs: "echo" */
     char *file;  /* path of the Lua file */
-    int ref;     /* registry ref of the handlers table */
+    int ref;     /* registry ref of the current handlers table */
     unsigned version;
+    struct file_sig sig;
+    int removed;      /* its file is gone: no routes lead to it */
+    int dirty;        /* a module it requires changed: reload it */
+    char **patterns;  /* the routes that serve it, to restore them */
+    size_t npatterns;
     struct app *next;
+};
+
+/* A module an app required from a watched directory. */
+struct module {
+    char *name;  /* as given to require */
+    char *file;
+    struct file_sig sig;
+    struct app **users;
+    size_t nusers;
+    struct module *next;
 };
 
 struct lbridge {
     lua_State *L;
     struct server *srv;
     struct app *apps;
-    int traceback_ref; /* unused slot kept for symmetry: see lb_pcall */
+    struct module *modules;
+    char **watched; /* directories whose modules are tracked */
+    size_t nwatched;
 };
 
 struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err, size_t errlen);
@@ -38,6 +62,25 @@ void lbridge_free(struct lbridge *lb);
  * to "file:line: message". */
 struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, char *err,
                         size_t errlen);
+
+/* Run the app's file again in a fresh environment. If it loads, returns a
+ * table, and its on_reload(old_app) (if any) succeeds, the new table
+ * replaces the old for every connection from its next event on. Otherwise
+ * nothing changes. Returns 0, or -1 with err set to file:line and why. */
+int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen);
+
+/* Drop a module from package.loaded, so the next require runs its file. */
+void lbridge_forget_module(struct lbridge *lb, const char *name);
+
+/* The app loaded from file, or NULL. */
+struct app *lbridge_find(struct lbridge *lb, const char *file);
+
+/* Track modules required from this directory (and below). */
+void lbridge_watch_dir(struct lbridge *lb, const char *dir);
+
+/* Read a file's signature; 0, or -1 if it cannot be stat'ed. */
+int file_sig_read(const char *path, struct file_sig *sig);
+int file_sig_equal(const struct file_sig *a, const struct file_sig *b);
 
 /* Handshake done and routed: create the ws object and run on_connect.
  * Afterwards c->reply says accept or reject. Returns 0, or -1 if the app

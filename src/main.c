@@ -1,8 +1,7 @@
 /* main: the moonport command. Reads the options and the config file, loads
- * every app (a broken one stops the start with file:line), binds, and runs
- * the loop. A mistake at start is one line on stderr and exit status 1
+ * every app through reload.c (a broken one stops the start with file:line),
+ * binds, and runs the loop. A mistake at start is one line on stderr and exit status 1
  * (2 for a bad command line). */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,72 +11,9 @@
 #include "conn.h"
 #include "lbridge.h"
 #include "log.h"
+#include "reload.h"
 #include "router.h"
 #include "server.h"
-
-static int by_name(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Every NAME.lua in dir becomes /NAME (index.lua becomes /). */
-static int load_dir(struct server *s, const char *dir, char *err, size_t errlen)
-{
-    DIR *d = opendir(dir);
-    if (!d) {
-        snprintf(err, errlen, "cannot read the apps directory %s: %m", dir);
-        return -1;
-    }
-    char **names = NULL;
-    size_t n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        size_t l = strlen(e->d_name);
-        if (l <= 4 || strcmp(e->d_name + l - 4, ".lua") != 0 || e->d_name[0] == '.')
-            continue;
-        char **nn = realloc(names, (n + 1) * sizeof *nn);
-        if (!nn)
-            break;
-        names = nn;
-        names[n++] = strndup(e->d_name, l - 4);
-    }
-    closedir(d);
-    qsort(names, n, sizeof *names, by_name);
-    int rc = 0;
-    for (size_t i = 0; i < n; i++) {
-        char file[4096], route[512];
-        snprintf(file, sizeof file, "%s/%s.lua", dir, names[i]);
-        snprintf(route, sizeof route, "/%s", strcmp(names[i], "index") ? names[i] : "");
-        struct app *a = rc ? NULL : lbridge_app(s->lb, file, names[i], err, errlen);
-        if (!rc && (!a || router_add(s->router, route, a, err, errlen)))
-            rc = -1;
-        free(names[i]);
-    }
-    free(names);
-    return rc;
-}
-
-static int load_routes(struct server *s, const struct config *cfg, char *err, size_t errlen)
-{
-    if (cfg->apps_dir && load_dir(s, cfg->apps_dir, err, errlen))
-        return -1;
-    for (size_t i = 0; i < cfg->nroutes; i++) {
-        const char *file = cfg->routes[i].file;
-        const char *base = strrchr(file, '/');
-        base = base ? base + 1 : file;
-        char name[256];
-        snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "."), base);
-        struct app *a = lbridge_app(s->lb, file, name, err, errlen);
-        if (!a || router_add(s->router, cfg->routes[i].pattern, a, err, errlen))
-            return -1;
-    }
-    if (router_count(s->router) == 0) {
-        snprintf(err, errlen, "no apps to serve: %s has no .lua files",
-                 cfg->apps_dir ? cfg->apps_dir : "the config");
-        return -1;
-    }
-    return 0;
-}
 
 /* Each connection is a descriptor: take the hard limit, not the soft 1024
  * most shells start with, so thousands of clients fit. */
@@ -108,6 +44,8 @@ int main(int argc, char **argv)
     raise_fd_limit();
 
     srv.cfg = &cfg;
+    srv.argc = argc;
+    srv.argv = argv;
     srv.loop = ev_default_loop(EVFLAG_AUTO);
     srv.lfd = -1;
     srv.router = router_new();
@@ -117,7 +55,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "moonport: out of memory\n");
         goto out;
     }
-    if (load_routes(&srv, &cfg, err, sizeof err) || server_listen(&srv, err, sizeof err)) {
+    if (reload_start(&srv, err, sizeof err) || server_listen(&srv, err, sizeof err)) {
         fprintf(stderr, "moonport: %s\n", err);
         goto out;
     }
@@ -133,6 +71,7 @@ int main(int argc, char **argv)
     log_threshold = level;
     rc = server_run(&srv);
 out:
+    reload_stop(&srv);
     lbridge_free(srv.lb);
     router_free(srv.router);
     config_free(&cfg);

@@ -76,6 +76,36 @@ int router_add(struct router *r, const char *pattern, struct app *app, char *err
     return 0;
 }
 
+static void remove_at(struct router *r, size_t i)
+{
+    free(r->routes[i].pattern);
+    memmove(&r->routes[i], &r->routes[i + 1], (r->n - i - 1) * sizeof *r->routes);
+    r->n--;
+}
+
+int router_remove(struct router *r, const char *pattern)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        if (strcmp(r->routes[i].pattern, pattern) == 0) {
+            remove_at(r, i);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+size_t router_remove_app(struct router *r, const struct app *app)
+{
+    size_t removed = 0;
+    for (size_t i = r->n; i-- > 0;) {
+        if (r->routes[i].app == app) {
+            remove_at(r, i);
+            removed++;
+        }
+    }
+    return removed;
+}
+
 /* Match one pattern against path, segment by segment. */
 static int match_one(const struct route *rt, const char *path, size_t len, struct route_match *m)
 {

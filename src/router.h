@@ -39,6 +39,12 @@ void router_free(struct router *r);
  * err set (bad pattern, too many captures, out of memory). */
 int router_add(struct router *r, const char *pattern, struct app *app, char *err, size_t errlen);
 
+/* Remove the route with this pattern; returns 1 if there was one. */
+int router_remove(struct router *r, const char *pattern);
+
+/* Remove every route that leads to app; returns how many. */
+size_t router_remove_app(struct router *r, const struct app *app);
+
 /* Match path (without the query). Returns 1 and fills *m, or 0. */
 int router_match(const struct router *r, const char *path, size_t len, struct route_match *m);
 

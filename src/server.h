@@ -18,11 +18,16 @@ struct lbridge;
 
 #define SERVER_READ_BUF (64 * 1024)
 
+struct reload;
+
 struct server {
     struct ev_loop *loop;
-    const struct config *cfg;
+    struct config *cfg;
     struct router *router;
     struct lbridge *lb;
+    struct reload *reload;
+    int argc; /* kept for SIGHUP, which reads the options and config again */
+    char **argv;
 
     int lfd;
     ev_io accept_w;

@@ -1,0 +1,24 @@
+/* reload: which app serves which route, and keeping that current while the
+ * server runs. At start it loads the apps directory (NAME.lua at /NAME,
+ * index.lua at /) and the config's routes. Then it watches the directories
+ * those files live in with inotify, waits until a burst of writes settles,
+ * and reloads what changed: a changed app, every app that requires a changed
+ * module, a new file (a new route), a deleted file (its routes answer 404,
+ * its connections are closed with 1001). SIGHUP reloads every app and the
+ * config file. A version that fails to load changes nothing. */
+#ifndef MOONPORT_RELOAD_H
+#define MOONPORT_RELOAD_H
+
+#include <stddef.h>
+
+struct server;
+
+/* Load every route; start watching if cfg->reload, and handle SIGHUP.
+ * Returns 0, or -1 with err set (a broken app at start: file:line). */
+int reload_start(struct server *s, char *err, size_t errlen);
+void reload_stop(struct server *s);
+
+/* Reload everything now, as SIGHUP does. */
+void reload_all(struct server *s);
+
+#endif

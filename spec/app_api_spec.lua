@@ -46,6 +46,8 @@ function app.on_connect(ws, req)
         ws:reject(451, "go away\n", {["X-Reason"] = "testing"})
     elseif what == "reject_default" then
         ws:reject()
+    elseif what == "close" then
+        ws:close()
     elseif what == "accept" then
         ws:accept {protocol = "chat.v2", headers = {["X-Hello"] = "1"}}
     elseif what == "raise" then
@@ -112,6 +114,10 @@ function cmds.binutf8(ws) ws:send("\255\254", "binary") end
 function cmds.raise(ws) error("boom in on_message") end
 function cmds.ping(ws, arg) ws:ping(arg) end
 function cmds.close(ws) ws:close(4000, "done") end
+function cmds.closesend(ws)
+    ws:close(4000, "done")
+    moonport.log("info", "cmd send after own close: " .. results(ws:send("too late")))
+end
 function cmds.echo(ws, arg) ws:send(arg) end
 function cmds.poke(ws, name)
     local p = parked[name]
@@ -183,6 +189,8 @@ function cmds.after(ws)
     moonport.after(0.1, function()
         ws:send(string.format("after %.3f", moonport.now() - t0))
     end)
+    -- Nothing holds the timer: a full collection must not stop it.
+    collectgarbage("collect")
     ws:send("armed")
 end
 function cmds.every(ws)
@@ -196,6 +204,16 @@ end
 function cmds.cancel(ws) ws:send("cancelled " .. tostring(ws.data.ticker:cancel())) end
 function cmds.boom(ws)
     moonport.after(0.01, function() error("boom in timer") end)
+    ws:send("armed")
+end
+function cmds.everyboom(ws)
+    local n = 0
+    moonport.every(0.03, function(timer)
+        n = n + 1
+        if n == 1 then error("boom in every") end
+        ws:send("tick " .. n)
+        if n == 3 then timer:cancel() end
+    end)
     ws:send("armed")
 end
 function cmds.echo(ws, arg) ws:send(arg) end
@@ -346,6 +364,11 @@ describe("app API", function()
             assert.same({a = "1", b = "x y", c = " "}, info.req.args)
         end)
 
+        it("has args: a key without '=' is true, a repeated key keeps the last value", function()
+            local info = reqinfo("/reqinfo?flag&k=1&k=2")
+            assert.same({flag = true, k = "2"}, info.req.args)
+        end)
+
         it("has query \"\" and empty args without a query string", function()
             local info = reqinfo("/reqinfo")
             assert.equal("", info.req.query)
@@ -358,6 +381,10 @@ describe("app API", function()
                 assert.same({room = "blue"}, info.req.params)
                 assert.equal("/rooms/blue", info.req.path)
             end)
+
+        it("has params percent-decoded: /rooms/blue%20sky gives room=\"blue sky\"", function()
+            assert.same({room = "blue sky"}, reqinfo("/rooms/blue%20sky").req.params)
+        end)
 
         it("has lowercase header names, repeated headers joined with \", \"", function()
             -- A raw request: every header line goes out exactly as written.
@@ -450,6 +477,12 @@ describe("app API", function()
 
         it("ws:reject() answers 403 by default", function()
             local r = refused("/gate?do=reject_default&tag=rej403")
+            assert.equal(403, r.status)
+            assert.is_nil(r.headers["sec-websocket-accept"])
+        end)
+
+        it("ws:close() in on_connect rejects with 403", function()
+            local r = refused("/gate?do=close&tag=closed403")
             assert.equal(403, r.status)
             assert.is_nil(r.headers["sec-websocket-accept"])
         end)
@@ -604,6 +637,11 @@ describe("app API", function()
             assert(victim:send("raise"))
             assert.equal(1011, (closed_by_server(victim)))
 
+            -- The other connection first: it must not pay for the victim's error.
+            assert.equal("text:after", ask(other, "after"))
+            bye(other)
+            assert_serves()
+
             local line = server:wait_log("([^\n]*boom in on_message[^\n]*)", 5)
             assert(line, "the error is not in stderr:\n" .. server:stderr())
             assert.truthy(line:find("/cmd", 1, true), "no route in: " .. line)
@@ -611,10 +649,6 @@ describe("app API", function()
             local err = server:stderr()
             local at = err:find("boom in on_message", 1, true)
             assert.truthy(err:find("stack traceback", at, true), "no traceback:\n" .. err)
-
-            assert.equal("text:after", ask(other, "after"))
-            bye(other)
-            assert_serves()
         end)
 
         it("on_close still runs after an on_message error (code 1011)", function()
@@ -735,6 +769,18 @@ describe("app API", function()
         end)
     end)
 
+    describe("after the server's close frame", function()
+        server_per_block()
+
+        it("ws:send returns nil, \"closed\" right after ws:close", function()
+            local ws = connect("/cmd?tag=closesend")
+            assert(ws:send("closesend"))
+            assert.equal(4000, (closed_by_server(ws)))
+            local result = server:wait_log("cmd send after own close: ([^\n]*)", 5)
+            assert.equal("nil,closed", result)
+        end)
+    end)
+
     describe("isolation", function()
         server_per_block()
 
@@ -776,7 +822,7 @@ describe("app API", function()
             bye(ws)
         end)
 
-        it("after(0.1, fn) fires once, after about 0.1 s", function()
+        it("after(0.1, fn) fires once, after about 0.1 s, even if nothing holds the timer", function()
             local ws = connect("/host")
             assert.equal("armed", ask(ws, "after"))
             local msg = recv(ws, 2)
@@ -806,6 +852,15 @@ describe("app API", function()
             local again, err = ws:receive_message(0.3)
             assert.is_nil(again, "still ticking: " .. tostring(again))
             assert.equal("timeout", err)
+            bye(ws)
+        end)
+
+        it("an every() timer keeps running after its callback raised", function()
+            local ws = connect("/host")
+            assert.equal("armed", ask(ws, "everyboom"))
+            assert.equal("tick 2", recv(ws, 2))
+            assert.equal("tick 3", recv(ws, 2))
+            assert(server:wait_log("boom in every", 5), "not logged:\n" .. server:stderr())
             bye(ws)
         end)
 

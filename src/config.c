@@ -337,7 +337,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
     if (file) {
         set_str(&c->config_file, file);
         if (load_file(c, file, err, errlen))
-            return CONFIG_ERROR;
+            return CONFIG_FILE_ERROR;
     }
     if (optind < argc)
         set_str(&c->apps_dir, argv[optind]);

@@ -36,7 +36,8 @@ struct config {
     double close_timeout;
 };
 
-enum { CONFIG_OK = 0, CONFIG_EXIT_OK = 1, CONFIG_ERROR = -1 };
+/* CONFIG_ERROR: a bad command line; CONFIG_FILE_ERROR: a bad config file. */
+enum { CONFIG_OK = 0, CONFIG_EXIT_OK = 1, CONFIG_ERROR = -1, CONFIG_FILE_ERROR = -2 };
 
 void config_init(struct config *c);
 void config_free(struct config *c);

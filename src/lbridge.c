@@ -41,9 +41,10 @@ int lb_pcall(lua_State *L, int nargs, int nresults, const char *what)
     lua_remove(L, base);
     if (rc == 0)
         return 0;
-    if (what)
+    if (what) {
         log_error("%s: %s", what, lua_tostring(L, -1));
-    lua_pop(L, 1);
+        lua_pop(L, 1);
+    }
     return -1;
 }
 

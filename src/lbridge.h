@@ -98,8 +98,10 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
 void lbridge_release(struct lbridge *lb, struct conn *c);
 
 /* Protected call for anything in the bridge: nargs arguments above the
- * function on the stack. Logs the traceback with what (route, conn id).
- * Returns 0 or -1 (the error is logged and popped). */
+ * function on the stack, with a traceback handler. Returns 0, or -1 on an
+ * error: with what, the error is logged as "what: message" and popped;
+ * with what NULL, the message (with its traceback) is left on the stack for
+ * the caller to log and pop. */
 int lb_pcall(lua_State *L, int nargs, int nresults, const char *what);
 
 /* lconn.c */

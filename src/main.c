@@ -34,10 +34,10 @@ int main(int argc, char **argv)
     config_init(&cfg);
     int rc = config_load(&cfg, argc, argv, err, sizeof err);
     if (rc != CONFIG_OK) {
-        if (rc == CONFIG_ERROR)
+        if (rc != CONFIG_EXIT_OK)
             fprintf(stderr, "moonport: %s\n", err);
         config_free(&cfg);
-        return rc == CONFIG_EXIT_OK ? 0 : 2;
+        return rc == CONFIG_EXIT_OK ? 0 : rc == CONFIG_ERROR ? 2 : 1;
     }
     log_threshold = cfg.log_level;
     log_access_on = cfg.log_access;

@@ -500,10 +500,13 @@ local function build_request(host, port, path, key, opts)
             extra[#extra + 1] = {name, headers[name]}
         end
     end
-    local replaced = {}
+    -- An extra header replaces a default one of the same name (once); any
+    -- other extra header is added, so a name given twice is sent twice.
+    local replaced, ndefault = {}, #lines
     for _, h in ipairs(extra) do
         local done = false
-        for i, line in ipairs(lines) do
+        for i = 1, ndefault do
+            local line = lines[i]
             if not replaced[i] and line[1]:lower() == h[1]:lower() then
                 line[2], replaced[i], done = h[2], true, true
                 break

@@ -203,25 +203,25 @@ describe("moonport command", function()
             assert.truthy(line:find(tostring(port), 1, true), line)
         end)
 
-        it("a config file with a syntax error: non-zero exit, one line naming the file", function()
+        it("a config file with a syntax error: exit 1, one line naming the file", function()
             local file = dir .. "/broken-config.lua"
             write_file(file, "return {\n  port = \n")
-            local line = assert_start_fails("--config " .. quote(file))
+            local line = assert_start_fails("--config " .. quote(file), 1)
             assert.truthy(line:find("broken-config.lua", 1, true), line)
         end)
 
-        it("a config file with a bad value: non-zero exit, one line naming the file and the key",
+        it("a config file with a bad value: exit 1, one line naming the file and the key",
             function()
                 local file = dir .. "/bad-value-config.lua"
                 write_file(file, "return { port = 'eighty', apps = 'apps1' }\n")
-                local line = assert_start_fails("--config " .. quote(file))
+                local line = assert_start_fails("--config " .. quote(file), 1)
                 assert.truthy(line:find("bad-value-config.lua", 1, true), line)
                 assert.truthy(line:find("port", 1, true), line)
             end)
 
-        it("a missing config file: non-zero exit, one line naming it", function()
+        it("a missing config file: exit 1, one line naming it", function()
             local file = dir .. "/no-such-config.lua"
-            local line = assert_start_fails("--config " .. quote(file))
+            local line = assert_start_fails("--config " .. quote(file), 1)
             assert.truthy(line:find("no-such-config.lua", 1, true), line)
         end)
     end)

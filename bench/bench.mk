@@ -1,0 +1,27 @@
+# bench.mk: the benchmark tools and their targets, included by the top
+# Makefile. `make bench` runs the standard matrix against bin/moonport,
+# `make bench-peers` the same matrix against nginx+Lua, Node ws and Python
+# websockets, `make bench-test` checks that the tools catch a wrong server.
+# The tools are built with -O2 and no sanitizers: they must outrun the server.
+
+BENCH_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN)
+BENCH_TOOLS  := build/bench/loadgen build/bench/codec_bench
+
+build/bench/loadgen: bench/loadgen.c
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) -o $@ $<
+
+# The codec micro-benchmark links the pure codec and nothing else.
+build/bench/codec_bench: bench/codec_bench.c src/ws_frame.c src/ws_utf8.c src/ws_frame.h src/ws_utf8.h
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) -Isrc -o $@ bench/codec_bench.c src/ws_frame.c src/ws_utf8.c
+
+.PHONY: bench bench-peers bench-test
+bench: all $(BENCH_TOOLS)
+	@bash bench/run
+
+bench-peers: all $(BENCH_TOOLS)
+	@bash bench/peers
+
+bench-test: all $(BENCH_TOOLS)
+	@bash bench/test_loadgen.sh

@@ -137,6 +137,7 @@ static struct loadgen {
     /* Results. */
     struct hist lat;
     uint64_t counted;     /* messages (or cycles) inside the window */
+    uint64_t checked;     /* messages received and checked, all phases */
     uint64_t pending;     /* echo: messages sent and not yet back */
     uint64_t published;   /* broadcast: messages the publisher sent */
     uint64_t pub_start;   /* broadcast: when publishing began */
@@ -794,6 +795,7 @@ static void on_message(struct conn *c, uint8_t opcode, const uint8_t *data, size
         uint64_t seq = c->recvd, ts = c->sent_ts[seq % (uint64_t)lg.inflight];
         check_payload(c, data, len, c->id, seq, ts);
         c->recvd++;
+        lg.checked++;
         lg.pending--;
         if (c->role == ROLE_ECHO && lg.phase <= PH_MEASURE) {
             if (lg.phase == PH_MEASURE) {
@@ -820,6 +822,7 @@ static void on_message(struct conn *c, uint8_t opcode, const uint8_t *data, size
             die(c, "message %llu carries a timestamp from outside the run",
                 (unsigned long long)seq);
         c->recvd++;
+        lg.checked++;
         lg.delivered++;
         if (lg.phase == PH_MEASURE) {
             lg.counted++;
@@ -1182,10 +1185,10 @@ static void report(void)
                "\"size\": %d, \"kind\": \"%s\", \"seconds\": %.3f, \"count\": %llu, "
                "\"per_s\": %.1f, \"server_cpu_pct\": %.1f, \"per_server_cpu_s\": %.1f, "
                "\"gen_cpu_pct\": %.1f, \"p50_us\": %.1f, \"p99_us\": %.1f, "
-               "\"p999_us\": %.1f, \"max_us\": %.1f",
+               "\"p999_us\": %.1f, \"max_us\": %.1f, \"checked\": %llu",
                label, mode_names[lg.mode], lg.nconns, lg.inflight, lg.size, kind, secs,
                (unsigned long long)lg.counted, rate, srv_pct, per_cpu_s, gen_pct, p50, p99, p999,
-               max);
+               max, (unsigned long long)lg.checked);
         if (lg.mode == MODE_CONNS)
             printf(", \"rss_before_kib\": %ld, \"rss_after_kib\": %ld, \"kib_per_conn\": %.2f",
                    lg.rss_before, lg.rss_after, kib_per_conn);

@@ -1,0 +1,219 @@
+# lib.sh: what bench/run and bench/peers share, sourced by both. The matrix
+# (which loadgen runs make a benchmark), starting a server pinned to its CPU
+# and waiting until it listens, one row of the matrix against it, the table,
+# and the header of a bench/RESULTS.md entry. It starts only the servers it
+# is told to, and stops only those, by pid.
+
+LOADGEN=${LOADGEN:-build/bench/loadgen}
+CODEC=${CODEC:-build/bench/codec_bench}
+SERVER_CPU=${SERVER_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+RESULTS=${RESULTS:-bench/RESULTS.md}
+# Seconds measured, after one second of warm-up; BENCH_SECONDS=2 for a quick look.
+BENCH_SECONDS=${BENCH_SECONDS:-5}
+
+# The matrix: name, route, loadgen arguments. The same for every server.
+MATRIX_NAMES=(echo-64-text echo-64-binary echo-16k-binary conns-10k broadcast-1k churn)
+declare -A MATRIX_PATH=(
+    [echo-64-text]=/echo [echo-64-binary]=/echo [echo-16k-binary]=/echo
+    [conns-10k]=/echo [broadcast-1k]=/broadcast [churn]=/echo
+)
+declare -A MATRIX_ARGS=(
+    [echo-64-text]="echo -c 100 -p 16 -s 64 --text -d $BENCH_SECONDS -w 1"
+    [echo-64-binary]="echo -c 100 -p 16 -s 64 --binary -d $BENCH_SECONDS -w 1"
+    [echo-16k-binary]="echo -c 10 -p 4 -s 16384 --binary -d $BENCH_SECONDS -w 1"
+    [conns-10k]="conns -c 10000 -d 2 -w 1"
+    [broadcast-1k]="broadcast -c 1000 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
+    [churn]="churn -c 16 -d $BENCH_SECONDS -w 1"
+)
+
+SERVER_PID=
+SERVER_PORT=
+SERVER_LOG=
+
+# start_server LOG PORT CMD...: run CMD on $SERVER_CPU in the background and
+# wait until it listens. PORT 0 means the server picks one and prints
+# "listening on ws://HOST:PORT" (moonport, node, python); otherwise wait
+# until PORT accepts connections (nginx). Sets SERVER_PID and SERVER_PORT.
+start_server() {
+    local log=$1 port=$2
+    shift 2
+    SERVER_LOG=$log
+    : >"$log"
+    # taskset execs the command, so $! is the server itself.
+    taskset -c "$SERVER_CPU" "$@" >"$log" 2>&1 &
+    SERVER_PID=$!
+    local i
+    for i in $(seq 200); do
+        if [ "$port" = 0 ]; then
+            SERVER_PORT=$(sed -n 's#.*listening on ws://[^ ]*:\([0-9][0-9]*\).*#\1#p' "$log" | head -1)
+            [ -n "$SERVER_PORT" ] && return 0
+        elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            SERVER_PORT=$port
+            return 0
+        fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "bench: the server exited at start: $*" >&2
+            sed 's/^/    /' "$log" >&2
+            SERVER_PID=
+            return 1
+        fi
+        sleep 0.05
+    done
+    echo "bench: the server did not listen within 10 s: $*" >&2
+    stop_server
+    return 1
+}
+
+stop_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    kill "$SERVER_PID" 2>/dev/null
+    # moonport closes every connection politely on SIGTERM; give it a moment.
+    local i
+    for i in $(seq 100); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -9 "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null
+    SERVER_PID=
+}
+
+# The pid whose CPU and memory count: the server, or for nginx its one
+# worker. bench/peers sets MEASURE_PID after start_server when it differs.
+MEASURE_PID=
+
+# run_row NAME OUT: one row of the matrix against the running server; its
+# JSON summary is appended to OUT. Returns loadgen's status.
+run_row() {
+    local name=$1 out=$2
+    local pid=${MEASURE_PID:-$SERVER_PID}
+    local args
+    read -r -a args <<<"${MATRIX_ARGS[$name]}"
+    local cmd=(taskset -c "$GEN_CPU" "$LOADGEN" "${args[@]}"
+        --url "ws://127.0.0.1:$SERVER_PORT${MATRIX_PATH[$name]}" --server-pid "$pid"
+        --label "$name" --json)
+    local line
+    if line=$("${cmd[@]}"); then
+        echo "$line" >>"$out"
+        return 0
+    fi
+    echo "{\"label\": \"$name\", \"failed\": true}" >>"$out"
+    return 1
+}
+
+# The command of a row as written in RESULTS.md, with PORT and PID for what
+# changes from run to run.
+row_command() {
+    echo "taskset -c $GEN_CPU $LOADGEN ${MATRIX_ARGS[$1]} --url ws://127.0.0.1:PORT${MATRIX_PATH[$1]} --server-pid PID --json"
+}
+
+# field JSON KEY: a value of a flat JSON object.
+field() {
+    sed -n "s/.*\"$2\": \"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"
+}
+
+# row_json FILE NAME: the JSON line of a row.
+row_json() {
+    grep -F "\"label\": \"$2\"" "$1" | tail -1
+}
+
+fmt_int() {
+    [ -n "$1" ] && [ "$1" != "-1.0" ] && printf "%.0f" "$1" || printf -- "-"
+}
+
+# row_cells JSON: the cells of a table row: per s, server CPU %, per
+# server-CPU-s, generator CPU %, p50, p99, p99.9, max (µs), notes.
+row_cells() {
+    local j=$1
+    if [ -z "$j" ] || [ "$(field "$j" failed)" = true ]; then
+        printf "%s\n" "FAILED" "-" "-" "-" "-" "-" "-" "-" "see the log above"
+        return
+    fi
+    local mode notes=""
+    mode=$(field "$j" mode)
+    case $mode in
+    conns)
+        notes="$(field "$j" kib_per_conn) KiB/conn (rss $(field "$j" rss_before_kib) -> $(field "$j" rss_after_kib) KiB); latency = handshake"
+        ;;
+    broadcast)
+        notes="$(field "$j" delivered_pct)% of $(fmt_int "$(field "$j" expected_per_s)") deliveries/s"
+        [ "$(field "$j" drained)" = true ] || notes="$notes; fell behind"
+        notes="$notes; latency = publish to receipt"
+        ;;
+    churn) notes="handshake+close cycles; latency = one cycle" ;;
+    echo) notes="round trip" ;;
+    esac
+    if [ "$mode" = conns ]; then
+        printf "%s\n" "-" "$(field "$j" server_cpu_pct)" "-" "$(field "$j" gen_cpu_pct)"
+    else
+        printf "%s\n" "$(fmt_int "$(field "$j" per_s)")" "$(field "$j" server_cpu_pct)" \
+            "$(fmt_int "$(field "$j" per_server_cpu_s)")" "$(field "$j" gen_cpu_pct)"
+    fi
+    printf "%s\n" "$(fmt_int "$(field "$j" p50_us)")" "$(fmt_int "$(field "$j" p99_us)")" \
+        "$(fmt_int "$(field "$j" p999_us)")" "$(fmt_int "$(field "$j" max_us)")" "$notes"
+}
+
+TABLE_HEAD=(test "per s" "server CPU %" "per server-CPU-s" "gen CPU %" "p50 µs" "p99 µs" "p99.9 µs" "max µs" notes)
+
+# print_table FILE: the matrix results of one server, for the terminal.
+print_table() {
+    local file=$1 name
+    printf "%-16s %10s %8s %12s %8s %8s %8s %9s %8s  %s\n" test "per s" "srv CPU%" \
+        "per srv-CPU-s" "gen CPU%" "p50 us" "p99 us" "p99.9 us" "max us" notes
+    for name in "${MATRIX_NAMES[@]}"; do
+        local cells
+        mapfile -t cells < <(row_cells "$(row_json "$file" "$name")")
+        printf "%-16s %10s %8s %12s %8s %8s %8s %9s %8s  %s\n" "$name" "${cells[@]}"
+    done
+}
+
+# markdown_table FILE: the same, for RESULTS.md.
+markdown_table() {
+    local file=$1 name
+    echo "| ${TABLE_HEAD[0]} | ${TABLE_HEAD[1]} | ${TABLE_HEAD[2]} | ${TABLE_HEAD[3]} | ${TABLE_HEAD[4]} | ${TABLE_HEAD[5]} | ${TABLE_HEAD[6]} | ${TABLE_HEAD[7]} | ${TABLE_HEAD[8]} | ${TABLE_HEAD[9]} |"
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    for name in "${MATRIX_NAMES[@]}"; do
+        local cells
+        mapfile -t cells < <(row_cells "$(row_json "$file" "$name")")
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n" "$name" "${cells[@]}"
+    done
+}
+
+# The machine, for RESULTS.md.
+machine_line() {
+    local model kernel
+    model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+    kernel=$(uname -sr)
+    echo "${model:-unknown CPU}, nproc $(nproc), $kernel, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
+}
+
+# busy_ticks: CPU ticks spent by everything on the machine so far.
+busy_ticks() {
+    awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
+# other_load: how busy the machine is before we start, in % of one CPU, over
+# one second. Anything well above 0 makes every number below less reliable.
+other_load() {
+    local a b
+    a=$(busy_ticks)
+    sleep 1
+    b=$(busy_ticks)
+    echo $(((b - a) * 100 / $(getconf CLK_TCK)))
+}
+
+# results_init: start bench/RESULTS.md if it does not exist yet.
+results_init() {
+    [ -s "$RESULTS" ] && return 0
+    cat >"$RESULTS" <<'HEAD'
+# Benchmark results
+
+Appended by `make bench` (moonport alone) and `make bench-peers` (moonport
+next to nginx+Lua, Node ws and Python websockets, as ratios from the same
+run). Every entry names its commit, machine and exact commands. The server
+runs on one CPU and the generator on the other; compare messages per server
+CPU-second, which stays meaningful when the generator or the machine is the
+limit. Timings from a busy machine say so in "other load".
+HEAD
+}

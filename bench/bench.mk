@@ -1,7 +1,8 @@
 # bench.mk: the benchmark tools and their targets, included by the top
 # Makefile. `make bench` runs the standard matrix against bin/moonport,
 # `make bench-peers` the same matrix against nginx+Lua, Node ws and Python
-# websockets, `make bench-test` checks that the tools catch a wrong server.
+# websockets, `make bench-test` checks that the tools catch a wrong server,
+# `make bench-callgrind` counts moonport's instructions per echoed message.
 # The tools are built with -O2 and no sanitizers: they must outrun the server.
 
 BENCH_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN)
@@ -16,7 +17,7 @@ build/bench/codec_bench: bench/codec_bench.c src/ws_frame.c src/ws_utf8.c src/ws
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) -Isrc -o $@ bench/codec_bench.c src/ws_frame.c src/ws_utf8.c
 
-.PHONY: bench bench-peers bench-test
+.PHONY: bench bench-peers bench-test bench-callgrind
 bench: all $(BENCH_TOOLS)
 	@bash bench/run
 
@@ -25,3 +26,6 @@ bench-peers: all $(BENCH_TOOLS)
 
 bench-test: all $(BENCH_TOOLS)
 	@bash bench/test_loadgen.sh
+
+bench-callgrind: all build/bench/loadgen
+	@bash bench/callgrind

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # lib.sh: what bench/run and bench/peers share, sourced by both. The matrix
 # (which loadgen runs make a benchmark), starting a server pinned to its CPU
 # and waiting until it listens, one row of the matrix against it, the table,
@@ -29,7 +30,6 @@ declare -A MATRIX_ARGS=(
 
 SERVER_PID=
 SERVER_PORT=
-SERVER_LOG=
 
 # start_server LOG PORT CMD...: run CMD on $SERVER_CPU in the background and
 # wait until it listens. PORT 0 means the server picks one and prints
@@ -38,13 +38,12 @@ SERVER_LOG=
 start_server() {
     local log=$1 port=$2
     shift 2
-    SERVER_LOG=$log
     : >"$log"
     # taskset execs the command, so $! is the server itself.
     taskset -c "$SERVER_CPU" "$@" >"$log" 2>&1 &
     SERVER_PID=$!
-    local i
-    for i in $(seq 200); do
+    local _
+    for _ in $(seq 200); do
         if [ "$port" = 0 ]; then
             SERVER_PORT=$(sed -n 's#.*listening on ws://[^ ]*:\([0-9][0-9]*\).*#\1#p' "$log" | head -1)
             [ -n "$SERVER_PORT" ] && return 0
@@ -69,8 +68,8 @@ stop_server() {
     [ -n "$SERVER_PID" ] || return 0
     kill "$SERVER_PID" 2>/dev/null
     # moonport closes every connection politely on SIGTERM; give it a moment.
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
         kill -0 "$SERVER_PID" 2>/dev/null || break
         sleep 0.05
     done

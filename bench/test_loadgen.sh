@@ -9,7 +9,7 @@
 # 0 against the right apps and 1, with the right complaint, against each
 # wrong one. Timings are never asserted. Prints "bench: N passed, N failed".
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 LOADGEN=${LOADGEN:-build/bench/loadgen}
 CODEC=${CODEC:-build/bench/codec_bench}

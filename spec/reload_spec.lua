@@ -230,8 +230,9 @@ describe("hot reload", function()
         end)
 
         it("is picked up when saved by truncating and writing", function()
-            -- A 30 ms pause with the file empty; ten edits, so that a scan
-            -- that does not wait for quiet is all but sure to see one.
+            -- A 30 ms pause with the file empty; ten edits at spread offsets,
+            -- so that a scan on a schedule of its own (one the writes do not
+            -- push back) is all but sure to see an empty file.
             edit_and_check(10, function(file, source)
                 local f = assert(io.open(file, "wb")) -- the file is empty from here
                 f:setvbuf("no")
@@ -255,7 +256,9 @@ describe("hot reload", function()
         end)
 
         -- A busy server sees the writes late: what counts is the quiet it
-        -- sees, not the time since the file was first touched.
+        -- sees, not the time since the file was first touched. The spin
+        -- comes after a first reload: the state a server is in most of the
+        -- time.
         it("is not loaded half-written when the server was busy as the writes began", function()
             local function spinning(tag)
                 return (([[

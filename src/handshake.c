@@ -101,8 +101,6 @@ static int on_header_field(llhttp_t *h, const char *at, size_t n)
 {
     struct hs_request *r = req_of(h);
     if (r->field != 1) {
-        if (r->nslots >= r->max_headers)
-            return fail(r, 431, "too many header lines");
         if (r->nslots == r->slots_cap) {
             size_t cap = r->slots_cap ? r->slots_cap * 2 : 16;
             struct hs_slot *s = realloc(r->slots, cap * sizeof *s);
@@ -132,6 +130,12 @@ static int on_header_field_complete(llhttp_t *h)
     struct hs_request *r = req_of(h);
     struct hs_slot *s = &r->slots[r->nslots - 1];
     size_t n = r->len - s->name_off;
+    /* Counted here, not when the name starts: llhttp hands a name over in
+     * pieces only when the input was cut inside it, so a count at the start
+     * would answer a bad name on line max_headers + 1 with 431 or 400
+     * depending on how the bytes arrived. */
+    if (r->nslots > r->max_headers)
+        return fail(r, 431, "too many header lines");
     if (n == 0)
         return fail(r, 400, "empty header name");
     for (size_t i = s->name_off; i < r->len; i++) {

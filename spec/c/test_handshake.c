@@ -372,6 +372,17 @@ static size_t padded(char *buf, size_t len)
     return len;
 }
 
+/* A request with lines header lines, every other one dropped for its
+ * '_', then last. */
+static size_t many_headers(char *buf, size_t cap, unsigned lines, const char *last)
+{
+    size_t n = (size_t)snprintf(buf, cap, "GET / HTTP/1.1\r\n");
+    for (unsigned k = 0; k < lines; k++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s-%u: v\r\n", k % 2 ? "X_U" : "X-H", k);
+    n += (size_t)snprintf(buf + n, cap - n, "%s", last);
+    return n;
+}
+
 static void test_too_large(void)
 {
     static char buf[4096];
@@ -410,19 +421,19 @@ static void test_too_large(void)
 
     /* max_headers counts header lines, the dropped ones too. */
     for (unsigned lines = 31; lines <= 33; lines++) {
-        size_t n = (size_t)snprintf(buf, sizeof buf, "GET / HTTP/1.1\r\n");
-        for (unsigned k = 0; k < lines; k++)
-            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s-%u: v\r\n",
-                                  k % 2 ? "X_U" : "X-H", k);
-        n += (size_t)snprintf(buf + n, sizeof buf - n, "\r\n");
-        agree(buf, n, BIG, 32, &o);
-        if (lines <= 32) {
+        agree(buf, many_headers(buf, sizeof buf, lines, "X-Last: v\r\n\r\n"), BIG, 32, &o);
+        if (lines < 32) {
             CHECK_EQ(o.rc, HS_DONE);
         } else {
             CHECK_EQ(o.rc, HS_ERROR);
             CHECK_EQ(o.status, 431);
         }
     }
+    /* A line past the limit whose name llhttp refuses mid-name is a 400
+     * however the bytes came: the count is not taken before the name is. */
+    agree(buf, many_headers(buf, sizeof buf, 32, "X(Y: v\r\n\r\n"), BIG, 32, &o);
+    CHECK_EQ(o.rc, HS_ERROR);
+    CHECK_EQ(o.status, 400);
 }
 
 /* Parse head whole (it must complete) and run the upgrade check. */

@@ -482,6 +482,28 @@ return app
         assert_alive(server)
     end)
 
+    -- The app requires lib.outer, which requires lib.inner: the app uses
+    -- lib.inner as much as if it had required it itself.
+    it("reloads an app when a module required by one of its modules changes", function()
+        local server = start_with({user = [[
+local outer = require "lib.outer"
+local app = {}
+function app.on_message(ws, data) ws:send("user " .. outer.tag() .. " " .. data) end
+return app
+]]}, {files = {
+            ["apps/lib/outer.lua"] =
+                'local inner = require "lib.inner"\nreturn {tag = function() return inner.tag end}\n',
+            ["apps/lib/inner.lua"] = "return {tag = 'i1'}\n",
+        }})
+        local dir = server.apps_dir
+        local ws = assert(server:connect("/user"))
+        assert.are.equal("user i1 x", (ask(ws, "x")))
+        write_file(dir .. "/lib/inner.lua", "return {tag = 'i2'}\n")
+        within_a_second(server, ok_line("user", dir .. "/user.lua", 2))
+        assert.are.equal("user i2 y", (ask(ws, "y")))
+        assert_alive(server)
+    end)
+
     describe("SIGHUP", function()
         it("reloads every app now, changed or not, and the version counter goes up", function()
             -- Each load starts its own counter: a reload shows as a reset.

@@ -53,8 +53,8 @@ static void describe(struct hs_request *r, struct outcome *o)
         snprintf(o->text, cap, "rc=%d status=%d\n", o->rc, o->status);
         return;
     }
-    n += (size_t)snprintf(o->text + n, cap - n, "rc=%d status=%d consumed=%zu\n", o->rc,
-                          o->status, o->consumed);
+    n += (size_t)snprintf(o->text + n, cap - n, "rc=%d status=%d consumed=%zu\n", o->rc, o->status,
+                          o->consumed);
     if (o->rc != HS_DONE)
         return;
     n += (size_t)snprintf(o->text + n, cap - n, "%s %s\n", hs_method(r), hs_target(r));
@@ -453,8 +453,7 @@ static int upgrade_status(const char *head, struct hs_upgrade *up, const char **
         static char key[64], protocols[256], extensions[256];
         snprintf(key, sizeof key, "%s", up->key);
         snprintf(protocols, sizeof protocols, "%s", up->protocols ? up->protocols : "(none)");
-        snprintf(extensions, sizeof extensions, "%s",
-                 up->extensions ? up->extensions : "(none)");
+        snprintf(extensions, sizeof extensions, "%s", up->extensions ? up->extensions : "(none)");
         up->key = key;
         up->protocols = protocols;
         up->extensions = extensions;
@@ -491,8 +490,7 @@ static void test_check_upgrade(void)
         {H_LINE H_HOST H_UPG "Connection: keep-alive\r\n" H_KEY H_VER H_END, 400},
         {H_LINE H_HOST H_UPG H_KEY H_VER H_END, 400},
         {H_LINE H_HOST H_UPG "Connection: keep-alive, Upgrade\r\n" H_KEY H_VER H_END, 0},
-        {H_LINE H_HOST H_UPG "Connection: keep-alive\r\nConnection: upgrade\r\n" H_KEY H_VER
-             H_END,
+        {H_LINE H_HOST H_UPG "Connection: keep-alive\r\nConnection: upgrade\r\n" H_KEY H_VER H_END,
          0},
         {H_LINE H_HOST "Upgrade: WebSocket\r\nConnection: UPGRADE\r\n" H_KEY H_VER H_END, 0},
         {H_LINE H_HOST "Upgrade: foo, websocket\r\n" H_CONN H_KEY H_VER H_END, 0},
@@ -501,8 +499,7 @@ static void test_check_upgrade(void)
         {H_LINE H_HOST H_UPG H_CONN H_KEY H_KEY H_VER H_END, 400},
         {H_LINE H_HOST H_UPG H_CONN "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=\r\n" H_VER H_END,
          400},
-        {H_LINE H_HOST H_UPG H_CONN "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ===\r\n" H_VER
-             H_END,
+        {H_LINE H_HOST H_UPG H_CONN "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ===\r\n" H_VER H_END,
          400},
         {H_LINE H_HOST H_UPG H_CONN "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZ*==\r\n" H_VER H_END,
          400},
@@ -511,8 +508,7 @@ static void test_check_upgrade(void)
         {H_LINE H_HOST H_UPG H_CONN "Sec-WebSocket-Key:\r\n" H_VER H_END, 400},
         {H_LINE H_HOST H_UPG H_CONN H_KEY H_VER "Content-Length: 5\r\n" H_END "hello", 400},
         {H_LINE H_HOST H_UPG H_CONN H_KEY H_VER "Content-Length: 0\r\n" H_END, 0},
-        {H_LINE H_HOST H_UPG H_CONN H_KEY H_VER "Transfer-Encoding: chunked\r\n" H_END
-         "0\r\n\r\n",
+        {H_LINE H_HOST H_UPG H_CONN H_KEY H_VER "Transfer-Encoding: chunked\r\n" H_END "0\r\n\r\n",
          400},
     };
 
@@ -543,8 +539,8 @@ static void test_check_upgrade(void)
     CHECK(strcmp(up.extensions, "(none)") == 0);
 
     /* A key behind an underscored name does not exist. */
-    CHECK_EQ(upgrade_status(H_LINE H_UPG H_CONN "Sec_WebSocket_Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                                H_VER H_END,
+    CHECK_EQ(upgrade_status(H_LINE H_UPG H_CONN
+                            "Sec_WebSocket_Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" H_VER H_END,
                             &up, &why),
              400);
 }

@@ -19,6 +19,8 @@
 #include "router.h"
 #include "server.h"
 
+static int tracked_require(lua_State *L);
+
 static int traceback(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);
@@ -77,6 +79,10 @@ struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err,
         lua_setfield(L, -2, "path");
         lua_pop(L, 1);
     }
+    lua_getglobal(L, "require");
+    lua_pushlightuserdata(L, lb);
+    lua_pushcclosure(L, tracked_require, 2);
+    lua_setglobal(L, "require");
     lconn_open(L);
     lhost_open(L, srv);
     return lb;
@@ -98,6 +104,7 @@ void lbridge_free(struct lbridge *lb)
         free(m->name);
         free(m->file);
         free(m->users);
+        free(m->parents);
         free(m);
     }
     for (size_t i = 0; i < lb->nwatched; i++)
@@ -152,44 +159,50 @@ static int under_watched(const struct lbridge *lb, const char *file)
     return 0;
 }
 
-/* Remember that app a uses the module in file, so a change to the module
- * reloads the app. */
-static void track_module(struct lbridge *lb, struct app *a, const char *name, const char *file)
+static int add_ptr(void ***arr, size_t *n, void *p)
+{
+    for (size_t i = 0; i < *n; i++)
+        if ((*arr)[i] == p)
+            return 0;
+    void **a = realloc(*arr, (*n + 1) * sizeof *a);
+    if (!a)
+        return -1;
+    *arr = a;
+    a[(*n)++] = p;
+    return 0;
+}
+
+/* The module record for file, created on first sight. */
+static struct module *module_of(struct lbridge *lb, const char *name, const char *file)
 {
     struct module *m;
     for (m = lb->modules; m; m = m->next)
         if (strcmp(m->file, file) == 0)
-            break;
-    if (!m) {
-        m = calloc(1, sizeof *m);
-        if (!m || !(m->name = strdup(name)) || !(m->file = strdup(file))) {
-            if (m)
-                free(m->name);
-            free(m);
-            return;
-        }
-        file_sig_read(file, &m->sig);
-        m->next = lb->modules;
-        lb->modules = m;
+            return m;
+    m = calloc(1, sizeof *m);
+    if (!m || !(m->name = strdup(name)) || !(m->file = strdup(file))) {
+        if (m)
+            free(m->name);
+        free(m);
+        return NULL;
     }
-    for (size_t i = 0; i < m->nusers; i++)
-        if (m->users[i] == a)
-            return;
-    struct app **u = realloc(m->users, (m->nusers + 1) * sizeof *u);
-    if (!u)
-        return;
-    m->users = u;
-    m->users[m->nusers++] = a;
+    file_sig_read(file, &m->sig);
+    m->next = lb->modules;
+    lb->modules = m;
+    return m;
 }
 
-/* An app's require: the global require, after noting which watched file
- * the module comes from.
- * upvalues: 1 = the app, 2 = the bridge. */
+/* The global require, wrapped: when the module's file is in a watched
+ * directory, note who required it, read off the caller's chunk name (an
+ * app's file, or another watched module's), so a change to the module
+ * reloads the apps that depend on it. Then the real require does the work
+ * and stays in charge of package.loaded.
+ * upvalues: 1 = the real require, 2 = the bridge. */
 static int tracked_require(lua_State *L)
 {
-    const char *name = luaL_checkstring(L, 1);
-    struct app *a = lua_touserdata(L, lua_upvalueindex(1));
     struct lbridge *lb = lua_touserdata(L, lua_upvalueindex(2));
+    const char *name = luaL_checkstring(L, 1);
+    struct module *m = NULL;
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "searchpath");
     if (lua_isfunction(L, -1)) {
@@ -197,13 +210,42 @@ static int tracked_require(lua_State *L)
         lua_getfield(L, -3, "path");
         lua_call(L, 2, 1); /* searchpath(name, package.path): file or nil */
         if (lua_isstring(L, -1) && under_watched(lb, lua_tostring(L, -1)))
-            track_module(lb, a, name, lua_tostring(L, -1));
+            m = module_of(lb, name, lua_tostring(L, -1));
     }
     lua_settop(L, 1);
-    lua_getglobal(L, "require");
+    lua_Debug ar;
+    if (m && lua_getstack(L, 1, &ar) && lua_getinfo(L, "S", &ar) && ar.source[0] == '@') {
+        const char *caller = ar.source + 1;
+        struct app *a = lbridge_find(lb, caller);
+        if (a) {
+            add_ptr((void ***)&m->users, &m->nusers, a);
+        } else {
+            for (struct module *p = lb->modules; p; p = p->next)
+                if (p != m && strcmp(p->file, caller) == 0)
+                    add_ptr((void ***)&m->parents, &m->nparents, p);
+        }
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    lua_call(L, 1, LUA_MULTRET);
-    return lua_gettop(L);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+/* The number of the file's last line (1 for an empty file). */
+static int last_line(const char *file)
+{
+    FILE *f = fopen(file, "r");
+    if (!f)
+        return 1;
+    int lines = 1, ch, prev = '\n';
+    while ((ch = getc(f)) != EOF) {
+        if (ch == '\n')
+            lines++;
+        prev = ch;
+    }
+    fclose(f);
+    /* A final newline ends the last line; it does not start another. */
+    return prev == '\n' && lines > 1 ? lines - 1 : lines;
 }
 
 /* Run file in a fresh environment; push the table it returns. On failure
@@ -216,12 +258,8 @@ static int load_app_table(struct lbridge *lb, struct app *a, char *err, size_t e
         first_line(lua_tostring(L, -1), err, errlen);
         goto fail;
     }
-    /* env = setmetatable({require = tracked}, {__index = _G}) */
+    /* env = setmetatable({}, {__index = _G}) */
     lua_newtable(L);
-    lua_pushlightuserdata(L, a);
-    lua_pushlightuserdata(L, lb);
-    lua_pushcclosure(L, tracked_require, 2);
-    lua_setfield(L, -2, "require");
     lua_newtable(L);
     lua_pushvalue(L, LUA_GLOBALSINDEX);
     lua_setfield(L, -2, "__index");
@@ -237,8 +275,9 @@ static int load_app_table(struct lbridge *lb, struct app *a, char *err, size_t e
         goto fail;
     }
     if (!lua_istable(L, -1)) {
-        snprintf(err, errlen, "%s: an app must return a table of handlers, not %s", a->file,
-                 luaL_typename(L, -1));
+        /* Point at the end of the file, where the return belongs. */
+        snprintf(err, errlen, "%s:%d: an app must return a table of handlers, not %s", a->file,
+                 last_line(a->file), luaL_typename(L, -1));
         goto fail;
     }
     for (const char *const *h = handler_names; *h; h++) {
@@ -302,14 +341,20 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
         return NULL;
     }
     file_sig_read(file, &a->sig);
+    /* Listed while its file runs, so its requires are recorded as its own. */
+    a->next = lb->apps;
+    lb->apps = a;
     if (load_app_table(lb, a, err, errlen)) {
+        lb->apps = a->next;
+        for (struct module *m = lb->modules; m; m = m->next) /* forget it as a user */
+            for (size_t i = 0; i < m->nusers; i++)
+                if (m->users[i] == a)
+                    m->users[i--] = m->users[--m->nusers];
         app_free(a);
         return NULL;
     }
     a->ref = luaL_ref(lb->L, LUA_REGISTRYINDEX);
     a->version = 1;
-    a->next = lb->apps;
-    lb->apps = a;
     return a;
 }
 

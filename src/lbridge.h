@@ -36,13 +36,17 @@ struct app {
     struct app *next;
 };
 
-/* A module an app required from a watched directory. */
+/* A module required from a watched directory, by an app or by another
+ * module: who uses it is what a change to it must reload. */
 struct module {
     char *name;  /* as given to require */
     char *file;
     struct file_sig sig;
-    struct app **users;
+    struct app **users;       /* apps that required it while loading */
     size_t nusers;
+    struct module **parents;  /* modules that required it */
+    size_t nparents;
+    int stale;                /* scratch for reload.c */
     struct module *next;
 };
 

@@ -178,22 +178,33 @@ static void sync_dir(struct server *s)
     }
 }
 
-/* Reload what changed (or everything, when forced). */
+/* Reload what changed (or everything, when forced). A changed module is
+ * stale, and so is every module that requires a stale one (it holds the
+ * old value); every app that requires a stale module reloads. */
 static void check_changes(struct server *s, int force)
 {
     struct lbridge *lb = s->lb;
     for (struct module *m = lb->modules; m; m = m->next) {
         struct file_sig sig;
         file_sig_read(m->file, &sig);
-        if (!force && file_sig_equal(&sig, &m->sig))
-            continue;
+        m->stale = force || !file_sig_equal(&sig, &m->sig);
         m->sig = sig;
+        if (m->stale && !force)
+            log_info("module %s (%s) changed", m->name, m->file);
+    }
+    for (int spread = 1; spread;) {
+        spread = 0;
+        for (struct module *m = lb->modules; m; m = m->next)
+            for (size_t i = 0; m->stale && i < m->nparents; i++)
+                if (!m->parents[i]->stale)
+                    spread = m->parents[i]->stale = 1;
+    }
+    for (struct module *m = lb->modules; m; m = m->next) {
+        if (!m->stale)
+            continue;
         lbridge_forget_module(lb, m->name);
         for (size_t i = 0; i < m->nusers; i++)
             m->users[i]->dirty = 1;
-        if (!force)
-            log_info("module %s (%s) changed: reloading the %zu app(s) that use it", m->name,
-                     m->file, m->nusers);
     }
     for (struct app *a = lb->apps; a; a = a->next) {
         if (a->removed)
@@ -202,7 +213,7 @@ static void check_changes(struct server *s, int force)
         file_sig_read(a->file, &sig);
         int changed = !file_sig_equal(&sig, &a->sig);
         if (force || changed || a->dirty)
-            reload_app(s, a, force ? "SIGHUP" : changed ? "file changed" : "module changed");
+            reload_app(s, a, force ? "SIGHUP" : changed ? "file changed" : "a module changed");
         a->dirty = 0;
     }
 }
@@ -256,9 +267,9 @@ static void watch_modules(struct server *s)
 
 static void on_settled(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    (void)loop;
     (void)revents;
     struct reload *r = container_of(w, struct reload, settle_w);
+    ev_timer_stop(loop, w); /* one scan per burst of events */
     r->first_event = 0;
     sync_dir(r->srv);
     check_changes(r->srv, 0);

@@ -122,11 +122,12 @@ fmt_int() {
 }
 
 # row_cells JSON: the cells of a table row: per s, server CPU %, per
-# server-CPU-s, generator CPU %, p50, p99, p99.9, max (µs), notes.
+# server-CPU-s, generator CPU %, the rest of the machine's CPU %, p50, p99,
+# p99.9, max (µs), notes.
 row_cells() {
     local j=$1
     if [ -z "$j" ] || [ "$(field "$j" failed)" = true ]; then
-        printf "%s\n" "FAILED" "-" "-" "-" "-" "-" "-" "-" "see the log above"
+        printf "%s\n" "FAILED" "-" "-" "-" "-" "-" "-" "-" "-" "see the log above"
         return
     fi
     local mode notes=""
@@ -149,33 +150,36 @@ row_cells() {
         printf "%s\n" "$(fmt_int "$(field "$j" per_s)")" "$(field "$j" server_cpu_pct)" \
             "$(fmt_int "$(field "$j" per_server_cpu_s)")" "$(field "$j" gen_cpu_pct)"
     fi
+    printf "%s\n" "$(fmt_int "$(field "$j" other_cpu_pct)")"
     printf "%s\n" "$(fmt_int "$(field "$j" p50_us)")" "$(fmt_int "$(field "$j" p99_us)")" \
         "$(fmt_int "$(field "$j" p999_us)")" "$(fmt_int "$(field "$j" max_us)")" "$notes"
 }
 
-TABLE_HEAD=(test "per s" "server CPU %" "per server-CPU-s" "gen CPU %" "p50 µs" "p99 µs" "p99.9 µs" "max µs" notes)
+TABLE_HEAD=(test "per s" "server CPU %" "per server-CPU-s" "gen CPU %" "other CPU %" "p50 µs"
+    "p99 µs" "p99.9 µs" "max µs" notes)
 
 # print_table FILE: the matrix results of one server, for the terminal.
 print_table() {
     local file=$1 name
-    printf "%-16s %10s %8s %12s %8s %8s %8s %9s %8s  %s\n" test "per s" "srv CPU%" \
-        "per srv-CPU-s" "gen CPU%" "p50 us" "p99 us" "p99.9 us" "max us" notes
+    printf "%-16s %10s %8s %13s %8s %9s %8s %8s %9s %8s  %s\n" test "per s" "srv CPU%" \
+        "per srv-CPU-s" "gen CPU%" "other CPU%" "p50 us" "p99 us" "p99.9 us" "max us" notes
     for name in "${MATRIX_NAMES[@]}"; do
         local cells
         mapfile -t cells < <(row_cells "$(row_json "$file" "$name")")
-        printf "%-16s %10s %8s %12s %8s %8s %8s %9s %8s  %s\n" "$name" "${cells[@]}"
+        printf "%-16s %10s %8s %13s %8s %9s %8s %8s %9s %8s  %s\n" "$name" "${cells[@]}"
     done
 }
 
 # markdown_table FILE: the same, for RESULTS.md.
 markdown_table() {
     local file=$1 name
-    echo "| ${TABLE_HEAD[0]} | ${TABLE_HEAD[1]} | ${TABLE_HEAD[2]} | ${TABLE_HEAD[3]} | ${TABLE_HEAD[4]} | ${TABLE_HEAD[5]} | ${TABLE_HEAD[6]} | ${TABLE_HEAD[7]} | ${TABLE_HEAD[8]} | ${TABLE_HEAD[9]} |"
-    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    local IFS='|'
+    echo "|${TABLE_HEAD[*]}|" | sed 's/|/ | /g; s/^ //; s/ $//'
+    echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
     for name in "${MATRIX_NAMES[@]}"; do
         local cells
         mapfile -t cells < <(row_cells "$(row_json "$file" "$name")")
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n" "$name" "${cells[@]}"
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n" "$name" "${cells[@]}"
     done
 }
 

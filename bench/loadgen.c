@@ -106,6 +106,7 @@ struct cpu_sample {
     uint64_t at;          /* ns, CLOCK_MONOTONIC */
     long long srv_ticks;  /* server utime + stime, or -1 */
     long long self_us;    /* our own user + system time */
+    long long all_ticks;  /* every CPU's busy time, from /proc/stat, or -1 */
 };
 
 static struct loadgen {
@@ -466,6 +467,21 @@ static long server_rss_kib(void)
     return resident * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
+/* Busy ticks of the whole machine: whatever is neither idle nor iowait. */
+static long long machine_ticks(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8] = {0};
+    int n = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                       &v[3], &v[4], &v[5], &v[6], &v[7])
+              : 0;
+    if (f)
+        fclose(f);
+    if (n < 7)
+        return -1;
+    return (long long)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]);
+}
+
 static struct cpu_sample cpu_sample(void)
 {
     struct cpu_sample s;
@@ -473,6 +489,7 @@ static struct cpu_sample cpu_sample(void)
     getrusage(RUSAGE_SELF, &ru);
     s.at = clock_ns();
     s.srv_ticks = server_ticks();
+    s.all_ticks = machine_ticks();
     s.self_us = (long long)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec +
                 (long long)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
     return s;
@@ -1169,6 +1186,15 @@ static void report(void)
     double srv_pct = lg.server_pid && secs > 0 ? 100 * srv_cpu_s / secs : -1;
     double per_cpu_s = srv_cpu_s > 0 ? (double)lg.counted / srv_cpu_s : -1;
     double gen_pct = secs > 0 ? 100 * (double)(lg.s1.self_us - lg.s0.self_us) / 1e6 / secs : 0;
+    /* What the rest of the machine used meanwhile: a busy machine makes
+     * every rate lower and every latency longer. */
+    double other_pct = -1;
+    if (lg.s0.all_ticks >= 0 && lg.s1.all_ticks >= 0 && secs > 0) {
+        double all = 100 * (double)(lg.s1.all_ticks - lg.s0.all_ticks) / tick / secs;
+        other_pct = all - gen_pct - (srv_pct > 0 ? srv_pct : 0);
+        if (other_pct < 0)
+            other_pct = 0;
+    }
     double p50 = (double)hist_quantile(&lg.lat, 0.50) / 1e3;
     double p99 = (double)hist_quantile(&lg.lat, 0.99) / 1e3;
     double p999 = (double)hist_quantile(&lg.lat, 0.999) / 1e3;
@@ -1184,10 +1210,11 @@ static void report(void)
         printf("{\"label\": \"%s\", \"mode\": \"%s\", \"conns\": %d, \"inflight\": %d, "
                "\"size\": %d, \"kind\": \"%s\", \"seconds\": %.3f, \"count\": %llu, "
                "\"per_s\": %.1f, \"server_cpu_pct\": %.1f, \"per_server_cpu_s\": %.1f, "
-               "\"gen_cpu_pct\": %.1f, \"p50_us\": %.1f, \"p99_us\": %.1f, "
+               "\"gen_cpu_pct\": %.1f, \"other_cpu_pct\": %.1f, \"p50_us\": %.1f, \"p99_us\": %.1f, "
                "\"p999_us\": %.1f, \"max_us\": %.1f, \"checked\": %llu",
                label, mode_names[lg.mode], lg.nconns, lg.inflight, lg.size, kind, secs,
-               (unsigned long long)lg.counted, rate, srv_pct, per_cpu_s, gen_pct, p50, p99, p999,
+               (unsigned long long)lg.counted, rate, srv_pct, per_cpu_s, gen_pct, other_pct, p50,
+               p99, p999,
                max, (unsigned long long)lg.checked);
         if (lg.mode == MODE_CONNS)
             printf(", \"rss_before_kib\": %ld, \"rss_after_kib\": %ld, \"kib_per_conn\": %.2f",
@@ -1204,15 +1231,16 @@ static void report(void)
     char srv[96] = "server cpu not sampled (no --server-pid)";
     if (lg.server_pid)
         snprintf(srv, sizeof srv, "server cpu %.1f%% | %.0f per server-cpu-s", srv_pct, per_cpu_s);
+    char gen[96];
+    snprintf(gen, sizeof gen, "gen cpu %.1f%% | other cpu %.1f%%", gen_pct, other_pct);
     char lat[128];
     snprintf(lat, sizeof lat, "p50 %.0f p99 %.0f p99.9 %.0f max %.0f us", p50, p99, p999, max);
     if (*label)
         printf("%s: ", label);
     switch (lg.mode) {
     case MODE_ECHO:
-        printf("echo %d B %s, %d conns x %d in flight: %.0f msgs/s | %s | gen cpu %.1f%% | "
-               "latency %s\n",
-               lg.size, kind, lg.nconns, lg.inflight, rate, srv, gen_pct, lat);
+        printf("echo %d B %s, %d conns x %d in flight: %.0f msgs/s | %s | %s | latency %s\n",
+               lg.size, kind, lg.nconns, lg.inflight, rate, srv, gen, lat);
         break;
     case MODE_CONNS:
         printf("conns %d idle: server rss %ld -> %ld KiB, %.2f KiB/conn | server cpu %.1f%% | "
@@ -1221,14 +1249,13 @@ static void report(void)
         break;
     case MODE_BROADCAST:
         printf("broadcast %d B %s, %d subscribers at %.0f msgs/s: %.0f deliveries/s (%.1f%% of "
-               "%.0f)%s | %s | gen cpu %.1f%% | fan-out latency %s\n",
+               "%.0f)%s | %s | %s | fan-out latency %s\n",
                lg.size, kind, lg.nconns, lg.rate, rate, 100 * rate / expected, expected,
-               lg.drained ? "" : ", server fell behind", srv, gen_pct, lat);
+               lg.drained ? "" : ", server fell behind", srv, gen, lat);
         break;
     case MODE_CHURN:
-        printf("churn, %d at a time: %.0f handshakes+closes/s | %s | gen cpu %.1f%% | "
-               "cycle latency %s\n",
-               lg.nconns, rate, srv, gen_pct, lat);
+        printf("churn, %d at a time: %.0f handshakes+closes/s | %s | %s | cycle latency %s\n",
+               lg.nconns, rate, srv, gen, lat);
         break;
     }
 }

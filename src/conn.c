@@ -24,25 +24,40 @@
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
-static void on_read(struct ev_loop *loop, ev_io *w, int revents);
-static void on_write(struct ev_loop *loop, ev_io *w, int revents);
+static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void enter_linger(struct conn *c);
 
-static void sockaddr_text(const struct sockaddr_storage *sa, char *host, size_t hostlen, int *port)
+void conn_addr_text(const struct conn_addr *a, char *host, size_t len, int *port)
 {
-    if (sa->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &s6->sin6_addr, host, (socklen_t)hostlen);
-        *port = ntohs(s6->sin6_port);
-    } else if (sa->ss_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &s4->sin_addr, host, (socklen_t)hostlen);
-        *port = ntohs(s4->sin_port);
+    if (a->u.sa.sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &a->u.in6.sin6_addr, host, (socklen_t)len);
+        *port = ntohs(a->u.in6.sin6_port);
+    } else if (a->u.sa.sa_family == AF_INET) {
+        inet_ntop(AF_INET, &a->u.in.sin_addr, host, (socklen_t)len);
+        *port = ntohs(a->u.in.sin_port);
     } else {
-        snprintf(host, hostlen, "unix");
+        snprintf(host, len, "unix");
         *port = 0;
     }
+}
+
+const char *conn_peer(const struct conn *c)
+{
+    static char text[INET6_ADDRSTRLEN + 8];
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    conn_addr_text(&c->client, host, sizeof host, &port);
+    snprintf(text, sizeof text, "%s:%d", host, port);
+    return text;
+}
+
+static void get_addr(int fd, int peer, struct conn_addr *a)
+{
+    socklen_t len = sizeof a->u;
+    memset(a, 0, sizeof *a);
+    if ((peer ? getpeername : getsockname)(fd, &a->u.sa, &len) != 0)
+        a->u.sa.sa_family = AF_UNSPEC;
 }
 
 struct conn *conn_new(struct server *srv, int fd)
@@ -61,21 +76,16 @@ struct conn *conn_new(struct server *srv, int fd)
     c->lua_ref = LUA_NOREF;
     c->id = ++srv->next_id;
     c->started = ev_now(srv->loop);
-    struct sockaddr_storage sa;
-    socklen_t len = sizeof sa;
-    if (getpeername(fd, (struct sockaddr *)&sa, &len) == 0)
-        sockaddr_text(&sa, c->client_host, sizeof c->client_host, &c->client_port);
-    len = sizeof sa;
-    if (getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        sockaddr_text(&sa, c->server_host, sizeof c->server_host, &c->server_port);
+    get_addr(fd, 1, &c->client);
+    get_addr(fd, 0, &c->server);
     ws_parser_init(&c->parser, cfg->max_message, cfg->max_fragments);
 
-    ev_io_init(&c->rio, on_read, fd, EV_READ);
-    ev_io_init(&c->wio, on_write, fd, EV_WRITE);
+    ev_io_init(&c->io, on_io, fd, EV_READ);
+    c->io_events = EV_READ;
     ev_init(&c->timer, on_timer);
     c->timer.repeat = cfg->handshake_timeout;
     ev_timer_again(srv->loop, &c->timer);
-    ev_io_start(srv->loop, &c->rio);
+    ev_io_start(srv->loop, &c->io);
 
     c->next = srv->conns;
     if (srv->conns)
@@ -92,6 +102,7 @@ void conn_free(struct conn *c)
     hs_free(c->hs);
     buf_reset(&c->msg);
     buf_reset(&c->out);
+    free(c->close_reason);
     free(c->path);
     free(c);
 }
@@ -113,8 +124,8 @@ static void finish(struct conn *c)
         return;
     c->on_close_done = 1;
     uint16_t code = c->close_code ? c->close_code : WS_CLOSE_ABNORMAL;
-    log_access("%s:%d \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs", c->client_host,
-               c->client_port, path_or_dash(c), (unsigned long long)c->id, code,
+    log_access("%s \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs", conn_peer(c),
+               path_or_dash(c), (unsigned long long)c->id, code,
                ev_now(c->srv->loop) - c->started);
     lbridge_close(c->srv->lb, c, code, c->close_reason, c->close_reason_len);
 }
@@ -130,13 +141,28 @@ void conn_abort(struct conn *c, const char *why)
         return;
     c->state = CONN_DEAD;
     struct ev_loop *loop = c->srv->loop;
-    ev_io_stop(loop, &c->rio);
-    ev_io_stop(loop, &c->wio);
+    ev_io_stop(loop, &c->io);
     ev_timer_stop(loop, &c->timer);
     close(c->fd);
     c->fd = -1;
     lbridge_release(c->srv->lb, c);
     server_conn_dead(c->srv, c);
+}
+
+/* Set the socket watcher from what the connection wants now. */
+static void update_io(struct conn *c)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    int events = (c->read_paused ? 0 : EV_READ) | (buf_pending(&c->out) ? EV_WRITE : 0);
+    if (events == c->io_events)
+        return;
+    struct ev_loop *loop = c->srv->loop;
+    ev_io_stop(loop, &c->io);
+    ev_io_set(&c->io, c->fd, events);
+    if (events)
+        ev_io_start(loop, &c->io);
+    c->io_events = (uint8_t)events;
 }
 
 /* Append one unmasked frame to the output queue, whatever the state. */
@@ -167,7 +193,7 @@ static int queue_frame(struct conn *c, uint8_t first_byte, const void *data, siz
         /* The peer is not reading: stop reading it, so it cannot make us
          * produce more for it, until the queue drains. */
         c->read_paused = 1;
-        ev_io_stop(c->srv->loop, &c->rio);
+        update_io(c);
     }
     server_want_flush(c->srv, c);
     return 0;
@@ -201,15 +227,17 @@ static void queue_close(struct conn *c, uint16_t code, const char *reason, size_
  * without splitting a UTF-8 sequence. */
 static void set_reason(struct conn *c, uint16_t code, const char *reason, size_t len)
 {
-    if (len > sizeof c->close_reason) {
-        len = sizeof c->close_reason;
+    if (len > 123) { /* what a close frame can carry */
+        len = 123;
         while (len && ((unsigned char)reason[len] & 0xC0) == 0x80)
             len--; /* reason[len] exists: the reason was longer */
     }
     c->close_code = code;
-    if (len)
+    c->close_reason_len = 0;
+    if (len && (c->close_reason || (c->close_reason = malloc(123)))) {
         memcpy(c->close_reason, reason, len);
-    c->close_reason_len = (uint8_t)len;
+        c->close_reason_len = (uint8_t)len;
+    }
 }
 
 void conn_close(struct conn *c, uint16_t code, const char *reason)
@@ -257,7 +285,7 @@ static void enter_linger(struct conn *c)
         return;
     if (c->read_paused) {
         c->read_paused = 0;
-        ev_io_start(c->srv->loop, &c->rio);
+        update_io(c);
     }
     server_want_flush(c->srv, c);
 }
@@ -277,7 +305,7 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
                      status, hs_reason(status), body_len,
                      headers_len && memmem(headers, headers_len, "Content-Type:", 13) ? ""
                                                                  : "Content-Type: text/plain\r\n");
-    log_access("%s:%d \"WSREJECT %s\" id=%llu status=%d%s%s", c->client_host, c->client_port,
+    log_access("%s \"WSREJECT %s\" id=%llu status=%d%s%s", conn_peer(c),
                path_or_dash(c), (unsigned long long)c->id, status, why ? " reason=" : "",
                why ? why : "");
     buf_reset(&c->out); /* frames an app queued in on_connect never go out */
@@ -369,13 +397,13 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         return;
     }
     c->app = m.route->app;
-    log_access("%s:%d \"WSCONNECTING %s\" id=%llu", c->client_host, c->client_port, c->path,
+    log_access("%s \"WSCONNECTING %s\" id=%llu", conn_peer(c), c->path,
                (unsigned long long)c->id);
 
     struct conn_reply reply = {0};
     c->reply = &reply;
     c->in_connect = 1;
-    int rc = lbridge_connect(c->srv->lb, c, &m, target, up.protocols);
+    int rc = lbridge_connect(c->srv->lb, c, &m);
     c->in_connect = 0;
     c->reply = NULL;
     if (c->state != CONN_HANDSHAKE) { /* dropped while on_connect ran */
@@ -393,7 +421,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         c->state = CONN_OPEN;
         c->accepted = 1;
         ev_timer_stop(c->srv->loop, &c->timer);
-        log_access("%s:%d \"WSCONNECT %s\" id=%llu", c->client_host, c->client_port, c->path,
+        log_access("%s \"WSCONNECT %s\" id=%llu", conn_peer(c), c->path,
                    (unsigned long long)c->id);
         hs_free(c->hs);
         c->hs = NULL;
@@ -476,11 +504,8 @@ static void frames_input(struct conn *c, uint8_t *buf, size_t n)
     }
 }
 
-static void on_read(struct ev_loop *loop, ev_io *w, int revents)
+static void on_readable(struct conn *c)
 {
-    (void)loop;
-    (void)revents;
-    struct conn *c = container_of(w, struct conn, rio);
     uint8_t *buf = c->srv->rbuf;
     ssize_t n = recv(c->fd, buf, SERVER_READ_BUF, 0);
     if (n < 0) {
@@ -511,40 +536,40 @@ static void on_read(struct ev_loop *loop, ev_io *w, int revents)
 
 void conn_flush(struct conn *c)
 {
-    struct ev_loop *loop = c->srv->loop;
     while (buf_pending(&c->out)) {
         ssize_t n = send(c->fd, c->out.data + c->out.off, buf_pending(&c->out), MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                ev_io_start(loop, &c->wio);
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
                 break;
-            }
             conn_abort(c, strerror(errno));
             return;
         }
         buf_consume(&c->out, (size_t)n);
     }
     size_t pending = buf_pending(&c->out);
-    if (c->read_paused && pending <= c->srv->cfg->send_buffer / 2) {
+    if (c->read_paused && pending <= c->srv->cfg->send_buffer / 2)
         c->read_paused = 0;
-        ev_io_start(loop, &c->rio);
-    }
+    update_io(c);
     if (pending)
         return;
-    ev_io_stop(loop, &c->wio);
     if (c->state == CONN_LINGER && !c->shut_wr) {
         c->shut_wr = 1;
         shutdown(c->fd, SHUT_WR);
     }
 }
 
-static void on_write(struct ev_loop *loop, ev_io *w, int revents)
+/* One watcher per socket: readable unless paused, writable while output
+ * waits for room. */
+static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
-    (void)revents;
-    conn_flush(container_of(w, struct conn, wio));
+    struct conn *c = container_of(w, struct conn, io);
+    if (revents & EV_WRITE)
+        conn_flush(c);
+    if ((revents & EV_READ) && c->state != CONN_DEAD && !c->read_paused)
+        on_readable(c);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -554,8 +579,8 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     struct conn *c = container_of(w, struct conn, timer);
     switch (c->state) {
     case CONN_HANDSHAKE:
-        log_info("conn %llu from %s:%d: handshake not complete after %gs: closing",
-                 (unsigned long long)c->id, c->client_host, c->client_port,
+        log_info("conn %llu from %s: handshake not complete after %gs: closing",
+                 (unsigned long long)c->id, conn_peer(c),
                  c->srv->cfg->handshake_timeout);
         conn_abort(c, "handshake timeout");
         break;

@@ -9,6 +9,7 @@
 #define MOONPORT_CONN_H
 
 #include <ev.h>
+#include <netinet/in.h>
 #include <stdint.h>
 
 #include "buf.h"
@@ -27,6 +28,15 @@ enum conn_state {
     CONN_DEAD,      /* closed; freed at the next sweep */
 };
 
+/* An IPv4 or IPv6 socket address, without the room sockaddr_storage takes. */
+struct conn_addr {
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } u;
+};
+
 /* What on_connect decided. Filled by ws:accept / ws:reject. */
 struct conn_reply {
     int status;        /* 0 = accept (101); else the HTTP status */
@@ -41,15 +51,13 @@ struct conn {
     struct conn *flush_next;  /* srv->flush_list while output is pending */
     struct conn *dead_next;   /* srv->dead_list once dead */
     int fd;
-    ev_io rio, wio;
+    ev_io io;          /* the socket: EV_READ unless paused, EV_WRITE while output waits */
+    uint8_t io_events; /* what io is set to */
     ev_timer timer; /* handshake, close and linger timeouts */
     enum conn_state state;
     uint64_t id;
     ev_tstamp started;
-    char client_host[48];
-    int client_port;
-    char server_host[48];
-    int server_port;
+    struct conn_addr client, server; /* formatted only when logged or asked for */
     char *path; /* request path for logs (no query) */
 
     struct hs_request *hs;       /* while the handshake lasts */
@@ -64,7 +72,7 @@ struct conn {
 
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
     uint8_t close_reason_len;
-    char close_reason[123];
+    char *close_reason; /* malloc'd when there is one: most idle conns never close */
 
     unsigned in_flush_list : 1;
     unsigned read_paused : 1;    /* output over send_buffer: not reading */
@@ -95,6 +103,12 @@ void conn_abort(struct conn *c, const char *why);
 
 /* Free a dead conn. Only the server's sweep calls this. */
 void conn_free(struct conn *c);
+
+/* The client's (or the server's) address as text, and its port. */
+void conn_addr_text(const struct conn_addr *a, char *host, size_t len, int *port);
+
+/* "host:port" of the client, for log lines; valid until the next call. */
+const char *conn_peer(const struct conn *c);
 
 /* 1 while the app may send on it: open, or inside on_connect. */
 int conn_can_send(const struct conn *c);

@@ -16,6 +16,7 @@
 #include "conn.h"
 #include "handshake.h"
 #include "log.h"
+#include "lrequest.h"
 #include "router.h"
 #include "server.h"
 
@@ -408,148 +409,21 @@ static void log_handler_error(lua_State *L, const struct conn *c, const char *ha
     lua_pop(L, 1);
 }
 
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
-/* Push s[0..len) percent-decoded ('+' is a space in query arguments). */
-static void push_decoded(lua_State *L, const char *s, size_t len, int plus_is_space)
-{
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (size_t i = 0; i < len; i++) {
-        int hi, lo;
-        if (s[i] == '%' && i + 2 < len && (hi = hexval(s[i + 1])) >= 0 &&
-            (lo = hexval(s[i + 2])) >= 0) {
-            luaL_addchar(&b, (char)(hi * 16 + lo));
-            i += 2;
-        } else if (s[i] == '+' && plus_is_space) {
-            luaL_addchar(&b, ' ');
-        } else {
-            luaL_addchar(&b, s[i]);
-        }
-    }
-    luaL_pushresult(&b);
-}
-
-/* req.args: a=1&b=x%20y -> {a="1", b="x y"}; a repeated key keeps the last. */
-static void push_args(lua_State *L, const char *q)
-{
-    lua_newtable(L);
-    while (q && *q) {
-        size_t n = strcspn(q, "&");
-        const char *eq = memchr(q, '=', n);
-        if (n) {
-            size_t kl = eq ? (size_t)(eq - q) : n;
-            push_decoded(L, q, kl, 1);
-            if (eq)
-                push_decoded(L, eq + 1, n - kl - 1, 1);
-            else
-                lua_pushboolean(L, 1);
-            lua_rawset(L, -3);
-        }
-        q += n;
-        if (*q == '&')
-            q++;
-    }
-}
-
-static void push_endpoint(lua_State *L, const char *host, int port)
-{
-    lua_createtable(L, 0, 2);
-    lua_pushstring(L, host);
-    lua_setfield(L, -2, "host");
-    lua_pushinteger(L, port);
-    lua_setfield(L, -2, "port");
-}
-
-struct list_ctx {
-    lua_State *L;
-    int n;
-};
-
-static void push_list_item(const char *item, size_t len, void *ud)
-{
-    struct list_ctx *x = ud;
-    lua_pushlstring(x->L, item, len);
-    lua_rawseti(x->L, -2, ++x->n);
-}
-
-/* Build the req table described in the README. */
-static void push_request(lua_State *L, const struct conn *c, const struct route_match *m,
-                         const char *target, const char *protocols)
-{
-    lua_createtable(L, 0, 11);
-    lua_pushstring(L, hs_method(c->hs));
-    lua_setfield(L, -2, "method");
-    lua_pushstring(L, c->path);
-    lua_setfield(L, -2, "path");
-    const char *q = strchr(target, '?');
-    lua_pushstring(L, q ? q + 1 : "");
-    lua_setfield(L, -2, "query");
-    push_args(L, q ? q + 1 : NULL);
-    lua_setfield(L, -2, "args");
-
-    lua_createtable(L, 0, (int)m->nparams);
-    for (unsigned i = 0; i < m->nparams; i++) {
-        lua_pushlstring(L, m->params[i].name, m->params[i].name_len);
-        push_decoded(L, m->params[i].value, m->params[i].value_len, 0);
-        lua_rawset(L, -3);
-    }
-    lua_setfield(L, -2, "params");
-
-    /* Headers: lowercase names; a repeated header's values joined by ", ". */
-    lua_createtable(L, 0, (int)hs_header_count(c->hs));
-    for (size_t i = 0; i < hs_header_count(c->hs); i++) {
-        const struct hs_header *h = hs_header_at(c->hs, i);
-        lua_getfield(L, -1, h->name);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushlstring(L, h->value, h->value_len);
-        } else {
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, h->value, h->value_len);
-            lua_concat(L, 3);
-        }
-        lua_setfield(L, -2, h->name);
-    }
-    lua_setfield(L, -2, "headers");
-
-    push_endpoint(L, c->client_host, c->client_port);
-    lua_setfield(L, -2, "client");
-    push_endpoint(L, c->server_host, c->server_port);
-    lua_setfield(L, -2, "server");
-    lua_pushliteral(L, "ws");
-    lua_setfield(L, -2, "scheme");
-    lua_newtable(L);
-    struct list_ctx x = {L, 0};
-    hs_list_each(protocols, push_list_item, &x);
-    lua_setfield(L, -2, "subprotocols");
-}
-
-int lbridge_connect(struct lbridge *lb, struct conn *c, const struct route_match *m,
-                    const char *target, const char *protocols)
+int lbridge_connect(struct lbridge *lb, struct conn *c, const struct route_match *m)
 {
     lua_State *L = lb->L;
+    struct req_snapshot *req = lrequest_snapshot(c, c->hs, m);
+    if (!req) {
+        log_error("conn %llu: out of memory for the request", (unsigned long long)c->id);
+        return -1;
+    }
     int top = lua_gettop(L);
-    lconn_new(L, c);
+    lconn_new(L, c, req);
     int ud = lua_gettop(L);
-    push_request(L, c, m, target, protocols);
-    lua_getfenv(L, ud);
-    lua_pushvalue(L, -2);
-    lua_setfield(L, -2, "request");
-    lua_pop(L, 1);
     int rc = 0;
     if (push_handler(L, c->app, "on_connect")) {
         lua_pushvalue(L, ud);
-        lua_pushvalue(L, ud + 1);
+        lconn_push_request(L, ud);
         if (lb_pcall(L, 2, 0, NULL)) {
             log_handler_error(L, c, "on_connect");
             rc = -1;

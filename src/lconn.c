@@ -1,8 +1,10 @@
 /* lconn: the ws object apps see. It is a small box pointing at the C
- * connection; its environment table holds id, request and data. When the
- * connection ends, C clears the pointer (lconn_detach) and every method
- * returns nil, "closed" from then on; __gc frees only the box. Misuse (a
- * wrong argument) raises; a runtime failure returns nil and a reason. */
+ * connection. ws.data and ws.request live in an environment table that is
+ * only made when an app first touches them, so an idle connection of an app
+ * that never does costs the box alone. When the connection ends, C clears
+ * the pointer (lconn_detach) and every method returns nil, "closed" from
+ * then on; __gc frees the box's request snapshot. Misuse (a wrong argument)
+ * raises; a runtime failure returns nil and a reason. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,12 +12,16 @@
 #include "conn.h"
 #include "handshake.h"
 #include "lbridge.h"
+#include "lrequest.h"
 #include "ws_utf8.h"
 
 #define LCONN_MT "moonport.ws"
 
 struct lconn {
-    struct conn *c; /* NULL once the connection has ended */
+    struct conn *c;           /* NULL once the connection has ended */
+    double id;
+    struct req_snapshot *req; /* until ws.request is first built */
+    int has_env;              /* the environment table exists */
 };
 
 static struct lconn *check_box(lua_State *L)
@@ -206,7 +212,11 @@ static int lconn_accept(lua_State *L)
     struct conn *c = connecting(L, box, "accept");
     if (protocol) {
         struct offered o = {protocol, plen, 0};
-        hs_list_each(hs_header_get(c->hs, "sec-websocket-protocol"), match_offered, &o);
+        for (size_t i = 0; i < hs_header_count(c->hs); i++) {
+            const struct hs_header *h = hs_header_at(c->hs, i);
+            if (strcmp(h->name, "sec-websocket-protocol") == 0)
+                hs_list_each(h->value, match_offered, &o);
+        }
         if (!o.found)
             return luaL_argerror(
                 L, 2, lua_pushfstring(L, "protocol \"%s\" was not offered by the client", protocol));
@@ -237,16 +247,62 @@ static const luaL_Reg methods[] = {
     {NULL, NULL},
 };
 
-/* ws.key: a method, else a field of the box's environment (id, request, data). */
+/* Push the box's environment table, making it on first use. */
+static void push_env(lua_State *L, int ud, struct lconn *box)
+{
+    if (!box->has_env) {
+        lua_createtable(L, 0, 2);
+        lua_pushvalue(L, -1);
+        lua_setfenv(L, ud);
+        box->has_env = 1;
+        return;
+    }
+    lua_getfenv(L, ud);
+}
+
+/* Push ws.request, building it from the snapshot the first time. */
+static void push_request(lua_State *L, int ud, struct lconn *box)
+{
+    push_env(L, ud, box);
+    lua_getfield(L, -1, "request");
+    if (lua_isnil(L, -1) && box->req) {
+        lua_pop(L, 1);
+        lrequest_push(L, box->req);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, "request");
+        lrequest_free(box->req);
+        box->req = NULL;
+    }
+    lua_remove(L, -2);
+}
+
+/* ws.key: a method, else id, data (made on first use) or request. */
 static int lconn_index(lua_State *L)
 {
     lua_pushvalue(L, 2);
     lua_rawget(L, lua_upvalueindex(1));
     if (!lua_isnil(L, -1))
         return 1;
-    lua_getfenv(L, 1);
-    lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
+    struct lconn *box = lua_touserdata(L, 1);
+    const char *key = lua_tostring(L, 2);
+    if (!key)
+        return 1; /* nil */
+    if (strcmp(key, "id") == 0) {
+        lua_pushnumber(L, box->id);
+    } else if (strcmp(key, "request") == 0) {
+        push_request(L, 1, box);
+    } else if (strcmp(key, "data") == 0) {
+        push_env(L, 1, box);
+        lua_getfield(L, -1, "data");
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setfield(L, -3, "data");
+        }
+    } else {
+        lua_pushnil(L);
+    }
     return 1;
 }
 
@@ -256,18 +312,24 @@ static int lconn_newindex(lua_State *L)
     if (!key || strcmp(key, "data") != 0)
         return luaL_error(L, "ws.%s cannot be set: keep per-connection state in ws.data",
                           key ? key : "?");
-    lua_getfenv(L, 1);
-    lua_pushvalue(L, 2);
+    push_env(L, 1, lua_touserdata(L, 1));
     lua_pushvalue(L, 3);
-    lua_rawset(L, -3);
+    lua_setfield(L, -2, "data");
+    return 0;
+}
+
+static int lconn_gc(lua_State *L)
+{
+    struct lconn *box = lua_touserdata(L, 1);
+    lrequest_free(box->req);
+    box->req = NULL;
     return 0;
 }
 
 static int lconn_tostring(lua_State *L)
 {
     struct lconn *box = check_box(L);
-    lua_getfenv(L, 1);
-    lua_getfield(L, -1, "id");
+    lua_pushnumber(L, box->id);
     lua_pushfstring(L, "ws#%s%s", lua_tostring(L, -1), box->c ? "" : " (closed)");
     return 1;
 }
@@ -283,26 +345,30 @@ void lconn_open(lua_State *L)
     lua_setfield(L, -2, "__newindex");
     lua_pushcfunction(L, lconn_tostring);
     lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, lconn_gc);
+    lua_setfield(L, -2, "__gc");
     lua_pushliteral(L, "moonport.ws");
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
 }
 
-int lconn_new(lua_State *L, struct conn *c)
+int lconn_new(lua_State *L, struct conn *c, struct req_snapshot *req)
 {
     struct lconn *box = lua_newuserdata(L, sizeof *box);
     box->c = c;
+    box->id = (double)c->id;
+    box->req = req;
+    box->has_env = 0;
     luaL_getmetatable(L, LCONN_MT);
     lua_setmetatable(L, -2);
-    lua_createtable(L, 0, 3);
-    lua_pushnumber(L, (lua_Number)c->id);
-    lua_setfield(L, -2, "id");
-    lua_newtable(L);
-    lua_setfield(L, -2, "data");
-    lua_setfenv(L, -2);
     lua_pushvalue(L, -1);
     c->lua_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return c->lua_ref;
+}
+
+void lconn_push_request(lua_State *L, int ud)
+{
+    push_request(L, ud, lua_touserdata(L, ud));
 }
 
 void lconn_detach(lua_State *L, int ref)

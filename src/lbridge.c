@@ -35,10 +35,15 @@ static int traceback(lua_State *L)
     return 1;
 }
 
+/* The traceback handler, made once: pushing a C function allocates a new
+ * closure each time, and this runs for every message. One lua_State per
+ * process, so one ref. */
+static int traceback_ref = LUA_NOREF;
+
 int lb_pcall(lua_State *L, int nargs, int nresults, const char *what)
 {
     int base = lua_gettop(L) - nargs; /* the function */
-    lua_pushcfunction(L, traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
     lua_insert(L, base);
     int rc = lua_pcall(L, nargs, nresults, base);
     lua_remove(L, base);
@@ -80,6 +85,8 @@ struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err,
         lua_setfield(L, -2, "path");
         lua_pop(L, 1);
     }
+    lua_pushcfunction(L, traceback);
+    traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getglobal(L, "require");
     lua_pushlightuserdata(L, lb);
     lua_pushcclosure(L, tracked_require, 2);

@@ -24,9 +24,16 @@ struct lconn {
     int has_env;              /* the environment table exists */
 };
 
+/* Argument 1 must be a ws object. Every method is a closure whose first
+ * upvalue is the ws metatable: comparing against it is a pointer test, where
+ * luaL_checkudata would look the metatable up by name on every call. */
 static struct lconn *check_box(lua_State *L)
 {
-    return luaL_checkudata(L, 1, LCONN_MT);
+    struct lconn *box = lua_touserdata(L, 1);
+    if (!box || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typerror(L, 1, "ws");
+    lua_pop(L, 1);
+    return box;
 }
 
 static int closed(lua_State *L)
@@ -337,13 +344,19 @@ static int lconn_tostring(lua_State *L)
 void lconn_open(lua_State *L)
 {
     luaL_newmetatable(L, LCONN_MT);
+    int mt = lua_gettop(L);
     lua_newtable(L);
-    luaL_register(L, NULL, methods);
+    for (const luaL_Reg *r = methods; r->name; r++) {
+        lua_pushvalue(L, mt);
+        lua_pushcclosure(L, r->func, 1);
+        lua_setfield(L, -2, r->name);
+    }
     lua_pushcclosure(L, lconn_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, lconn_newindex);
     lua_setfield(L, -2, "__newindex");
-    lua_pushcfunction(L, lconn_tostring);
+    lua_pushvalue(L, mt);
+    lua_pushcclosure(L, lconn_tostring, 1);
     lua_setfield(L, -2, "__tostring");
     lua_pushcfunction(L, lconn_gc);
     lua_setfield(L, -2, "__gc");

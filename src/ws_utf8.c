@@ -1,65 +1,79 @@
 /* ws_utf8: an incremental UTF-8 validator (RFC 3629). It owns nothing but the
- * three bytes of struct ws_utf8, so a text message can be checked piece by
- * piece as reads and fragments arrive. It must never allocate, never read
- * past len, and never accept a byte sequence RFC 3629 forbids. */
+ * one byte of struct ws_utf8, so a text message can be checked piece by piece
+ * as reads and fragments arrive. It must never allocate, never read past len,
+ * and never accept a byte sequence RFC 3629 forbids. */
 #include "ws_utf8.h"
 
 #include <string.h>
 
-/* The state machine keeps, between bytes, how many continuation bytes the
- * current character still needs and the range the next one must fall in.
- * The range is what rejects the hard cases: after E0 the next byte must be
- * A0..BF (below is overlong), after ED 80..9F (above is a surrogate), after
- * F0 90..BF (below is overlong), after F4 80..8F (above is over U+10FFFF).
- * Every later continuation byte is plain 80..BF. */
+/* A table-driven automaton: each byte falls in one of 12 classes, and
+ * (state, class) gives the next state. One table lookup per byte and no
+ * branch on the byte's value, so mixed-length text does not pay a branch
+ * misprediction per character. The states that follow E0, ED, F0 and F4
+ * narrow the next byte's range: that is what rejects overlongs (E0 80..9F,
+ * F0 80..8F), surrogates (ED A0..BF) and code points over U+10FFFF
+ * (F4 90..BF). */
+
+enum { /* byte classes */
+    C_ASCII, C_CONT_LO, C_CONT_MID, C_CONT_HI, C_BAD, C_LEAD2,
+    C_E0, C_LEAD3, C_ED, C_F0, C_LEAD4, C_F4, NCLASS,
+};
+
+static const uint8_t byte_class[256] = {
+    [0x00 ... 0x7F] = C_ASCII,   [0x80 ... 0x8F] = C_CONT_LO, [0x90 ... 0x9F] = C_CONT_MID,
+    [0xA0 ... 0xBF] = C_CONT_HI, [0xC0 ... 0xC1] = C_BAD,     [0xC2 ... 0xDF] = C_LEAD2,
+    [0xE0] = C_E0,               [0xE1 ... 0xEC] = C_LEAD3,   [0xED] = C_ED,
+    [0xEE ... 0xEF] = C_LEAD3,   [0xF0] = C_F0,               [0xF1 ... 0xF3] = C_LEAD4,
+    [0xF4] = C_F4,               [0xF5 ... 0xFF] = C_BAD,
+};
+
+/* States, stored premultiplied by NCLASS so a step is one add and a load. */
+enum {
+    S_BOUNDARY = 0 * NCLASS, /* between characters: the only accepting state */
+    S_NEED1 = 1 * NCLASS,    /* one more continuation byte, 80..BF */
+    S_NEED2 = 2 * NCLASS,
+    S_NEED3 = 3 * NCLASS,
+    S_E0 = 4 * NCLASS,       /* after E0: A0..BF, then one more */
+    S_ED = 5 * NCLASS,       /* after ED: 80..9F, then one more */
+    S_F0 = 6 * NCLASS,       /* after F0: 90..BF, then two more */
+    S_F4 = 7 * NCLASS,       /* after F4: 80..8F, then two more */
+    S_BAD = 8 * NCLASS,      /* invalid, for good */
+};
+
+#define ROW(ascii, lo, mid, hi, bad, l2, e0, l3, ed, f0, l4, f4) \
+    ascii, lo, mid, hi, bad, l2, e0, l3, ed, f0, l4, f4
+#define X S_BAD
+static const uint8_t next_state[9 * NCLASS] = {
+    /* boundary */ ROW(S_BOUNDARY, X, X, X, X, S_NEED1, S_E0, S_NEED2, S_ED, S_F0, S_NEED3, S_F4),
+    /* need1 */ ROW(X, S_BOUNDARY, S_BOUNDARY, S_BOUNDARY, X, X, X, X, X, X, X, X),
+    /* need2 */ ROW(X, S_NEED1, S_NEED1, S_NEED1, X, X, X, X, X, X, X, X),
+    /* need3 */ ROW(X, S_NEED2, S_NEED2, S_NEED2, X, X, X, X, X, X, X, X),
+    /* e0 */ ROW(X, X, X, S_NEED1, X, X, X, X, X, X, X, X),
+    /* ed */ ROW(X, S_NEED1, S_NEED1, X, X, X, X, X, X, X, X, X),
+    /* f0 */ ROW(X, X, S_NEED2, S_NEED2, X, X, X, X, X, X, X, X),
+    /* f4 */ ROW(X, S_NEED2, X, X, X, X, X, X, X, X, X, X),
+    /* bad */ ROW(X, X, X, X, X, X, X, X, X, X, X, X),
+};
+#undef X
+#undef ROW
 
 #define ASCII_MASK UINT64_C(0x8080808080808080)
 
 void ws_utf8_reset(struct ws_utf8 *u)
 {
-    u->need = 0;
-    u->lo = 0x80;
-    u->hi = 0xBF;
-}
-
-/* Start a character with lead byte b (known to be >= 0x80). Returns 0, or -1
- * if b cannot start a character: a stray continuation byte, C0/C1 (which can
- * only start overlong encodings) or F5..FF (beyond U+10FFFF). */
-static int utf8_lead(struct ws_utf8 *u, uint8_t b)
-{
-    u->lo = 0x80;
-    u->hi = 0xBF;
-    if (b < 0xC2)
-        return -1;
-    if (b < 0xE0) {
-        u->need = 1;
-    } else if (b < 0xF0) {
-        u->need = 2;
-        if (b == 0xE0)
-            u->lo = 0xA0;
-        else if (b == 0xED)
-            u->hi = 0x9F;
-    } else if (b < 0xF5) {
-        u->need = 3;
-        if (b == 0xF0)
-            u->lo = 0x90;
-        else if (b == 0xF4)
-            u->hi = 0x8F;
-    } else {
-        return -1;
-    }
-    return 0;
+    u->state = S_BOUNDARY;
 }
 
 int ws_utf8_feed(struct ws_utf8 *u, const uint8_t *p, size_t len)
 {
+    unsigned state = u->state;
     size_t i = 0;
 
     while (i < len) {
-        if (u->need == 0) {
-            /* At a character boundary: skip ASCII a word at a time. memcpy
-             * keeps the load legal at any alignment and never reads past
-             * len, because a word is only loaded when 8 bytes remain. */
+        if (state == S_BOUNDARY) {
+            /* Between characters: skip ASCII a word at a time. memcpy keeps
+             * the load legal at any alignment, and a word is only loaded
+             * when 8 bytes remain. */
             while (len - i >= 8) {
                 uint64_t w;
                 memcpy(&w, p + i, sizeof w);
@@ -67,29 +81,22 @@ int ws_utf8_feed(struct ws_utf8 *u, const uint8_t *p, size_t len)
                     break;
                 i += 8;
             }
-            while (i < len && p[i] < 0x80)
-                i++;
             if (i == len)
                 break;
-            if (utf8_lead(u, p[i]) < 0)
-                return WS_UTF8_INVALID;
-            i++;
-            continue;
         }
-        uint8_t b = p[i];
-        if (b < u->lo || b > u->hi)
-            return WS_UTF8_INVALID;
-        u->need--;
-        u->lo = 0x80;
-        u->hi = 0xBF;
-        i++;
+        /* Then a stretch of bytes through the automaton, with no test in
+         * the loop but its bound; back to the word test after it. */
+        size_t end = len - i > 32 ? i + 32 : len;
+        while (i < end)
+            state = next_state[state + byte_class[p[i++]]];
     }
-    return WS_UTF8_OK;
+    u->state = (uint8_t)state;
+    return state == S_BAD ? WS_UTF8_INVALID : WS_UTF8_OK;
 }
 
 int ws_utf8_complete(const struct ws_utf8 *u)
 {
-    return u->need == 0;
+    return u->state == S_BOUNDARY;
 }
 
 int ws_utf8_valid(const uint8_t *p, size_t len)

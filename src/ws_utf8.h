@@ -11,9 +11,7 @@
 /* The validator's whole state. Zero-initialised (or ws_utf8_reset) means "at
  * a character boundary". Opaque: callers only reset, feed and ask. */
 struct ws_utf8 {
-    uint8_t need;  /* continuation bytes still expected for this character */
-    uint8_t lo;    /* allowed range of the next continuation byte: rejects */
-    uint8_t hi;    /* overlongs, surrogates and code points over U+10FFFF */
+    uint8_t state; /* where in a character the stream is: see ws_utf8.c */
 };
 
 enum {
@@ -24,9 +22,10 @@ enum {
 void ws_utf8_reset(struct ws_utf8 *u);
 
 /* Feed len bytes. Returns WS_UTF8_OK if they continue a valid stream (the
- * stream may still end inside a character), WS_UTF8_INVALID at the first
- * byte that makes it invalid. After WS_UTF8_INVALID the state is undefined
- * until reset. Has an ASCII fast path. */
+ * stream may still end inside a character), WS_UTF8_INVALID if any of them
+ * makes it invalid (so a message fails at the piece holding its first bad
+ * byte). After WS_UTF8_INVALID the state stays invalid until reset. Has an
+ * ASCII fast path. */
 int ws_utf8_feed(struct ws_utf8 *u, const uint8_t *p, size_t len);
 
 /* 1 if the stream fed so far ends on a character boundary (a message may

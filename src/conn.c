@@ -20,6 +20,7 @@
 #include "handshake.h"
 #include "lbridge.h"
 #include "log.h"
+#include "lrequest.h"
 #include "server.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -103,6 +104,7 @@ void conn_free(struct conn *c)
     buf_reset(&c->msg);
     buf_reset(&c->out);
     free(c->close_reason);
+    lrequest_free(c->req);
     free(c->path);
     free(c);
 }

@@ -19,6 +19,7 @@
 struct server;
 struct app;
 struct hs_request;
+struct req_snapshot;
 
 enum conn_state {
     CONN_HANDSHAKE, /* reading the request head */
@@ -64,6 +65,7 @@ struct conn {
     struct conn_reply *reply;    /* only during on_connect */
     struct app *app;             /* the app of the route, NULL before routing */
     int lua_ref;                 /* registry ref of the ws userdata, or LUA_NOREF */
+    struct req_snapshot *req;    /* the request, until the ws object takes it */
 
     struct ws_parser parser;
     struct buf msg; /* a message arriving in pieces */

@@ -416,28 +416,35 @@ static void log_handler_error(lua_State *L, const struct conn *c, const char *ha
     lua_pop(L, 1);
 }
 
+/* Push c's ws object, making it on first use: a connection whose app has
+ * not been called yet costs no Lua memory. */
+static void push_ws(lua_State *L, struct conn *c)
+{
+    if (c->lua_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
+        return;
+    }
+    lconn_new(L, c, c->req); /* the ws object takes the request snapshot */
+    c->req = NULL;
+}
+
 int lbridge_connect(struct lbridge *lb, struct conn *c, const struct route_match *m)
 {
     lua_State *L = lb->L;
-    struct req_snapshot *req = lrequest_snapshot(c, c->hs, m);
-    if (!req) {
+    c->req = lrequest_snapshot(c, c->hs, m);
+    if (!c->req) {
         log_error("conn %llu: out of memory for the request", (unsigned long long)c->id);
         return -1;
     }
-    int top = lua_gettop(L);
-    lconn_new(L, c, req);
-    int ud = lua_gettop(L);
-    int rc = 0;
-    if (push_handler(L, c->app, "on_connect")) {
-        lua_pushvalue(L, ud);
-        lconn_push_request(L, ud);
-        if (lb_pcall(L, 2, 0, NULL)) {
-            log_handler_error(L, c, "on_connect");
-            rc = -1;
-        }
+    if (!push_handler(L, c->app, "on_connect"))
+        return 0;
+    push_ws(L, c);
+    lconn_push_request(L, lua_gettop(L));
+    if (lb_pcall(L, 2, 0, NULL)) {
+        log_handler_error(L, c, "on_connect");
+        return -1;
     }
-    lua_settop(L, top);
-    return rc;
+    return 0;
 }
 
 void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
@@ -446,7 +453,7 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
     lua_State *L = lb->L;
     if (!push_handler(L, c->app, "on_message"))
         return;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
+    push_ws(L, c);
     lua_pushlstring(L, (const char *)data, len);
     if (binary)
         lua_pushliteral(L, "binary");
@@ -462,9 +469,9 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
                    size_t reason_len)
 {
     lua_State *L = lb->L;
-    if (c->lua_ref == LUA_NOREF || !push_handler(L, c->app, "on_close"))
+    if (!push_handler(L, c->app, "on_close"))
         return;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
+    push_ws(L, c);
     lua_pushinteger(L, code);
     lua_pushlstring(L, reason, reason_len);
     if (lb_pcall(L, 3, 0, NULL))

@@ -106,7 +106,7 @@ deps-test:
 run: deps all
 	bin/moonport apps
 
-test: deps-test all asan $(UNIT_TESTS) $(FUZZERS)
+test: deps-test all asan $(UNIT_TESTS) $(FUZZERS) build/bench/loadgen build/bench/codec_bench
 	@bash spec/run
 
 install: all

@@ -45,6 +45,8 @@ void config_init(struct config *c)
     c->max_connections = 100000;
     c->handshake_timeout = 10;
     c->close_timeout = 5;
+    c->ping_interval = 30;
+    c->idle_timeout = 90;
 }
 
 void config_free(struct config *c)
@@ -262,6 +264,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         int l = lua_gettop(L);
         NUM(l, "timeouts.", "handshake", 0.001, 86400, c->handshake_timeout);
         NUM(l, "timeouts.", "close", 0.001, 3600, c->close_timeout);
+        NUM(l, "timeouts.", "ping", 0, 86400, c->ping_interval);
+        NUM(l, "timeouts.", "idle", 0, 864000, c->idle_timeout);
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "timeouts must be a table");
         goto bad;

@@ -34,6 +34,8 @@ struct config {
 
     double handshake_timeout;
     double close_timeout;
+    double ping_interval; /* ping a connection silent this long; 0: never */
+    double idle_timeout;  /* close a connection silent this long; 0: never */
 };
 
 /* CONFIG_ERROR: a bad command line; CONFIG_FILE_ERROR: a bad config file. */

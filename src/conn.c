@@ -335,6 +335,46 @@ static void http_error(struct conn *c, int status, const char *why)
 
 static void frames_input(struct conn *c, uint8_t *buf, size_t n);
 
+/* While open, the connection's timer is the keepalive: it wakes at the next
+ * moment something may be due (a ping after timeouts.ping of silence, a
+ * close after timeouts.idle) and looks at last_rx then. */
+static void arm_keepalive(struct conn *c)
+{
+    const struct config *cfg = c->srv->cfg;
+    struct ev_loop *loop = c->srv->loop;
+    ev_tstamp due = 0;
+    if (cfg->ping_interval > 0 && !c->pinged)
+        due = c->last_rx + cfg->ping_interval;
+    if (cfg->idle_timeout > 0 && (!due || c->last_rx + cfg->idle_timeout < due))
+        due = c->last_rx + cfg->idle_timeout;
+    if (!due) {
+        ev_timer_stop(loop, &c->timer);
+        return;
+    }
+    ev_tstamp wait = due - ev_now(loop);
+    c->timer.repeat = wait > 0.001 ? wait : 0.001;
+    ev_timer_again(loop, &c->timer);
+}
+
+static void keepalive(struct conn *c)
+{
+    const struct config *cfg = c->srv->cfg;
+    ev_tstamp silent = ev_now(c->srv->loop) - c->last_rx;
+    if (cfg->idle_timeout > 0 && silent >= cfg->idle_timeout) {
+        log_info("conn %llu %s: nothing from the client for %gs: closing with 1001",
+                 (unsigned long long)c->id, path_or_dash(c), silent);
+        conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout");
+        return;
+    }
+    if (cfg->ping_interval > 0 && !c->pinged && silent >= cfg->ping_interval) {
+        c->pinged = 1;
+        queue_frame(c, 0x80 | WS_OP_PING, NULL, 0);
+        if (c->state != CONN_OPEN)
+            return;
+    }
+    arm_keepalive(c);
+}
+
 /* Accept: the 101 goes out before any frame on_connect queued. */
 static void send_101(struct conn *c, const char *key, const struct conn_reply *reply)
 {
@@ -422,7 +462,8 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         send_101(c, up.key, &reply);
         c->state = CONN_OPEN;
         c->accepted = 1;
-        ev_timer_stop(c->srv->loop, &c->timer);
+        c->last_rx = ev_now(c->srv->loop);
+        arm_keepalive(c);
         log_access("%s \"WSCONNECT %s\" id=%llu", conn_peer(c), c->path,
                    (unsigned long long)c->id);
         hs_free(c->hs);
@@ -492,6 +533,10 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
 static void frames_input(struct conn *c, uint8_t *buf, size_t n)
 {
     size_t off = 0;
+    /* Any bytes count as a sign of life; the keepalive timer reads this
+     * when it fires instead of being re-armed on every read. */
+    c->last_rx = ev_now(c->srv->loop);
+    c->pinged = 0;
     while (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
         struct ws_chunk ch;
         long r = ws_parser_feed(&c->parser, buf + off, n - off, &ch);
@@ -580,6 +625,9 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct conn *c = container_of(w, struct conn, timer);
     switch (c->state) {
+    case CONN_OPEN:
+        keepalive(c);
+        break;
     case CONN_HANDSHAKE:
         log_info("conn %llu from %s: handshake not complete after %gs: closing",
                  (unsigned long long)c->id, conn_peer(c),

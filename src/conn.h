@@ -58,6 +58,7 @@ struct conn {
     enum conn_state state;
     uint64_t id;
     ev_tstamp started;
+    ev_tstamp last_rx; /* when the client last sent anything: for ping and idle */
     struct conn_addr client, server; /* formatted only when logged or asked for */
     char *path; /* request path for logs (no query) */
 
@@ -82,6 +83,7 @@ struct conn {
     unsigned on_close_done : 1;
     unsigned in_connect : 1;     /* inside on_connect */
     unsigned shut_wr : 1;        /* our side is half-closed */
+    unsigned pinged : 1;         /* a keepalive ping went out since last_rx */
 };
 
 /* Take ownership of an accepted socket. */

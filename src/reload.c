@@ -346,6 +346,8 @@ static void reload_config(struct server *s)
     c->max_connections = fresh.max_connections;
     c->handshake_timeout = fresh.handshake_timeout;
     c->close_timeout = fresh.close_timeout;
+    c->ping_interval = fresh.ping_interval;
+    c->idle_timeout = fresh.idle_timeout;
     /* Routes: drop those the config no longer names, add the new ones. */
     for (size_t i = 0; i < c->nroutes; i++) {
         size_t j = 0;

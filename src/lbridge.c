@@ -324,6 +324,22 @@ struct app *lbridge_find(struct lbridge *lb, const char *file)
     return NULL;
 }
 
+enum { H_CONNECT, H_MESSAGE, H_CLOSE };
+
+/* Take refs to the handlers of the table on top of the stack, dropping the
+ * previous version's: an event then costs one registry read, not a table
+ * lookup by name. */
+static void take_handlers(lua_State *L, struct app *a)
+{
+    for (int i = 0; i < 3; i++) {
+        luaL_unref(L, LUA_REGISTRYINDEX, a->handler_ref[i]);
+        lua_getfield(L, -1, handler_names[i]);
+        a->handler_ref[i] = lua_isfunction(L, -1) ? luaL_ref(L, LUA_REGISTRYINDEX) : LUA_NOREF;
+        if (a->handler_ref[i] == LUA_NOREF)
+            lua_pop(L, 1);
+    }
+}
+
 static void app_free(struct app *a)
 {
     if (!a)
@@ -343,6 +359,8 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
     if (a)
         return a;
     a = calloc(1, sizeof *a);
+    if (a)
+        a->handler_ref[0] = a->handler_ref[1] = a->handler_ref[2] = LUA_NOREF;
     if (!a || !(a->name = strdup(name)) || !(a->file = strdup(file))) {
         app_free(a);
         snprintf(err, errlen, "out of memory");
@@ -361,6 +379,7 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
         app_free(a);
         return NULL;
     }
+    take_handlers(lb->L, a);
     a->ref = luaL_ref(lb->L, LUA_REGISTRYINDEX);
     a->version = 1;
     return a;
@@ -390,6 +409,7 @@ int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen)
     } else {
         lua_pop(L, 1);
     }
+    take_handlers(L, a);
     luaL_unref(L, LUA_REGISTRYINDEX, a->ref);
     a->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     a->version++;
@@ -397,16 +417,13 @@ int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen)
     return 0;
 }
 
-/* Push app[name] if it is a function; returns 0 (nothing pushed) if not. */
-static int push_handler(lua_State *L, const struct app *app, const char *name)
+/* Push one of the app's handlers; returns 0 (nothing pushed) if it has none. */
+static int push_handler(lua_State *L, const struct app *app, int which)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, app->ref);
-    lua_getfield(L, -1, name);
-    lua_remove(L, -2);
-    if (lua_isfunction(L, -1))
-        return 1;
-    lua_pop(L, 1);
-    return 0;
+    if (app->handler_ref[which] == LUA_NOREF)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app->handler_ref[which]);
+    return 1;
 }
 
 static void log_handler_error(lua_State *L, const struct conn *c, const char *handler)
@@ -436,7 +453,7 @@ int lbridge_connect(struct lbridge *lb, struct conn *c, const struct route_match
         log_error("conn %llu: out of memory for the request", (unsigned long long)c->id);
         return -1;
     }
-    if (!push_handler(L, c->app, "on_connect"))
+    if (!push_handler(L, c->app, H_CONNECT))
         return 0;
     push_ws(L, c);
     lconn_push_request(L, lua_gettop(L));
@@ -451,25 +468,35 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
                      int binary)
 {
     lua_State *L = lb->L;
-    if (!push_handler(L, c->app, "on_message"))
+    if (!push_handler(L, c->app, H_MESSAGE))
         return;
     push_ws(L, c);
     lua_pushlstring(L, (const char *)data, len);
-    if (binary)
+    /* A copy below the function keeps the string alive for the whole call,
+     * so its address cannot be reused while it counts as checked. */
+    lua_pushvalue(L, -1);
+    lua_insert(L, -4);
+    if (binary) {
         lua_pushliteral(L, "binary");
-    else
+    } else {
         lua_pushliteral(L, "text");
-    if (lb_pcall(L, 3, 0, NULL)) {
+        lb->checked_text = lua_tostring(L, -2);
+        lb->checked_len = len;
+    }
+    int rc = lb_pcall(L, 3, 0, NULL);
+    lb->checked_text = NULL;
+    if (rc) {
         log_handler_error(L, c, "on_message");
         conn_close(c, WS_CLOSE_INTERNAL, "internal error");
     }
+    lua_pop(L, 1); /* the anchored copy */
 }
 
 void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
                    size_t reason_len)
 {
     lua_State *L = lb->L;
-    if (!push_handler(L, c->app, "on_close"))
+    if (!push_handler(L, c->app, H_CLOSE))
         return;
     push_ws(L, c);
     lua_pushinteger(L, code);

@@ -27,6 +27,7 @@ struct app {
     char *name;  /* for logs: "echo" */
     char *file;  /* path of the Lua file */
     int ref;     /* registry ref of the current handlers table */
+    int handler_ref[3]; /* on_connect, on_message, on_close as loaded, or LUA_NOREF */
     unsigned version;
     struct file_sig sig;
     int removed;      /* its file is gone: no routes lead to it */
@@ -52,6 +53,10 @@ struct module {
 
 struct lbridge {
     lua_State *L;
+    /* The text message being handed to on_message, already checked as
+     * UTF-8: ws:send of this very string need not check it again. */
+    const char *checked_text;
+    size_t checked_len;
     struct server *srv;
     struct app *apps;
     struct module *modules;

@@ -13,6 +13,7 @@
 #include "handshake.h"
 #include "lbridge.h"
 #include "lrequest.h"
+#include "server.h"
 #include "ws_utf8.h"
 
 #define LCONN_MT "moonport.ws"
@@ -53,10 +54,12 @@ static int lconn_send(lua_State *L)
     int binary = strcmp(kind, "binary") == 0;
     if (!binary && strcmp(kind, "text") != 0)
         return luaL_argerror(L, 3, "kind must be \"text\" or \"binary\"");
-    if (!binary && !ws_utf8_valid((const uint8_t *)data, len))
-        return luaL_argerror(L, 2, "text is not valid UTF-8 (send it as \"binary\")");
     if (!box->c || !conn_can_send(box->c))
         return closed(L);
+    const struct lbridge *lb = box->c->srv->lb;
+    if (!binary && !(data == lb->checked_text && len == lb->checked_len) &&
+        !ws_utf8_valid((const uint8_t *)data, len))
+        return luaL_argerror(L, 2, "text is not valid UTF-8 (send it as \"binary\")");
     if (conn_send_frame(box->c, binary ? WS_OP_BINARY : WS_OP_TEXT, data, len))
         return closed(L);
     lua_pushboolean(L, 1);

@@ -1,6 +1,6 @@
 /* buf: a growable byte buffer with a read offset, for a connection's output
- * queue and its pending message. Memory is released when a buffer empties
- * past a bound, so an idle connection holds none. */
+ * queue and its pending message. A buffer that empties is given up (to a
+ * small pool of reusable buffers), so an idle connection holds none. */
 #ifndef MOONPORT_BUF_H
 #define MOONPORT_BUF_H
 
@@ -21,5 +21,7 @@ static inline size_t buf_pending(const struct buf *b) { return b->len - b->off; 
 /* Drop n bytes from the front; frees the memory once nothing is pending. */
 void buf_consume(struct buf *b, size_t n);
 void buf_reset(struct buf *b);
+/* Free the pooled buffers (at exit). */
+void buf_pool_drain(void);
 
 #endif

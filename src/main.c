@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "buf.h"
 #include "config.h"
 #include "conn.h"
 #include "lbridge.h"
@@ -74,6 +75,7 @@ out:
     reload_stop(&srv);
     lbridge_free(srv.lb);
     router_free(srv.router);
+    buf_pool_drain();
     config_free(&cfg);
     return rc;
 }

@@ -347,19 +347,16 @@ void ws_unmask(uint8_t *p, size_t len, const uint8_t key[4], uint8_t *pos)
     unsigned k = *pos & 3u;
     size_t i = 0;
 
-    /* Bytes up to an 8-byte boundary, so the word loop's stores align. */
-    while (i < len && ((uintptr_t)(p + i) & 7u)) {
-        p[i++] ^= key[k];
-        k = (k + 1) & 3u;
-    }
-    if (len - i >= 8) {
-        /* The key rotated to the current position, twice: 8 is a multiple
-         * of 4, so the position is the same after every word. Building it
-         * byte by byte in memory keeps it right on either endianness. */
-        uint8_t rot[8];
+    if (len >= 8) {
+        /* The key rotated to the current position, twice over: 8 is a
+         * multiple of 4, so the position is the same after every word.
+         * Built as bytes in memory, it is right on either endianness.
+         * No alignment prologue: memcpy loads and stores at any address
+         * cost the same as aligned ones on the machines we run on, and
+         * most payloads are short. */
+        const uint8_t rot[8] = {key[k], key[(k + 1) & 3u], key[(k + 2) & 3u], key[(k + 3) & 3u],
+                                key[k], key[(k + 1) & 3u], key[(k + 2) & 3u], key[(k + 3) & 3u]};
         uint64_t kw;
-        for (unsigned j = 0; j < 8; j++)
-            rot[j] = key[(k + j) & 3u];
         memcpy(&kw, rot, sizeof kw);
         for (; len - i >= 8; i += 8) {
             uint64_t w;
@@ -368,8 +365,8 @@ void ws_unmask(uint8_t *p, size_t len, const uint8_t key[4], uint8_t *pos)
             memcpy(p + i, &w, sizeof w);
         }
     }
-    while (i < len) {
-        p[i++] ^= key[k];
+    for (; i < len; i++) {
+        p[i] ^= key[k];
         k = (k + 1) & 3u;
     }
     *pos = (uint8_t)k;

@@ -88,6 +88,41 @@ describe("resources", function()
     server:cleanup()
   end)
 
+  it("refuses connections beyond limits.max_connections, with one log line a second", function()
+    local server = assert(testing.start {
+      apps = { echo = ECHO },
+      config = [[return { apps = "apps", limits = { max_connections = 3 } }]],
+    })
+    local open = {}
+    for i = 1, 3 do
+      open[i] = assert(server:connect("/echo"))
+    end
+    -- The fourth and fifth are accepted by the kernel, then closed at once.
+    for _ = 1, 2 do
+      local ws, err = server:connect("/echo")
+      assert.is_nil(ws)
+      assert.is_string(err)
+    end
+    assert.truthy(server:wait_log("refused 1 connection%(s%): limits.max_connections %(3%) reached", 5))
+    open[1]:send("one")
+    assert.are.equal("one", (open[1]:receive_message(5)))
+    open[3]:close(1000)
+    assert.are.equal(1000, (open[3]:expect_close(5)))
+    open[3]:shutdown() -- the client closes its socket, as clients do
+    -- A slot is free again once that connection is gone.
+    local ws
+    for _ = 1, 50 do
+      ws = server:connect("/echo")
+      if ws then break end
+      testing.sleep(0.1)
+    end
+    assert.truthy(ws, "no slot came free")
+    ws:send("again")
+    assert.are.equal("again", (ws:receive_message(5)))
+    server:stop()
+    server:cleanup()
+  end)
+
   it("drops a connection whose output queue passes max_send_buffer, and logs it", function()
     local server = assert(testing.start {
       apps = { flood = FLOOD, echo = ECHO },

@@ -89,8 +89,15 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             return;
         }
         if (s->nconns >= s->cfg->max_connections) {
-            log_warn("refusing a connection: limits.max_connections (%u) reached",
-                     s->cfg->max_connections);
+            /* One line a second at most, with the count: a flood of
+             * refusals must not become a flood of log lines. */
+            s->refused++;
+            if (ev_now(loop) - s->refused_logged >= 1) {
+                log_warn("refused %llu connection(s): limits.max_connections (%u) reached",
+                         (unsigned long long)s->refused, s->cfg->max_connections);
+                s->refused = 0;
+                s->refused_logged = ev_now(loop);
+            }
             close(fd);
             continue;
         }

@@ -41,6 +41,8 @@ struct server {
     struct conn *flush_list;
     struct conn *dead_list;
     uint64_t next_id;
+    uint64_t refused;         /* connections refused since the last log line */
+    ev_tstamp refused_logged; /* when that line was written */
     int shutting_down;
     char bound[80]; /* "host:port" actually bound */
 

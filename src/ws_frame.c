@@ -6,7 +6,6 @@
 #include "ws_frame.h"
 
 #include <limits.h>
-#include <stdio.h>
 #include <string.h>
 
 #define HDR_FIN 0x80
@@ -41,18 +40,6 @@ static long fail(struct ws_parser *p, int err, const char *why)
 {
     p->error = why;
     return err;
-}
-
-/* A reason that carries a number (the limit that was crossed). Once the
- * parser has failed it is never fed again, so the control payload buffer is
- * dead and serves as the place to format it: no allocation, no static
- * buffer shared between connections. */
-static long fail_limit(struct ws_parser *p, unsigned long long limit, const char *unit)
-{
-    char *msg = (char *)p->ctl;
-
-    snprintf(msg, sizeof p->ctl, "message over %llu %s", limit, unit);
-    return fail(p, WS_ERR_TOO_BIG, msg);
 }
 
 void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments)
@@ -127,11 +114,13 @@ static long header_check(struct ws_parser *p, const uint8_t *h, size_t n)
     if (control)
         return 0;
     uint64_t len = header_payload_len(h);
+    /* The reasons name no number: p->error must outlive the call and the
+     * parser has nowhere to format one. The caller knows its limits. */
     if (p->max_fragments && p->msg_frames >= p->max_fragments)
-        return fail_limit(p, p->max_fragments, "fragments");
+        return fail(p, WS_ERR_TOO_BIG, "message over the fragment limit");
     /* msg_len never exceeds max_message, so the subtraction cannot wrap. */
     if (p->max_message && len > p->max_message - p->msg_len)
-        return fail_limit(p, p->max_message, "bytes");
+        return fail(p, WS_ERR_TOO_BIG, "message over the size limit");
     return 0;
 }
 

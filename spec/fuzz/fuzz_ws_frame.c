@@ -6,7 +6,6 @@
  * reference that parses the whole buffer at once with naive loops. Any
  * disagreement aborts. */
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -292,17 +291,10 @@ static void ref_run(struct run *r, const uint8_t *in, size_t n, const struct cfg
         if (ext == 8 && len >= (UINT64_C(1) << 63))
             return ref_fail(r, WS_ERR_PROTOCOL, "64-bit length with the high bit set");
         if (!control) {
-            char why[64];
-            if (cfg->max_fragments && frames + 1 > cfg->max_fragments) {
-                snprintf(why, sizeof why, "message over %lu fragments",
-                         (unsigned long)cfg->max_fragments);
-                return ref_fail(r, WS_ERR_TOO_BIG, why);
-            }
-            if (cfg->max_message && msg_len + len > cfg->max_message) {
-                snprintf(why, sizeof why, "message over %llu bytes",
-                         (unsigned long long)cfg->max_message);
-                return ref_fail(r, WS_ERR_TOO_BIG, why);
-            }
+            if (cfg->max_fragments && frames + 1 > cfg->max_fragments)
+                return ref_fail(r, WS_ERR_TOO_BIG, "message over the fragment limit");
+            if (cfg->max_message && msg_len + len > cfg->max_message)
+                return ref_fail(r, WS_ERR_TOO_BIG, "message over the size limit");
         }
         if (avail < 2 + ext + 4)
             return;

@@ -120,8 +120,15 @@ static long long parse_all(uint8_t *buf, size_t len, const struct frames *f, int
             return -1;
         }
         off += (size_t)n;
-        if (!ch.opcode)
+        if (!ch.opcode) {
+            /* The buffer holds whole frames: the parser may leave none of
+             * them unconsumed, and an empty call would never end the loop. */
+            if (off < len) {
+                fprintf(stderr, "codec_bench: %zu bytes left unconsumed\n", len - off);
+                return -1;
+            }
             continue;
+        }
         if (check && (plain_off + ch.len > f->plain_len ||
                       memcmp(ch.data, f->plain + plain_off, ch.len) != 0)) {
             fprintf(stderr, "codec_bench: payload at %zu differs from what was masked\n",

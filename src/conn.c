@@ -1,12 +1,14 @@
 /* conn: one WebSocket connection from accept to close. Input is read into
  * the server's shared buffer and handed, in the same callback, to the
- * handshake parser or the frame codec; output is queued and leaves in one
- * write per loop iteration (server.c flushes). Lua runs only through
- * lbridge, and after every call into Lua the state is checked again: a
- * handler may have closed this connection, or another. */
+ * handshake parser or the frame codec; the few bytes of a frame the codec
+ * could not finish are kept until the next read and go first. Output is
+ * queued and leaves in one write per loop iteration (server.c flushes). Lua
+ * runs only through lbridge, and after every call into Lua the state is
+ * checked again: a handler may have closed this connection, or another. */
 #include "conn.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <netinet/in.h>
@@ -101,6 +103,7 @@ void conn_free(struct conn *c)
     if (!c)
         return;
     hs_free(c->hs);
+    free(c->partial);
     buf_reset(&c->msg);
     buf_reset(&c->out);
     free(c->close_reason);
@@ -149,6 +152,15 @@ void conn_abort(struct conn *c, const char *why)
     c->fd = -1;
     lbridge_release(c->srv->lb, c);
     server_conn_dead(c->srv, c);
+}
+
+/* Forget the bytes kept from an incomplete frame: they have been copied
+ * back into the read buffer, or will never be parsed. */
+static void partial_drop(struct conn *c)
+{
+    free(c->partial);
+    c->partial = NULL;
+    c->partial_len = 0;
 }
 
 /* Set the socket watcher from what the connection wants now. */
@@ -280,6 +292,7 @@ static void enter_linger(struct conn *c)
         return;
     c->state = CONN_LINGER;
     buf_reset(&c->msg);
+    partial_drop(c); /* no frame is parsed from now on */
     c->timer.repeat = c->srv->cfg->close_timeout;
     ev_timer_again(c->srv->loop, &c->timer);
     finish(c);
@@ -530,6 +543,20 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
     }
 }
 
+/* The codec stopped inside a frame header or a control frame: keep those
+ * bytes until the next read brings the rest. */
+static void partial_keep(struct conn *c, const uint8_t *p, size_t n)
+{
+    assert(!c->partial && n <= WS_FRAME_TAIL_MAX);
+    c->partial = malloc(n);
+    if (!c->partial) {
+        conn_fail(c, WS_CLOSE_INTERNAL, "out of memory for a partial frame");
+        return;
+    }
+    memcpy(c->partial, p, n);
+    c->partial_len = (uint8_t)n;
+}
+
 static void frames_input(struct conn *c, uint8_t *buf, size_t n)
 {
     size_t off = 0;
@@ -545,8 +572,11 @@ static void frames_input(struct conn *c, uint8_t *buf, size_t n)
             return;
         }
         off += (size_t)r;
-        if (!ch.opcode)
+        if (!ch.opcode) {
+            if (off < n)
+                partial_keep(c, buf + off, n - off);
             return;
+        }
         handle_chunk(c, &ch);
     }
 }
@@ -554,7 +584,13 @@ static void frames_input(struct conn *c, uint8_t *buf, size_t n)
 static void on_readable(struct conn *c)
 {
     uint8_t *buf = c->srv->rbuf;
-    ssize_t n = recv(c->fd, buf, SERVER_READ_BUF, 0);
+    /* An incomplete frame from the last read goes first, so the codec sees
+     * it again followed by what arrives now, in the writable buffer it
+     * unmasks in place. */
+    size_t kept = c->partial_len;
+    if (kept)
+        memcpy(buf, c->partial, kept);
+    ssize_t n = recv(c->fd, buf + kept, SERVER_READ_BUF - kept, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -567,13 +603,15 @@ static void on_readable(struct conn *c)
         conn_abort(c, "peer closed the connection");
         return;
     }
+    size_t len = kept + (size_t)n;
+    partial_drop(c); /* its bytes are in buf now */
     switch (c->state) {
-    case CONN_HANDSHAKE:
-        handshake_input(c, buf, (size_t)n);
+    case CONN_HANDSHAKE: /* nothing is kept before the handshake is done */
+        handshake_input(c, buf, len);
         break;
     case CONN_OPEN:
     case CONN_CLOSING:
-        frames_input(c, buf, (size_t)n);
+        frames_input(c, buf, len);
         break;
     case CONN_LINGER: /* waiting for EOF: input is dropped */
     case CONN_DEAD:

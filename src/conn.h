@@ -1,10 +1,11 @@
 /* conn: the one connection state machine. A conn owns its socket, its
  * libev watchers, its timer, its output queue, its pending message, its
- * frame parser state and its handshake while that lasts. Everything that
- * ends a connection goes through conn_fail (the peer broke a rule),
- * conn_close (the server wants to close) or the peer's own close frame.
- * A conn is never freed inside its own callbacks: it is marked dead and the
- * server frees it at a safe point (server_sweep). */
+ * frame parser state, the bytes of a frame that has not all arrived, and
+ * its handshake while that lasts. Everything that ends a connection goes
+ * through conn_fail (the peer broke a rule), conn_close (the server wants to
+ * close) or the peer's own close frame. A conn is never freed inside its own
+ * callbacks: it is marked dead and the server frees it at a safe point
+ * (server_sweep). */
 #ifndef MOONPORT_CONN_H
 #define MOONPORT_CONN_H
 
@@ -69,8 +70,14 @@ struct conn {
     struct req_snapshot *req;    /* the request, until the ws object takes it */
 
     struct ws_parser parser;
+    /* The start of a frame header or control frame that has not all
+     * arrived: the parser leaves those bytes unconsumed, and the next read
+     * presents them again. malloc'd only while one is pending, so an idle
+     * connection keeps no input bytes. */
+    uint8_t *partial;
     struct buf msg; /* a message arriving in pieces */
     uint8_t msg_op;
+    uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */
     struct buf out; /* bytes queued for the socket */
 
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */

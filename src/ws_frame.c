@@ -1,8 +1,9 @@
 /* ws_frame: the RFC 6455 frame codec, server side. It owns the framing state
  * of one connection (struct ws_parser) and turns client bytes into unmasked
  * payload chunks, enforcing every framing rule on the way. It must never do
- * I/O, allocate, or read outside the buffer it is given: everything a
- * partial header or control frame needs is kept inside the parser. */
+ * I/O, allocate, read outside the buffer it is given, or keep input bytes:
+ * a header or control frame that is not complete is left to the caller,
+ * unconsumed and untouched, to present again with more bytes. */
 #include "ws_frame.h"
 
 #include <limits.h>
@@ -71,9 +72,10 @@ static uint64_t header_payload_len(const uint8_t *h)
 }
 
 /* Check every rule that the first n bytes of a frame header can decide.
- * Called again as more bytes arrive; the checks are pure functions of the
- * prefix and run in a fixed order, so the first rule broken is the same
- * however the input was split. */
+ * A header that has not all arrived is checked again, further, each time it
+ * is presented; the checks are pure functions of the prefix and run in a
+ * fixed order, so the first rule broken is the same however the input was
+ * split. */
 static long header_check(struct ws_parser *p, const uint8_t *h, size_t n)
 {
     if (n < 1)
@@ -124,23 +126,17 @@ static long header_check(struct ws_parser *p, const uint8_t *h, size_t n)
     return 0;
 }
 
-/* A complete, checked header is in h: set up the frame it announces. */
-static void header_start(struct ws_parser *p, const uint8_t *h)
+/* A complete, checked data frame header is in h: set up the frame it
+ * announces. */
+static void data_start(struct ws_parser *p, const uint8_t *h)
 {
     uint8_t op = h[0] & HDR_OPCODE;
 
-    p->frame_op = op;
     p->frame_fin = (h[0] & HDR_FIN) != 0;
     p->frame_rsv = h[0] & HDR_RSV;
     p->frame_left = header_payload_len(h);
     memcpy(p->mask, h + header_size(h) - 4, 4);
     p->mask_pos = 0;
-    p->in_payload = 1;
-    p->hdr_len = 0;
-    if (op_is_control(op)) {
-        p->ctl_len = 0;
-        return;
-    }
     if (op != WS_OP_CONT) {
         p->msg_op = op;
         p->msg_rsv = p->frame_rsv;
@@ -149,52 +145,6 @@ static void header_start(struct ws_parser *p, const uint8_t *h)
         ws_utf8_reset(&p->utf8);
     }
     p->msg_frames++;
-}
-
-/* Gather header bytes from buf into p->hdr until the header is complete or
- * buf runs out. Returns the bytes taken, or WS_ERR_*. Headers are copied
- * even when they arrive whole: at most 14 bytes a frame buys one code path
- * for whole and split headers alike. */
-static long header_feed(struct ws_parser *p, const uint8_t *buf, size_t len)
-{
-    size_t used = 0;
-
-    for (;;) {
-        size_t want = p->hdr_len < 2 ? 2 : header_size(p->hdr);
-        if (p->hdr_len >= want)
-            break;
-        size_t n = want - p->hdr_len;
-        if (n > len - used)
-            n = len - used;
-        memcpy(p->hdr + p->hdr_len, buf + used, n);
-        p->hdr_len = (uint8_t)(p->hdr_len + n);
-        used += n;
-        long rc = header_check(p, p->hdr, p->hdr_len);
-        if (rc < 0)
-            return rc;
-        if (used == len)
-            break;
-    }
-    return (long)used;
-}
-
-static long control_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
-{
-    size_t n = p->frame_left < len ? (size_t)p->frame_left : len;
-    uint8_t *dst = p->ctl + p->ctl_len;
-
-    memcpy(dst, buf, n);
-    ws_unmask(dst, n, p->mask, &p->mask_pos);
-    p->ctl_len = (uint8_t)(p->ctl_len + n);
-    p->frame_left -= n;
-    if (p->frame_left == 0) {
-        p->in_payload = 0;
-        out->opcode = p->frame_op;
-        out->rsv = p->frame_rsv;
-        out->data = p->ctl;
-        out->len = p->ctl_len;
-    }
-    return (long)n;
 }
 
 static long data_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
@@ -222,7 +172,6 @@ static long data_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_c
     p->msg_len += n;
     p->frame_left -= n;
     if (p->frame_left == 0) {
-        p->in_payload = 0;
         if (p->frame_fin) {
             if (text && !ws_utf8_complete(&p->utf8))
                 return fail(p, WS_ERR_UTF8, "text message ends inside a UTF-8 character");
@@ -236,9 +185,45 @@ static long data_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_c
     return (long)n;
 }
 
+/* At the start of a frame: consume it if enough of it is in buf, else
+ * consume nothing. A control frame is consumed whole or not at all, header
+ * and payload together, so it never leaves state in the parser; a data
+ * frame is consumed once its header is whole, and its payload is streamed. */
+static long frame_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
+{
+    long rc = header_check(p, buf, len);
+    if (rc < 0)
+        return rc;
+    /* A partial header is not consumed: the caller presents it again. */
+    if (len < 2)
+        return 0;
+    size_t hl = header_size(buf);
+    uint8_t op = buf[0] & HDR_OPCODE;
+    if (len < hl)
+        return 0;
+
+    if (op_is_control(op)) {
+        /* header_check allowed only the 7-bit length form, up to 125. */
+        size_t n = buf[1] & HDR_LEN7;
+        uint8_t pos = 0;
+        if (len - hl < n)
+            return 0; /* a partial control frame: the caller presents it again */
+        ws_unmask(buf + hl, n, buf + hl - 4, &pos);
+        out->opcode = op;
+        out->rsv = buf[0] & HDR_RSV;
+        out->data = buf + hl;
+        out->len = n;
+        return (long)(hl + n);
+    }
+    data_start(p, buf);
+    rc = data_feed(p, buf + hl, len - hl, out);
+    if (rc < 0)
+        return rc;
+    return (long)(hl + (size_t)rc);
+}
+
 long ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
 {
-    size_t off = 0;
     long rc;
 
     memset(out, 0, sizeof *out);
@@ -246,26 +231,17 @@ long ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chu
      * more calls. */
     if (len > LONG_MAX)
         len = LONG_MAX;
-    if (!p->in_payload) {
-        if (len == 0)
-            return 0;
-        rc = header_feed(p, buf, len);
-        if (rc < 0)
-            return rc;
-        off = (size_t)rc;
-        if (p->hdr_len < 2 || p->hdr_len < header_size(p->hdr))
-            return (long)off; /* all of buf went into the partial header */
-        header_start(p, p->hdr);
-    }
-    if (op_is_control(p->frame_op))
-        rc = control_feed(p, buf + off, len - off, out);
+    /* Between calls a frame is open only while some of its payload is
+     * still to come: frame_feed finishes a zero-length frame at once. */
+    if (p->frame_left > 0)
+        rc = data_feed(p, buf, len, out);
+    else if (len > 0)
+        rc = frame_feed(p, buf, len, out);
     else
-        rc = data_feed(p, buf + off, len - off, out);
-    if (rc < 0) {
+        rc = 0;
+    if (rc < 0)
         memset(out, 0, sizeof *out);
-        return rc;
-    }
-    return (long)(off + (size_t)rc);
+    return rc;
 }
 
 int ws_close_code_valid(unsigned code)

@@ -2,10 +2,11 @@
  * a client into chunks of unmasked payload and enforces every framing rule
  * (masking, opcodes, reserved bits, control frame limits, fragmentation,
  * UTF-8 of text and close reasons, message size and fragment count). It also
- * writes server frame headers. Pure: no fd, no libev, no Lua, no allocation;
- * all of its state is in struct ws_parser, a few dozen bytes, so an idle
- * connection holds no buffer at all: a partial frame header and a partial
- * control payload are kept inside the parser. */
+ * writes server frame headers. Pure: no fd, no libev, no Lua, no allocation.
+ * The parser keeps no input bytes, only a few dozen bytes of state: a frame
+ * header or a control frame that is not complete yet is left unconsumed in
+ * the caller's buffer, so a connection needs a buffer only while one is
+ * pending (at most WS_FRAME_TAIL_MAX bytes). */
 #ifndef MOONPORT_WS_FRAME_H
 #define MOONPORT_WS_FRAME_H
 
@@ -52,9 +53,9 @@ enum {
 };
 
 /* What ws_parser_feed hands back: nothing, a piece of a data message, or a
- * whole control frame. data points into the caller's buffer (unmasked in
- * place) for data chunks, and into the parser for control frames; it is
- * valid until the next call. */
+ * whole control frame. data points into the bytes of the caller's buffer
+ * that the call consumed, unmasked in place; it is valid as long as the
+ * caller keeps that buffer. */
 struct ws_chunk {
     uint8_t opcode;  /* 0 = no chunk; WS_OP_TEXT/BINARY for data (the message's
                         opcode, also for continuation frames); CLOSE/PING/PONG */
@@ -70,41 +71,50 @@ struct ws_parser {
     uint32_t max_fragments; /* frames in one message; 0 = no limit */
     uint8_t rsv_allowed;    /* RSV bits an extension negotiated (0x40 for RSV1) */
 
-    /* State: private to ws_frame.c. */
-    uint8_t hdr[14];        /* a frame header that arrived in pieces */
-    uint8_t hdr_len;
-    uint8_t in_payload;     /* 1 while payload bytes of a frame are expected */
-    uint8_t frame_op;       /* opcode of the current frame */
-    uint8_t frame_fin;
-    uint8_t frame_rsv;
-    uint8_t mask[4];
+    /* State: private to ws_frame.c. Only a data frame's payload spans
+     * calls, so only data frames leave state here. */
+    uint8_t frame_fin;      /* the current data frame ends its message */
+    uint8_t frame_rsv;      /* RSV bits of the current data frame */
     uint8_t mask_pos;       /* index into mask of the next payload byte */
-    uint8_t msg_op;         /* TEXT/BINARY while a fragmented message is open, else 0 */
+    uint8_t mask[4];
+    uint8_t msg_op;         /* TEXT/BINARY while a message is open, else 0 */
     uint8_t msg_rsv;        /* RSV bits of the message's first frame */
-    uint64_t frame_left;    /* payload bytes of the current frame still to come */
-    uint64_t msg_len;       /* payload bytes of the open message so far */
-    uint32_t msg_frames;    /* frames of the open message so far */
     struct ws_utf8 utf8;    /* state across a text message's chunks */
-    uint8_t ctl_len;
-    uint8_t ctl[125];       /* payload of a control frame that arrived in pieces */
+    uint32_t msg_frames;    /* frames of the open message so far */
+    uint64_t frame_left;    /* payload bytes of the current data frame still to come */
+    uint64_t msg_len;       /* payload bytes of the open message so far */
     const char *error;      /* after a negative return: why, for the log */
 };
 
+/* The most bytes ws_parser_feed leaves unconsumed at the end of its input:
+ * one short of the largest control frame (a 6-byte header and 125 bytes of
+ * payload). A data frame header is at most 14 bytes. */
+#define WS_FRAME_TAIL_MAX (6 + 125 - 1)
+
 void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments);
 
-/* Parse client bytes. buf is modified: payload is unmasked in place.
- * Consumes bytes until it has one chunk to report or the input runs out.
- * Returns the number of bytes consumed (>= 0) and fills *out; out->opcode is
- * 0 when there is no chunk, which happens only when all of len was consumed
- * (a partial header or partial control payload is then kept in the parser).
- * Call again with the rest of the buffer until it returns with no chunk.
- * Returns WS_ERR_* on a violation; p->error then says why, and the parser
- * must not be fed again.
+/* Parse client bytes. buf is modified: payload is unmasked in place, but
+ * only in the bytes the call consumes. Consumes bytes until it has one chunk
+ * to report or it cannot go on, fills *out and returns the number of bytes
+ * consumed (>= 0); out->opcode is 0 when there is no chunk. Call again with
+ * the rest of the buffer until it returns with no chunk. Then either all of
+ * len was consumed (a data frame's payload is streamed as it comes: the
+ * parser holds none of it back), or the input ended inside a frame header or
+ * inside a control frame: those bytes are not consumed, the count is smaller
+ * than len, and the caller must present the unconsumed tail again, unchanged
+ * and followed by more bytes, on the next call. The tail is at most
+ * WS_FRAME_TAIL_MAX bytes.
+ *
+ * Returns WS_ERR_* on a violation; p->error then says why (a string that
+ * lives as long as the program), and the parser must not be fed again. The
+ * bytes seen decide the error, not how they were split: a frame header is
+ * checked as far as it has arrived every time it is presented.
  *
  * Text is validated as it arrives, so an invalid byte fails the message at
  * once, not when it ends. A frame header that would take the message over
- * max_message fails before any of its payload is read. A text message with
- * RSV1 set (compressed) is not UTF-8 checked here: the caller checks it after
+ * max_message fails before any of its payload is read, as soon as its length
+ * is in (the mask key is not needed). A text message with RSV1 set
+ * (compressed) is not UTF-8 checked here: the caller checks it after
  * inflating. */
 long ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out);
 

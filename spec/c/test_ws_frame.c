@@ -1,7 +1,9 @@
 /* test_ws_frame: the server-side frame codec. Every input is built with a
  * small masking encoder local to this file, fed whole, split at every point,
  * in a scripted pattern, one byte at a time and against an unreadable page,
- * and every way must give the same messages, control frames and error. */
+ * and every way must give the same messages, control frames, error and
+ * unconsumed tail. Bytes the parser leaves unconsumed are presented again
+ * with the next piece, in place or copied the way the server does. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -70,6 +72,7 @@ struct run {
     long err;
     char error[128];
     int violations; /* broken feed contract, counted while running */
+    size_t tail;    /* bytes still unconsumed when the input ended */
     int nev;
     struct event ev[64];
     int in_msg;
@@ -148,25 +151,66 @@ static void record(struct run *r, const struct ws_chunk *c)
     memcpy(e->ctl, c->data, c->len);
 }
 
-/* Feed n bytes at buf (which the parser unmasks in place) in pieces whose
- * sizes cycle through pattern, checking the return contract on every call. */
-static void run_at(struct run *r, uint8_t *buf, size_t n, const size_t *pattern, size_t npat,
-                   const struct cfg *cfg)
+/* ---- the guard page ---- */
+
+static uint8_t *guard_end; /* first unreadable byte */
+static size_t guard_room;
+
+static void guard_init(void)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    guard_room = ((sizeof(struct wire) + page - 1) / page) * page;
+    uint8_t *m = mmap(NULL, guard_room + page, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(m != MAP_FAILED);
+    CHECK(mprotect(m + guard_room, page, PROT_NONE) == 0);
+    guard_end = m + guard_room;
+}
+
+/* How run_at presents bytes to the parser. */
+enum present {
+    /* Where they are in buf: an unconsumed tail is presented again from
+     * where it is, with the next piece right after it. */
+    IN_PLACE,
+    /* As the server does: the unconsumed tail is copied out, then copied
+     * back in front of the next piece, and each call's input ends at the
+     * unreadable page, so reading one byte too far faults. */
+    STAGED,
+};
+
+/* Feed the bytes of w in pieces whose sizes cycle through pattern, checking
+ * the return contract on every call. buf (IN_PLACE: room for w->n bytes)
+ * receives a copy of w, which the parser unmasks in place; bytes it leaves
+ * unconsumed must come back untouched. */
+static void run_at(struct run *r, const struct wire *w, uint8_t *buf, enum present how,
+                   const size_t *pattern, size_t npat, const struct cfg *cfg)
 {
     struct ws_parser p;
-    size_t pos = 0, pi = 0;
+    uint8_t tail[WS_FRAME_TAIL_MAX];
+    size_t n = w->n, pos = 0, pi = 0, kept = 0;
 
     memset(r, 0, offsetof(struct run, arena));
     ws_parser_init(&p, cfg->max_message, cfg->max_fragments);
     p.rsv_allowed = cfg->rsv_allowed;
+    if (how == IN_PLACE)
+        memcpy(buf, w->b, n);
     while (pos < n) {
-        size_t piece = pattern[pi++ % npat], off = 0;
+        size_t piece = pattern[pi++ % npat];
         if (piece > n - pos)
             piece = n - pos;
+        pos += piece;
+        /* The parser sees what it left last time, then the new piece. */
+        size_t avail = kept + piece, off = 0;
+        uint8_t *in = buf + pos - avail;
+        if (how == STAGED) {
+            in = guard_end - avail;
+            memcpy(in, tail, kept);
+            memcpy(in + kept, w->b + pos - piece, piece);
+        }
         for (int guard = 0;; guard++) {
             struct ws_chunk c;
-            uint8_t *at = buf + pos + off;
-            size_t left = piece - off;
+            uint8_t *at = in + off;
+            size_t left = avail - off;
             long rc = ws_parser_feed(&p, at, left, &c);
             if (rc < 0) {
                 r->err = rc;
@@ -175,33 +219,33 @@ static void run_at(struct run *r, uint8_t *buf, size_t n, const size_t *pattern,
             }
             if ((size_t)rc > left)
                 return violation(r, "consumed more than given");
-            if (c.opcode == WS_OP_TEXT || c.opcode == WS_OP_BINARY) {
-                if (c.data < at || c.data + c.len > at + rc)
-                    violation(r, "data chunk outside the bytes consumed");
-            } else if (c.opcode && c.data != p.ctl) {
-                violation(r, "control chunk not in the parser");
-            }
+            if (c.opcode && (c.data < at || c.data + c.len > at + rc))
+                violation(r, "chunk outside the bytes consumed");
             off += (size_t)rc;
             if (!c.opcode) {
-                if (off != piece)
-                    violation(r, "no chunk but input left");
+                kept = avail - off;
+                if (kept > WS_FRAME_TAIL_MAX)
+                    return violation(r, "no chunk but more than a tail left");
+                if (memcmp(in + off, w->b + pos - kept, kept) != 0)
+                    violation(r, "unconsumed bytes changed");
+                if (how == STAGED)
+                    memcpy(tail, in + off, kept);
                 break;
             }
-            if (guard > (int)piece + 200)
+            if (guard > (int)avail + 200)
                 return violation(r, "no progress");
             record(r, &c);
         }
-        pos += piece;
     }
+    r->tail = kept;
 }
 
 static uint8_t *scratch;
 
-static void run(struct run *r, const struct wire *w, const size_t *pattern, size_t npat,
-                const struct cfg *cfg)
+static void run(struct run *r, const struct wire *w, enum present how, const size_t *pattern,
+                size_t npat, const struct cfg *cfg)
 {
-    memcpy(scratch, w->b, w->n);
-    run_at(r, scratch, w->n, pattern, npat, cfg);
+    run_at(r, w, scratch, how, pattern, npat, cfg);
 }
 
 static const uint8_t *msg_data(const struct run *r, int i)
@@ -209,7 +253,8 @@ static const uint8_t *msg_data(const struct run *r, int i)
     return r->arena + r->ev[i].off;
 }
 
-/* Two runs of the same input agree: same error and reason, same events.
+/* Two runs of the same input agree: same error and reason, same events,
+ * and without an error the same tail left unconsumed at the end.
  * After an error the message that was open may have reported more or less
  * of its failing frame depending on how the input was split (a whole feed
  * rejects a chunk that a byte feed delivers in part), so open messages only
@@ -219,6 +264,8 @@ static int runs_agree(const struct run *a, const struct run *b)
     int na = a->nev, nb = b->nev;
 
     if (a->violations || b->violations || a->err != b->err || strcmp(a->error, b->error))
+        return 0;
+    if (!a->err && a->tail != b->tail)
         return 0;
     if (a->err) {
         if (na == nb + 1 && a->ev[na - 1].kind == 'M' && !a->ev[na - 1].ended)
@@ -245,22 +292,6 @@ static int runs_agree(const struct run *a, const struct run *b)
     return 1;
 }
 
-/* ---- the guard page ---- */
-
-static uint8_t *guard_end; /* first unreadable byte */
-static size_t guard_room;
-
-static void guard_init(void)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    guard_room = ((sizeof(struct wire) + page - 1) / page) * page;
-    uint8_t *m = mmap(NULL, guard_room + page, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHECK(m != MAP_FAILED);
-    CHECK(mprotect(m + guard_room, page, PROT_NONE) == 0);
-    guard_end = m + guard_room;
-}
-
 static const size_t WHOLE[] = {SIZE_MAX};
 static const size_t BYTES[] = {1};
 static const size_t SCRIPT[] = {1, 2, 3, 5, 8, 13, 21, 4, 7};
@@ -273,26 +304,26 @@ static void run_all_ways(const struct wire *w, const struct cfg *cfg, int line)
 {
     int bad = 0;
 
-    run(R, w, WHOLE, 1, cfg);
+    run(R, w, IN_PLACE, WHOLE, 1, cfg);
     CHECK_EQ(R->violations, 0);
-    run(S, w, BYTES, 1, cfg);
-    bad += !runs_agree(R, S);
-    run(S, w, SCRIPT, sizeof SCRIPT / sizeof SCRIPT[0], cfg);
-    bad += !runs_agree(R, S);
-    /* every two-piece split of short inputs, a sample of long ones */
-    size_t step = w->n <= 400 ? 1 : w->n / 97;
-    for (size_t k = 0; k <= w->n; k += step) {
-        size_t split[2] = {k, SIZE_MAX};
-        run(S, w, split, 2, cfg);
+    for (int how = IN_PLACE; how <= STAGED; how++) {
+        run(S, w, (enum present)how, BYTES, 1, cfg);
         bad += !runs_agree(R, S);
+        run(S, w, (enum present)how, SCRIPT, sizeof SCRIPT / sizeof SCRIPT[0], cfg);
+        bad += !runs_agree(R, S);
+        /* every two-piece split of short inputs, a sample of long ones */
+        size_t step = w->n <= 400 ? 1 : w->n / 97;
+        for (size_t k = 0; k <= w->n; k += step) {
+            size_t split[2] = {k, SIZE_MAX};
+            run(S, w, (enum present)how, split, 2, cfg);
+            bad += !runs_agree(R, S);
+        }
     }
     /* the input's last byte is the last readable byte */
     uint8_t *g = guard_end - w->n;
-    memcpy(g, w->b, w->n);
-    run_at(S, g, w->n, WHOLE, 1, cfg);
+    run_at(S, w, g, IN_PLACE, WHOLE, 1, cfg);
     bad += !runs_agree(R, S);
-    memcpy(g, w->b, w->n);
-    run_at(S, g, w->n, BYTES, 1, cfg);
+    run_at(S, w, g, IN_PLACE, BYTES, 1, cfg);
     bad += !runs_agree(R, S);
     if (bad)
         fprintf(stderr, "  input at line %d: %d feedings disagree with the whole feed\n", line,
@@ -479,14 +510,16 @@ static void test_feed_contract(void)
     CHECK_EQ(ws_parser_feed(&p, b + 17, 0, &c), 0);
     CHECK_EQ(c.opcode, 0);
 
-    /* A header in pieces is kept in the parser; payload comes as chunks. */
+    /* A header in pieces is not consumed until it is whole: the caller
+     * presents it again with more; payload comes as chunks. */
     memcpy(b, W.b, W.n);
     ws_parser_init(&p, 0, 0);
-    CHECK_EQ(ws_parser_feed(&p, b, 1, &c), 1);
+    CHECK_EQ(ws_parser_feed(&p, b, 1, &c), 0);
     CHECK_EQ(c.opcode, 0);
-    CHECK_EQ(ws_parser_feed(&p, b + 1, 4, &c), 4);
+    CHECK_EQ(ws_parser_feed(&p, b, 5, &c), 0);
     CHECK_EQ(c.opcode, 0);
-    CHECK_EQ(ws_parser_feed(&p, b + 5, 1, &c), 1); /* header complete, no payload yet */
+    CHECK(memcmp(b, W.b, 6) == 0);             /* untouched */
+    CHECK_EQ(ws_parser_feed(&p, b, 6, &c), 6); /* header complete, no payload yet */
     CHECK_EQ(c.opcode, 0);
     CHECK_EQ(ws_parser_feed(&p, b + 6, 2, &c), 2);
     CHECK_EQ(c.opcode, WS_OP_TEXT);
@@ -496,19 +529,46 @@ static void test_feed_contract(void)
     CHECK_EQ(c.flags, WS_CHUNK_MSG_END);
     CHECK(c.len == 3 && memcmp(c.data, "llo", 3) == 0);
 
-    /* A control frame in pieces is reported once, whole, from the parser. */
+    /* A control frame is consumed whole or not at all, and reported once,
+     * unmasked in place. */
     wire_reset();
     FRAME(&W, 0x89, "ping!");
     memcpy(b, W.b, W.n);
     ws_parser_init(&p, 0, 0);
-    for (size_t i = 0; i + 1 < W.n; i++) {
-        CHECK_EQ(ws_parser_feed(&p, b + i, 1, &c), 1);
+    for (size_t i = 0; i < W.n; i++) {
+        CHECK_EQ(ws_parser_feed(&p, b, i, &c), 0);
         CHECK_EQ(c.opcode, 0);
     }
-    CHECK_EQ(ws_parser_feed(&p, b + W.n - 1, 1, &c), 1);
+    CHECK(memcmp(b, W.b, W.n) == 0); /* untouched until consumed */
+    CHECK_EQ(ws_parser_feed(&p, b, W.n, &c), W.n);
     CHECK_EQ(c.opcode, WS_OP_PING);
-    CHECK(c.data == p.ctl && c.len == 5 && memcmp(c.data, "ping!", 5) == 0);
-    CHECK(memcmp(b, W.b, W.n) == 0); /* control payload is copied, not unmasked in place */
+    CHECK(c.data == b + 6 && c.len == 5 && memcmp(c.data, "ping!", 5) == 0);
+
+    /* After a chunk, a partial header is left: the count is short of len. */
+    wire_reset();
+    FRAME(&W, 0x81, "Hello");
+    FRAME(&W, 0x8A, "");
+    memcpy(b, W.b, W.n);
+    ws_parser_init(&p, 0, 0);
+    CHECK_EQ(ws_parser_feed(&p, b, 11 + 3, &c), 11);
+    CHECK(c.opcode == WS_OP_TEXT && c.len == 5);
+    CHECK_EQ(ws_parser_feed(&p, b + 11, 3, &c), 0);
+    CHECK_EQ(c.opcode, 0);
+    CHECK_EQ(ws_parser_feed(&p, b + 11, 6, &c), 6);
+    CHECK(c.opcode == WS_OP_PONG && c.len == 0);
+
+    /* The longest tail: a ping with 125 bytes of payload, one byte short. */
+    static uint8_t pl[125];
+    memset(pl, 'x', sizeof pl);
+    wire_reset();
+    wire_frame(&W, 0x89, pl, sizeof pl, KEY);
+    CHECK_EQ(W.n, WS_FRAME_TAIL_MAX + 1);
+    memcpy(b, W.b, W.n);
+    ws_parser_init(&p, 0, 0);
+    CHECK_EQ(ws_parser_feed(&p, b, WS_FRAME_TAIL_MAX, &c), 0);
+    CHECK_EQ(c.opcode, 0);
+    CHECK_EQ(ws_parser_feed(&p, b, W.n, &c), W.n);
+    CHECK(c.opcode == WS_OP_PING && c.len == 125 && memcmp(c.data, pl, 125) == 0);
 
     /* A fragmented text message: MSG_START only on the first chunk, MSG_END
      * only on the last, and continuation chunks carry the message opcode. */
@@ -628,6 +688,14 @@ static void test_valid_streams(void)
     CHECK_EQ(R->err, 0);
     CHECK_EQ(R->nev, 1);
     CHECK(!R->ev[0].ended && R->ev[0].len == 2);
+    CHECK_EQ(R->tail, 0); /* payload is never held back */
+    wire_reset();
+    FRAME(&W, 0x82, "abc");
+    wire_raw(&W, "\x81\xfe\x01", 3); /* a 16-bit length, one byte of it */
+    RUN(&W, &NOLIMIT);
+    CHECK_EQ(R->err, 0);
+    CHECK_EQ(R->nev, 1);
+    CHECK_EQ(R->tail, 3);
 }
 
 static void test_protocol_errors(void)
@@ -924,11 +992,12 @@ static void test_round_trip(void)
             }
         }
         size_t pattern[3] = {1 + rnd(50), 1 + rnd(3000), 1 + rnd(7)};
-        const size_t *patterns[3] = {WHOLE, BYTES, pattern};
-        const size_t npats[3] = {1, 1, 3};
-        for (int k = 0; k < 3; k++) {
-            run(R, &W, patterns[k], npats[k], &NOLIMIT);
-            int ok = R->err == 0 && R->violations == 0 && R->nev == nwant;
+        const size_t *patterns[4] = {WHOLE, BYTES, pattern, pattern};
+        const size_t npats[4] = {1, 1, 3, 3};
+        const enum present hows[4] = {IN_PLACE, STAGED, IN_PLACE, STAGED};
+        for (int k = 0; k < 4; k++) {
+            run(R, &W, hows[k], patterns[k], npats[k], &NOLIMIT);
+            int ok = R->err == 0 && R->violations == 0 && R->tail == 0 && R->nev == nwant;
             for (int i = 0; ok && i < nwant; i++) {
                 const struct event *x = &R->ev[i], *y = &want[i];
                 ok = x->kind == y->kind && x->op == y->op && x->len == y->len && x->ended &&

@@ -586,6 +586,112 @@ static void test_feed_contract(void)
     CHECK(c.opcode == WS_OP_TEXT && c.flags == WS_CHUNK_MSG_END && c.len == 1);
 }
 
+/* ---- bytes left unconsumed and presented again ---- */
+
+/* A data frame header split at every position, for each length form: no
+ * byte is consumed until the header is whole, none is changed, and the
+ * header presented again with the rest gives the payload. */
+static void test_header_split(void)
+{
+    static const size_t lens[] = {5, 300, 70000}; /* 7-, 16- and 64-bit lengths */
+    static const size_t sizes[] = {6, 8, 14};
+    static uint8_t payload[70000];
+    struct ws_parser p;
+    struct ws_chunk c;
+    uint8_t *b = scratch;
+    int bad = 0;
+
+    for (size_t i = 0; i < sizeof payload; i++)
+        payload[i] = (uint8_t)(i * 7 + 1);
+    for (size_t l = 0; l < 3; l++) {
+        wire_reset();
+        wire_frame(&W, 0x82, payload, lens[l], KEY);
+        size_t hl = W.n - lens[l];
+        CHECK_EQ(hl, sizes[l]);
+        for (size_t k = 0; k < hl; k++) {
+            memcpy(b, W.b, W.n);
+            ws_parser_init(&p, 0, 0);
+            bad += ws_parser_feed(&p, b, k, &c) != 0 || c.opcode != 0;
+            bad += memcmp(b, W.b, W.n) != 0;
+            /* again, with the rest of the header: consumed, no chunk yet */
+            bad += ws_parser_feed(&p, b, hl, &c) != (long)hl || c.opcode != 0;
+            bad += ws_parser_feed(&p, b + hl, W.n - hl, &c) != (long)lens[l];
+            bad += c.opcode != WS_OP_BINARY || c.flags != (WS_CHUNK_MSG_START | WS_CHUNK_MSG_END) ||
+                   c.len != lens[l] || c.data != b + hl || memcmp(c.data, payload, lens[l]) != 0;
+            /* and with the rest of the header and part of the payload */
+            memcpy(b, W.b, W.n);
+            ws_parser_init(&p, 0, 0);
+            bad += ws_parser_feed(&p, b, k, &c) != 0 || c.opcode != 0;
+            bad += ws_parser_feed(&p, b, hl + 3, &c) != (long)hl + 3;
+            bad += c.opcode != WS_OP_BINARY || c.flags != WS_CHUNK_MSG_START || c.len != 3 ||
+                   memcmp(c.data, payload, 3) != 0;
+        }
+    }
+    CHECK_EQ(bad, 0);
+
+    /* The size limit fails on the length, however much of the header came
+     * before it: a 64-bit length needs 10 bytes, the mask key none. */
+    wire_reset();
+    wire_raw(&W, "\x82\xff\x00\x00\x00\x00\x00\x00\x00\x0b", 10);
+    wire_raw(&W, KEY, 4);
+    for (size_t k = 0; k < 10; k++) {
+        memcpy(b, W.b, W.n);
+        ws_parser_init(&p, 10, 0);
+        CHECK_EQ(ws_parser_feed(&p, b, k, &c), 0);
+        CHECK_EQ(ws_parser_feed(&p, b, 10, &c), WS_ERR_TOO_BIG);
+        CHECK(strcmp(p.error, "message over the size limit") == 0);
+    }
+}
+
+/* Feed w in three pieces, cut at i and j, staged as the server does. */
+static void run_cut(struct run *r, const struct wire *w, size_t i, size_t j)
+{
+    size_t cuts[3] = {i, j - i, SIZE_MAX};
+    run(r, w, STAGED, cuts, 3, &NOLIMIT);
+}
+
+/* A ping cut in every possible place, in two and in three pieces, alone and
+ * between the fragments of a message, is reported once, whole. */
+static void test_control_split(void)
+{
+    int bad = 0;
+
+    wire_reset();
+    FRAME(&W, 0x89, "ping!");
+    for (size_t i = 0; i <= W.n; i++)
+        for (size_t j = i; j <= W.n; j++) {
+            run_cut(R, &W, i, j);
+            bad += R->err != 0 || R->violations != 0 || R->tail != 0 || R->nev != 1 ||
+                   !event_is(0, 'C', WS_OP_PING, "ping!", 5);
+        }
+    CHECK_EQ(bad, 0);
+
+    wire_reset();
+    FRAME(&W, 0x01, "Hel");
+    FRAME(&W, 0x89, "ping!");
+    FRAME(&W, 0x80, "lo");
+    for (size_t i = 0; i <= W.n; i++)
+        for (size_t j = i; j <= W.n; j++) {
+            run_cut(R, &W, i, j);
+            bad += R->err != 0 || R->violations != 0 || R->tail != 0 || R->nev != 2 ||
+                   !event_is(0, 'M', WS_OP_TEXT, "Hello", 5) ||
+                   !event_is(1, 'C', WS_OP_PING, "ping!", 5);
+        }
+    CHECK_EQ(bad, 0);
+
+    /* A stream that ends inside a control frame keeps all of it as the
+     * tail and reports nothing; one that ends in a data frame's payload
+     * keeps nothing. */
+    wire_reset();
+    FRAME(&W, 0x82, "ab");
+    FRAME(&W, 0x88, "\x03\xe8" "bye");
+    W.n -= 1;
+    RUN(&W, &NOLIMIT);
+    CHECK_EQ(R->err, 0);
+    CHECK_EQ(R->nev, 1);
+    CHECK_EQ(R->tail, 6 + 4);
+}
+
 /* ---- the parser, every rule, every feeding ---- */
 
 static void test_valid_streams(void)
@@ -1022,6 +1128,8 @@ int main(void)
     test_close_parse();
     test_error_codes();
     test_feed_contract();
+    test_header_split();
+    test_control_split();
     test_valid_streams();
     test_protocol_errors();
     test_utf8_errors();

@@ -397,6 +397,40 @@ describe("framing", function()
             assert_echo(ws, "split " .. string.rep("z", 300))
             ws:shutdown()
         end)
+
+        -- Two writes with a pause between, so the server reads them apart:
+        -- the first ends inside a frame header or a control frame, whose
+        -- bytes the server keeps until the rest arrives.
+        local function send_in_two(ws, bytes, cut)
+            assert(ws:send_raw(bytes:sub(1, cut)))
+            testing.sleep(0.005)
+            assert(ws:send_raw(bytes:sub(cut + 1)))
+        end
+
+        it("a ping cut at every byte is answered once, whole", function()
+            local ws = open(server)
+            local size = #client.encode_frame {opcode = "ping", payload = string.rep("p", 40)}
+            for cut = 1, size - 1 do
+                local payload = string.format("%03d", cut) .. string.rep("p", 37)
+                send_in_two(ws, client.encode_frame {opcode = "ping", payload = payload}, cut)
+                local pong = assert(ws:receive(5))
+                assert.equal(0xA, pong.opcode)
+                assert.equal(payload, pong.payload)
+            end
+            ws:shutdown()
+        end)
+
+        it("a frame header cut at every byte (16- and 64-bit lengths) is completed", function()
+            local ws = open(server)
+            for _, case in ipairs {{size = 300, header = 8}, {size = 70000, header = 14}} do
+                for cut = 1, case.header - 1 do
+                    local data = string.format("%02d", cut) .. string.rep("h", case.size - 2)
+                    send_in_two(ws, client.encode_frame {opcode = "text", payload = data}, cut)
+                    assert_echo(ws, data)
+                end
+            end
+            ws:shutdown()
+        end)
     end)
 
     describe("5.2: payload lengths", function()

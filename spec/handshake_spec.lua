@@ -378,6 +378,24 @@ describe("handshake", function()
                 assert.equal("binary", kind)
                 ws:shutdown()
             end)
+
+        it("pipelined frames that end inside a frame header are completed by the next packet",
+            function()
+                local ping = client.encode_frame {opcode = "ping", payload = "late"}
+                local ws, err = server:connect("/echo", {
+                    extra = client.encode_frame {opcode = "text", payload = "early"} ..
+                        ping:sub(1, 3),
+                })
+                assert(ws, tostring(err))
+                assert.equal("early", ws:receive_message(5))
+                testing.sleep(0.005)
+                assert(ws:send_raw(ping:sub(4)))
+                local pong = assert(ws:receive(5))
+                assert.equal(0xA, pong.opcode)
+                assert.equal("late", pong.payload)
+                echo_works(ws)
+                ws:shutdown()
+            end)
     end)
 
     it("the server is still alive", function()

@@ -63,6 +63,11 @@ static void get_addr(int fd, int peer, struct conn_addr *a)
         a->u.sa.sa_family = AF_UNSPEC;
 }
 
+void conn_local_addr(const struct conn *c, struct conn_addr *a)
+{
+    get_addr(c->fd, 0, a);
+}
+
 struct conn *conn_new(struct server *srv, int fd)
 {
     const struct config *cfg = srv->cfg;
@@ -80,7 +85,6 @@ struct conn *conn_new(struct server *srv, int fd)
     c->id = ++srv->next_id;
     c->started = ev_now(srv->loop);
     get_addr(fd, 1, &c->client);
-    get_addr(fd, 0, &c->server);
     ws_parser_init(&c->parser, cfg->max_message, cfg->max_fragments);
 
     ev_io_init(&c->io, on_io, fd, EV_READ);

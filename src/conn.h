@@ -52,45 +52,45 @@ struct conn {
     struct conn *prev, *next; /* every live conn: srv->conns */
     struct conn *flush_next;  /* srv->flush_list while output is pending */
     struct conn *dead_next;   /* srv->dead_list once dead */
-    int fd;
-    ev_io io;          /* the socket: EV_READ unless paused, EV_WRITE while output waits */
-    uint8_t io_events; /* what io is set to */
-    ev_timer timer; /* handshake, close and linger timeouts */
-    enum conn_state state;
+    ev_io io;       /* the socket: EV_READ unless paused, EV_WRITE while output waits */
+    ev_timer timer; /* handshake, keepalive, close and linger timeouts */
     uint64_t id;
     ev_tstamp started;
     ev_tstamp last_rx; /* when the client last sent anything: for ping and idle */
-    struct conn_addr client, server; /* formatted only when logged or asked for */
-    char *path; /* request path for logs (no query) */
+    char *path;        /* request path for logs (no query) */
 
-    struct hs_request *hs;       /* while the handshake lasts */
-    struct conn_reply *reply;    /* only during on_connect */
-    struct app *app;             /* the app of the route, NULL before routing */
-    int lua_ref;                 /* registry ref of the ws userdata, or LUA_NOREF */
-    struct req_snapshot *req;    /* the request, until the ws object takes it */
+    struct hs_request *hs;    /* while the handshake lasts */
+    struct conn_reply *reply; /* only during on_connect */
+    struct app *app;          /* the app of the route, NULL before routing */
+    struct req_snapshot *req; /* the request, until the ws object takes it */
 
-    struct ws_parser parser;
     /* The start of a frame header or control frame that has not all
      * arrived: the parser leaves those bytes unconsumed, and the next read
      * presents them again. malloc'd only while one is pending, so an idle
      * connection keeps no input bytes. */
     uint8_t *partial;
-    struct buf msg; /* a message arriving in pieces */
-    uint8_t msg_op;
-    uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */
-    struct buf out; /* bytes queued for the socket */
+    char *close_reason; /* malloc'd when there is one: most idle conns never close */
+    struct buf msg;     /* a message arriving in pieces */
+    struct buf out;     /* bytes queued for the socket */
+    struct ws_parser parser;
+    struct conn_addr client; /* formatted only when logged or asked for */
 
+    /* The small fields last, together, so the struct has no padding holes:
+     * every byte here is paid once per connection. */
+    int fd;
+    int lua_ref; /* registry ref of the ws userdata, or LUA_NOREF */
+    enum conn_state state;
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
     uint8_t close_reason_len;
-    char *close_reason; /* malloc'd when there is one: most idle conns never close */
-
-    unsigned in_flush_list : 1;
-    unsigned read_paused : 1;    /* output over send_buffer: not reading */
-    unsigned accepted : 1;       /* on_connect accepted: on_close is owed */
-    unsigned on_close_done : 1;
-    unsigned in_connect : 1;     /* inside on_connect */
-    unsigned shut_wr : 1;        /* our side is half-closed */
-    unsigned pinged : 1;         /* a keepalive ping went out since last_rx */
+    uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */
+    uint8_t io_events;   /* what io is set to */
+    uint8_t in_flush_list : 1;
+    uint8_t read_paused : 1;   /* output over send_buffer: not reading */
+    uint8_t accepted : 1;      /* on_connect accepted: on_close is owed */
+    uint8_t on_close_done : 1;
+    uint8_t in_connect : 1;    /* inside on_connect */
+    uint8_t shut_wr : 1;       /* our side is half-closed */
+    uint8_t pinged : 1;        /* a keepalive ping went out since last_rx */
 };
 
 /* Take ownership of an accepted socket. */
@@ -117,6 +117,10 @@ void conn_free(struct conn *c);
 
 /* The client's (or the server's) address as text, and its port. */
 void conn_addr_text(const struct conn_addr *a, char *host, size_t len, int *port);
+
+/* The server-side address of the connection (asked of the socket: it is
+ * needed once, for the request, so it is not kept). */
+void conn_local_addr(const struct conn *c, struct conn_addr *a);
 
 /* "host:port" of the client, for log lines; valid until the next call. */
 const char *conn_peer(const struct conn *c);

@@ -36,7 +36,9 @@ struct req_snapshot *lrequest_snapshot(const struct conn *c, const struct hs_req
     char client[INET6_ADDRSTRLEN], server[INET6_ADDRSTRLEN];
     int client_port, server_port;
     conn_addr_text(&c->client, client, sizeof client, &client_port);
-    conn_addr_text(&c->server, server, sizeof server, &server_port);
+    struct conn_addr local;
+    conn_local_addr(c, &local);
+    conn_addr_text(&local, server, sizeof server, &server_port);
     const char *target = hs_target(hs);
     size_t nh = hs_header_count(hs);
     size_t size = strlen(target) + strlen(client) + strlen(server) + 3;

@@ -92,6 +92,15 @@ run_row() {
     local cmd=(taskset -c "$GEN_CPU" "$LOADGEN" "${args[@]}"
         --url "ws://127.0.0.1:$SERVER_PORT${MATRIX_PATH[$name]}" --server-pid "$pid"
         --label "$name" --json)
+    if [ "${args[0]}" = conns ]; then
+        # Warm up first: the first connections touch code and library pages
+        # for the first time (about 2 MiB of file-backed RSS in moonport),
+        # a cost paid once per process, not per connection. Measuring from
+        # a cold server would spread it over the idle connections.
+        taskset -c "$GEN_CPU" "$LOADGEN" conns -c 100 -d 1 -w 0 \
+            --url "ws://127.0.0.1:$SERVER_PORT${MATRIX_PATH[$name]}" >/dev/null 2>&1
+        sleep 0.5
+    fi
     local line
     if line=$("${cmd[@]}"); then
         echo "$line" >>"$out"

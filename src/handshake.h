@@ -3,7 +3,8 @@
  * what the request says); out comes either a request with validated headers
  * or the exact HTTP status to answer with. It also computes
  * Sec-WebSocket-Accept and writes the response heads. Pure: no sockets, no
- * libev, no Lua; the only allocation is the request's own bounded buffer. */
+ * libev, no Lua; the only allocations are the request's own bounded
+ * buffers, reused through a small pool. */
 #ifndef MOONPORT_HANDSHAKE_H
 #define MOONPORT_HANDSHAKE_H
 
@@ -29,6 +30,8 @@ enum {
  * number of header lines. Returns NULL when out of memory. */
 struct hs_request *hs_new(size_t max_head, unsigned max_headers);
 void hs_free(struct hs_request *r);
+/* hs_free keeps a few finished requests for reuse; this frees them (at exit). */
+void hs_pool_drain(void);
 
 /* Parse more of the request. *consumed is how many bytes of data belong to
  * the request (on HS_DONE, the bytes after it are the client's first frames

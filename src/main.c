@@ -10,6 +10,7 @@
 #include "buf.h"
 #include "config.h"
 #include "conn.h"
+#include "handshake.h"
 #include "lbridge.h"
 #include "log.h"
 #include "reload.h"
@@ -76,6 +77,7 @@ out:
     lbridge_free(srv.lb);
     router_free(srv.router);
     buf_pool_drain();
+    hs_pool_drain();
     config_free(&cfg);
     return rc;
 }

@@ -87,6 +87,10 @@ struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err,
     }
     lua_pushcfunction(L, traceback);
     traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "text");
+    lb->text_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "binary");
+    lb->binary_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getglobal(L, "require");
     lua_pushlightuserdata(L, lb);
     lua_pushcclosure(L, tracked_require, 2);
@@ -476,10 +480,9 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
      * so its address cannot be reused while it counts as checked. */
     lua_pushvalue(L, -1);
     lua_insert(L, -4);
-    if (binary) {
-        lua_pushliteral(L, "binary");
-    } else {
-        lua_pushliteral(L, "text");
+    /* The kind strings are made once: pushing a literal hashes it anew. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, binary ? lb->binary_ref : lb->text_ref);
+    if (!binary) {
         lb->checked_text = lua_tostring(L, -2);
         lb->checked_len = len;
     }

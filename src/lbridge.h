@@ -57,6 +57,7 @@ struct lbridge {
      * UTF-8: ws:send of this very string need not check it again. */
     const char *checked_text;
     size_t checked_len;
+    int text_ref, binary_ref; /* the kind strings, "text" and "binary" */
     struct server *srv;
     struct app *apps;
     struct module *modules;

@@ -88,8 +88,10 @@ struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err,
     lua_pushcfunction(L, traceback);
     traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushliteral(L, "text");
+    lb->text_str = lua_tostring(L, -1); /* stable: the registry holds the string */
     lb->text_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushliteral(L, "binary");
+    lb->binary_str = lua_tostring(L, -1);
     lb->binary_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getglobal(L, "require");
     lua_pushlightuserdata(L, lb);
@@ -472,27 +474,31 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
                      int binary)
 {
     lua_State *L = lb->L;
-    if (!push_handler(L, c->app, H_MESSAGE))
+    if (c->app->handler_ref[H_MESSAGE] == LUA_NOREF)
         return;
-    push_ws(L, c);
+    /* The hot path, so the stack is built in call order rather than through
+     * lb_pcall's inserts:
+     *   [message] [traceback] [on_message] [ws] [message] [kind]
+     * The first copy of the message keeps it alive for the whole call, so
+     * its address cannot be reused while it counts as checked. */
+    int base = lua_gettop(L);
     lua_pushlstring(L, (const char *)data, len);
-    /* A copy below the function keeps the string alive for the whole call,
-     * so its address cannot be reused while it counts as checked. */
-    lua_pushvalue(L, -1);
-    lua_insert(L, -4);
-    /* The kind strings are made once: pushing a literal hashes it anew. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
+    push_handler(L, c->app, H_MESSAGE);
+    push_ws(L, c);
+    lua_pushvalue(L, base + 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, binary ? lb->binary_ref : lb->text_ref);
     if (!binary) {
-        lb->checked_text = lua_tostring(L, -2);
+        lb->checked_text = lua_tostring(L, base + 1);
         lb->checked_len = len;
     }
-    int rc = lb_pcall(L, 3, 0, NULL);
+    int rc = lua_pcall(L, 3, 0, base + 2);
     lb->checked_text = NULL;
     if (rc) {
         log_handler_error(L, c, "on_message");
         conn_close(c, WS_CLOSE_INTERNAL, "internal error");
     }
-    lua_pop(L, 1); /* the anchored copy */
+    lua_settop(L, base);
 }
 
 void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,

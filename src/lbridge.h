@@ -58,6 +58,8 @@ struct lbridge {
     const char *checked_text;
     size_t checked_len;
     int text_ref, binary_ref; /* the kind strings, "text" and "binary" */
+    const char *text_str, *binary_str; /* their bytes: Lua strings are interned,
+                                          so a kind is recognised by address */
     struct server *srv;
     struct app *apps;
     struct module *modules;

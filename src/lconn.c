@@ -51,12 +51,15 @@ static int lconn_send(lua_State *L)
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     const char *kind = luaL_optstring(L, 3, "text");
-    int binary = strcmp(kind, "binary") == 0;
-    if (!binary && strcmp(kind, "text") != 0)
-        return luaL_argerror(L, 3, "kind must be \"text\" or \"binary\"");
+    const struct lbridge *lb = box->c ? box->c->srv->lb : NULL;
+    int binary = lb && kind == lb->binary_str; /* the usual case: the same string */
+    if (!binary && !(lb && kind == lb->text_str)) {
+        binary = strcmp(kind, "binary") == 0;
+        if (!binary && strcmp(kind, "text") != 0)
+            return luaL_argerror(L, 3, "kind must be \"text\" or \"binary\"");
+    }
     if (!box->c || !conn_can_send(box->c))
         return closed(L);
-    const struct lbridge *lb = box->c->srv->lb;
     if (!binary && !(data == lb->checked_text && len == lb->checked_len) &&
         !ws_utf8_valid((const uint8_t *)data, len))
         return luaL_argerror(L, 2, "text is not valid UTF-8 (send it as \"binary\")");

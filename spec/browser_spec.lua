@@ -5,6 +5,8 @@
 -- line to a small /report app that logs it. No DevTools protocol, no npm.
 -- A missing chromium is a failure, never a skip.
 local testing = require "moonport.testing"
+local quote = testing.quote
+local read_file = testing.read_file
 local socket = require "socket"
 
 -- Logs every text message it gets, where the spec waits for the result.
@@ -25,20 +27,6 @@ local FLAGS = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-r
     "--enable-logging=stderr --v=0"
 
 local RESULT_TIMEOUT = 30
-
-local function quote(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-    local f = io.open(path, "rb")
-    if not f then
-        return nil
-    end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
 
 -- os.execute's result differs between Lua 5.1 (a number) and 5.2+.
 local function run(cmd)

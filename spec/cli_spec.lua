@@ -2,6 +2,9 @@
 -- its one-line answers to every mistake at start, its exit statuses, and
 -- how it stops on SIGTERM and SIGINT.
 local testing = require "moonport.testing"
+local quote = testing.quote
+local read_file = testing.read_file
+local write_file = testing.write_file
 local socket = require "socket"
 
 local BIN = os.getenv("MOONPORT_BIN") or "bin/moonport"
@@ -11,26 +14,6 @@ local app = {}
 function app.on_message(ws, data, kind) ws:send(data, kind) end
 return app
 ]]
-
-local function quote(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-    local f = io.open(path, "rb")
-    if not f then
-        return nil
-    end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
-local function write_file(path, content)
-    local f = assert(io.open(path, "wb"))
-    assert(f:write(content))
-    f:close()
-end
 
 local function shell(cmd)
     local p = assert(io.popen(cmd))

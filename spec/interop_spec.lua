@@ -3,16 +3,13 @@
 -- itself and exits 0 only if all held; a missing library is a failure,
 -- never a skip.
 local testing = require "moonport.testing"
+local quote = testing.quote
 
 local ECHO = [[
 local app = {}
 function app.on_message(ws, data, kind) ws:send(data, kind) end
 return app
 ]]
-
-local function quote(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
 -- Runs a shell command (killed after 90 s) and returns its exit status and
 -- everything it printed, stdout and stderr together.

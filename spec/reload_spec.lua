@@ -4,6 +4,9 @@
 -- log line of each reload, and 200 reloads under 100 echoing connections
 -- with the server's memory measured.
 local testing = require "moonport.testing"
+local quote = testing.quote
+local read_file = testing.read_file
+local write_file = testing.write_file
 local socket = require "socket"
 
 -- An app that answers "TAG N DATA", where N counts this connection's
@@ -31,29 +34,9 @@ return app
 ]]):gsub("TAG", tag))
 end
 
-local function quote(s)
-    return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
 -- s as a Lua pattern that matches s literally.
 local function lit(s)
     return (s:gsub("%p", "%%%0"))
-end
-
-local function read_file(path)
-    local f = io.open(path, "rb")
-    if not f then
-        return nil
-    end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
-
-local function write_file(path, content)
-    local f = assert(io.open(path, "wb"))
-    assert(f:write(content))
-    f:close()
 end
 
 local function lines_matching(text, pattern)

@@ -48,6 +48,9 @@ The server object:
   :cleanup()              stops the server if it runs, removes DIR.
 
 testing.sleep(seconds)
+testing.read_file(path) -> contents, or nil if it cannot be read
+testing.write_file(path, content)
+testing.quote(s) -> s quoted for sh
 ]]
 
 local socket = require "socket"
@@ -89,6 +92,11 @@ local function write_file(path, content)
     assert(f:write(content))
     f:close()
 end
+
+-- Small file and shell helpers, shared with the specs.
+testing.read_file = read_file
+testing.write_file = write_file
+testing.quote = quote
 
 local function dirname(path)
     return path:match("^(.*)/[^/]*$") or "."

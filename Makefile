@@ -84,7 +84,7 @@ build/unit/%: spec/c/%.c $(PURE_SRC) $(LLHTTP_ASAN_OBJ) $(wildcard src/*.h) spec
 unit: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do $$t || exit 1; done
 
-build/fuzz/%: spec/fuzz/%.c $(PURE_SRC) $(LLHTTP_SRC) $(wildcard src/*.h)
+build/fuzz/%: spec/fuzz/%.c $(PURE_SRC) $(LLHTTP_SRC) $(wildcard src/*.h spec/fuzz/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CSTD) -O1 -g -fsanitize=fuzzer,address,undefined -Isrc $(LLHTTP_CFLAGS) \
 	    -o $@ $< $(PURE_SRC) $(LLHTTP_SRC) $(LLHTTP_LIBS) -lcrypto

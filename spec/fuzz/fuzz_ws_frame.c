@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ref_utf8.h"
 #include "ws_frame.h"
 
 #define CHECK(c)                                                                               \
@@ -191,58 +192,6 @@ static void stream_run(struct run *r, const uint8_t *in, size_t n, const size_t 
 
 /* ---- the reference: whole buffer, naive loops, same rules ---- */
 
-enum { U_VALID = -1, U_INCOMPLETE = -2 };
-
-/* A partial character is acceptable when some completion of it decodes to
- * a scalar value of the right length: reason on the range of code points
- * it can still become, not on byte ranges. */
-static int ref_completable(const uint8_t *s, size_t have, size_t need)
-{
-    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-    static const uint8_t lead_bits[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
-    uint32_t lo = s[0] & lead_bits[need], hi = lo;
-
-    for (size_t i = 1; i < need; i++) {
-        lo = lo << 6 | (i < have ? (uint32_t)(s[i] & 0x3F) : 0x00);
-        hi = hi << 6 | (i < have ? (uint32_t)(s[i] & 0x3F) : 0x3F);
-    }
-    if (lo < min_cp[need])
-        lo = min_cp[need];
-    if (hi > 0x10FFFF)
-        hi = 0x10FFFF;
-    return lo <= hi && !(lo >= 0xD800 && hi <= 0xDFFF);
-}
-
-static long ref_utf8(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        size_t need;
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        if ((s[i] & 0xE0) == 0xC0)
-            need = 2;
-        else if ((s[i] & 0xF0) == 0xE0)
-            need = 3;
-        else if ((s[i] & 0xF8) == 0xF0)
-            need = 4;
-        else
-            return (long)i;
-        for (size_t have = 1; have <= need; have++) {
-            if (i + have > n)
-                return U_INCOMPLETE;
-            if (have > 1 && (s[i + have - 1] & 0xC0) != 0x80)
-                return (long)(i + have - 1);
-            if (!ref_completable(s + i, have, need))
-                return (long)(i + have - 1);
-        }
-        i += need;
-    }
-    return U_VALID;
-}
 
 static void ref_fail(struct run *r, long err, const char *why)
 {
@@ -351,7 +300,7 @@ static void ref_run(struct run *r, const uint8_t *in, size_t n, const struct cfg
             event_data(r, e, &b, 1);
         }
         if (msg_op == 1 && !(msg_rsv & 0x40)) {
-            long v = ref_utf8(r->arena + e->off, e->len);
+            long v = ref_utf8_classify(r->arena + e->off, e->len);
             if (v >= 0) {
                 /* keep only what precedes the bad byte: a streaming run
                  * may have delivered that much, never more */
@@ -359,7 +308,7 @@ static void ref_run(struct run *r, const uint8_t *in, size_t n, const struct cfg
                 e->len = (size_t)v;
                 return ref_fail(r, WS_ERR_UTF8, "invalid UTF-8 in text message");
             }
-            if (have == len && fin && v == U_INCOMPLETE)
+            if (have == len && fin && v == REF_UTF8_INCOMPLETE)
                 return ref_fail(r, WS_ERR_UTF8, "text message ends inside a UTF-8 character");
         }
         if (have < len)

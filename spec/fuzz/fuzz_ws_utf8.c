@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ref_utf8.h"
 #include "ws_utf8.h"
 
 #define CHECK(c)                                                                               \
@@ -15,61 +16,6 @@
             abort();                                                                           \
     } while (0)
 
-enum { VALID = -1, INCOMPLETE = -2 };
-
-/* A partial character is acceptable when some completion of it decodes to
- * a scalar value of its length: the code points it can still become form
- * one range, which must reach past the overlong minimum, stay at or below
- * U+10FFFF and not lie wholly among the surrogates. */
-static int ref_completable(const uint8_t *s, size_t have, size_t need)
-{
-    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-    static const uint8_t lead_bits[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
-    uint32_t lo = s[0] & lead_bits[need], hi = lo;
-
-    for (size_t i = 1; i < need; i++) {
-        lo = lo << 6 | (i < have ? (uint32_t)(s[i] & 0x3F) : 0x00);
-        hi = hi << 6 | (i < have ? (uint32_t)(s[i] & 0x3F) : 0x3F);
-    }
-    if (lo < min_cp[need])
-        lo = min_cp[need];
-    if (hi > 0x10FFFF)
-        hi = 0x10FFFF;
-    return lo <= hi && !(lo >= 0xD800 && hi <= 0xDFFF);
-}
-
-/* VALID, INCOMPLETE, or the index of the first byte that no valid text can
- * continue through. */
-static long ref_classify(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        size_t need;
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        if ((s[i] & 0xE0) == 0xC0)
-            need = 2;
-        else if ((s[i] & 0xF0) == 0xE0)
-            need = 3;
-        else if ((s[i] & 0xF8) == 0xF0)
-            need = 4;
-        else
-            return (long)i;
-        for (size_t have = 1; have <= need; have++) {
-            if (i + have > n)
-                return INCOMPLETE;
-            if (have > 1 && (s[i + have - 1] & 0xC0) != 0x80)
-                return (long)(i + have - 1);
-            if (!ref_completable(s + i, have, need))
-                return (long)(i + have - 1);
-        }
-        i += need;
-    }
-    return VALID;
-}
 
 static int feed_ok(const uint8_t *s, size_t n, struct ws_utf8 *u)
 {
@@ -85,15 +31,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     const uint8_t *s = data + 1;
     size_t n = size - 1, k = data[0] % (n + 1);
-    long want = ref_classify(s, n);
+    long want = ref_utf8_classify(s, n);
     struct ws_utf8 u;
 
     /* Whole. */
     int ok = feed_ok(s, n, &u);
-    CHECK(ok == (want == VALID || want == INCOMPLETE));
+    CHECK(ok == (want == REF_UTF8_VALID || want == REF_UTF8_INCOMPLETE));
     if (ok)
-        CHECK(ws_utf8_complete(&u) == (want == VALID));
-    CHECK(ws_utf8_valid(s, n) == (want == VALID));
+        CHECK(ws_utf8_complete(&u) == (want == REF_UTF8_VALID));
+    CHECK(ws_utf8_valid(s, n) == (want == REF_UTF8_VALID));
 
     /* The shortest failing prefix, found by bisection over whole feeds
      * (failure is monotonic in the prefix length), is the reference's. */
@@ -120,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (want >= 0)
         CHECK(failed_at == want);
     else
-        CHECK(failed_at == -1 && ws_utf8_complete(&u) == (want == VALID));
+        CHECK(failed_at == -1 && ws_utf8_complete(&u) == (want == REF_UTF8_VALID));
 
     /* Two pieces. */
     ws_utf8_reset(&u);
@@ -130,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(want >= 0 && (size_t)want >= k);
     } else {
         CHECK(want < 0);
-        CHECK(ws_utf8_complete(&u) == (want == VALID));
+        CHECK(ws_utf8_complete(&u) == (want == REF_UTF8_VALID));
     }
     return 0;
 }

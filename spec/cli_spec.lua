@@ -38,18 +38,6 @@ local function free_port()
     return tonumber(port)
 end
 
-local function wait_exit(server, timeout)
-    local deadline = socket.gettime() + timeout
-    repeat
-        local status = server:exit_status()
-        if status then
-            return status
-        end
-        socket.sleep(0.02)
-    until socket.gettime() > deadline
-    return nil
-end
-
 describe("moonport command", function()
     local dir
 
@@ -329,7 +317,7 @@ return {
                     assert.is_true(ws:is_closed(5), "client " .. i .. ": TCP still open")
                     ws:shutdown()
                 end
-                local status = wait_exit(server, 5)
+                local status = server:wait(5)
                 local elapsed = socket.gettime() - t0
                 local err = server:stderr()
                 server:cleanup()

@@ -39,6 +39,7 @@ The server object:
                           a second value "killed". A status above 128 means
                           death by signal 128 - status, as in the shell.
   :exit_status()          -> the status if the process has exited, else nil.
+  :wait(timeout)          -> the status once it exits, or nil after timeout.
   :rss_kib()              VmRSS from /proc/PID/status, in KiB.
   :wait_log(pattern, timeout) -> the first match of a Lua pattern in stderr
                           or stdout, polled until timeout (default 5 s), or nil.
@@ -149,8 +150,10 @@ function server:signal(name)
     return run("kill -" .. name .. " " .. self.pid .. " 2>/dev/null")
 end
 
-local function wait_exit(self, timeout)
-    local deadline = socket.gettime() + timeout
+-- server:wait(timeout) -> the exit status once the process has exited, or
+-- nil if it still runs after timeout seconds (default 5).
+function server:wait(timeout)
+    local deadline = socket.gettime() + (timeout or 5)
     repeat
         local status = self:exit_status()
         if status then
@@ -167,12 +170,12 @@ function server:stop(timeout)
         return status
     end
     self:signal("TERM")
-    status = wait_exit(self, timeout or 5)
+    status = self:wait(timeout)
     if status then
         return status
     end
     self:signal("KILL")
-    return wait_exit(self, 5), "killed"
+    return self:wait(5), "killed"
 end
 
 function server:rss_kib()

@@ -559,6 +559,34 @@ return app
             assert.are.equal("one z", (ask(w1, "z")))
             assert_alive(server)
         end)
+
+        it("keeps the running config when the new one is broken, and says why", function()
+            local server = start_with({echo = tagged("e")},
+                                      {config = "return { limits = { max_message = 1000 } }\n"})
+            write_file(server.dir .. "/config.lua", "return { limits = { max_message = 'lots' } }\n")
+            assert(server:signal("HUP"))
+            within_a_second(server,
+                "SIGHUP: config not reloaded, the running one stays: [^\n]*max_message")
+            -- The old limit still holds for new connections.
+            local ws = assert(server:connect("/echo"))
+            assert.are.equal("e " .. ("x"):rep(900), (ask(ws, ("x"):rep(900))))
+            assert(ws:send(("z"):rep(1001)))
+            assert.are.equal(1009, (close_code(ws, 2)))
+            assert_alive(server)
+        end)
+
+        it("says a new listen address needs a restart, and keeps listening where it was",
+           function()
+            -- The host comes from the config alone (no --host, which would win).
+            local server = start_with({echo = tagged("e")},
+                                      {host = false, config = "return { host = '127.0.0.1' }\n"})
+            write_file(server.dir .. "/config.lua", "return { host = '127.0.0.2' }\n")
+            assert(server:signal("HUP"))
+            within_a_second(server, "SIGHUP: the listen address changed to [^\n]*restart")
+            local ws = assert(server:connect("/echo"))
+            assert.are.equal("e x", (ask(ws, "x")))
+            assert_alive(server)
+        end)
     end)
 
     it("--reload off: an edit is not picked up, SIGHUP still reloads", function()

@@ -7,6 +7,7 @@
 local testing = require "moonport.testing"
 local quote = testing.quote
 local read_file = testing.read_file
+local run = testing.run
 local socket = require "socket"
 
 -- Logs every text message it gets, where the spec waits for the result.
@@ -27,15 +28,6 @@ local FLAGS = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-r
     "--enable-logging=stderr --v=0"
 
 local RESULT_TIMEOUT = 30
-
--- os.execute's result differs between Lua 5.1 (a number) and 5.2+.
-local function run(cmd)
-    local a, _, c = os.execute(cmd)
-    if type(a) == "number" then
-        return a == 0
-    end
-    return a == true and (c == nil or c == 0)
-end
 
 local function capture(cmd)
     local p = assert(io.popen(cmd))

@@ -52,6 +52,7 @@ testing.sleep(seconds)
 testing.read_file(path) -> contents, or nil if it cannot be read
 testing.write_file(path, content)
 testing.quote(s) -> s quoted for sh
+testing.run(cmd) -> true if the shell command exited 0 (on Lua 5.1 to 5.4)
 ]]
 
 local socket = require "socket"
@@ -98,6 +99,7 @@ end
 testing.read_file = read_file
 testing.write_file = write_file
 testing.quote = quote
+testing.run = run
 
 local function dirname(path)
     return path:match("^(.*)/[^/]*$") or "."

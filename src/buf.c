@@ -1,7 +1,7 @@
 /* buf: growable byte buffers. Growth doubles; an emptied buffer leaves its
  * connection, so that memory follows traffic, not the connection count. It
  * goes to a small pool first: a connection echoing message after message
- * then reuses the same few buffers instead of a malloc, a free and fresh
+ * then reuses the same few blocks instead of a malloc, a free and fresh
  * page faults per message. The pool is bounded in count and bytes, and the
  * process has one loop, so it needs no lock. */
 #include "buf.h"
@@ -10,60 +10,63 @@
 #include <string.h>
 
 #define POOL_SLOTS 32
-#define POOL_BUF_MAX (64 * 1024) /* larger buffers are freed, not pooled */
+#define POOL_BUF_MAX (64 * 1024) /* larger blocks are freed, not pooled */
+#define FIRST_CAP (256 - sizeof(struct buf_block))
 
-static struct {
-    uint8_t *data;
-    size_t cap;
-} pool[POOL_SLOTS];
+static struct buf_block *pool[POOL_SLOTS];
 static int pool_n;
 
-/* Give b a pooled buffer of at least n bytes, if there is one. */
-static void pool_take(struct buf *b, size_t n)
+/* A pooled block of at least n bytes, if there is one. */
+static struct buf_block *pool_take(size_t n)
 {
     for (int i = pool_n - 1; i >= 0; i--) {
-        if (pool[i].cap >= n) {
-            b->data = pool[i].data;
-            b->cap = pool[i].cap;
+        struct buf_block *k = pool[i];
+        if (k->cap >= n) {
             pool[i] = pool[--pool_n];
-            return;
+            k->off = k->len = 0;
+            return k;
         }
     }
+    return NULL;
 }
 
 void buf_pool_drain(void)
 {
     while (pool_n)
-        free(pool[--pool_n].data);
+        free(pool[--pool_n]);
 }
 
 uint8_t *buf_reserve(struct buf *b, size_t n)
 {
-    if (b->off && b->off == b->len)
-        b->off = b->len = 0;
-    if (!b->data)
-        pool_take(b, n);
-    if (b->cap - b->len >= n)
-        return b->data + b->len;
-    if (b->off) { /* slide the pending bytes down before growing */
-        memmove(b->data, b->data + b->off, b->len - b->off);
-        b->len -= b->off;
-        b->off = 0;
-        if (b->cap - b->len >= n)
-            return b->data + b->len;
+    struct buf_block *k = b->blk;
+    if (!k && (k = pool_take(n)) != NULL)
+        b->blk = k;
+    if (k) {
+        if (k->cap - k->len >= n)
+            return k->data + k->len;
+        if (k->off) { /* slide the pending bytes down before growing */
+            memmove(k->data, k->data + k->off, k->len - k->off);
+            k->len -= k->off;
+            k->off = 0;
+            if (k->cap - k->len >= n)
+                return k->data + k->len;
+        }
     }
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len < n) {
-        if (cap > SIZE_MAX / 2)
+    size_t len = k ? k->len : 0;
+    size_t cap = k ? k->cap : FIRST_CAP;
+    while (cap - len < n) {
+        if (cap > (SIZE_MAX - sizeof *k) / 2)
             return NULL;
-        cap *= 2;
+        cap = (cap + sizeof *k) * 2 - sizeof *k; /* blocks of 2^k bytes */
     }
-    uint8_t *d = realloc(b->data, cap);
-    if (!d)
+    struct buf_block *g = realloc(k, sizeof *k + cap);
+    if (!g)
         return NULL;
-    b->data = d;
-    b->cap = cap;
-    return d + b->len;
+    if (!k)
+        g->off = g->len = 0;
+    g->cap = cap;
+    b->blk = g;
+    return g->data + g->len;
 }
 
 int buf_append(struct buf *b, const void *p, size_t n)
@@ -73,27 +76,26 @@ int buf_append(struct buf *b, const void *p, size_t n)
     uint8_t *w = buf_reserve(b, n);
     if (!w)
         return -1;
-    if (n)
-        memcpy(w, p, n);
-    b->len += n;
+    memcpy(w, p, n);
+    b->blk->len += n;
     return 0;
 }
 
 void buf_consume(struct buf *b, size_t n)
 {
-    b->off += n;
-    if (b->off >= b->len)
+    b->blk->off += n;
+    if (b->blk->off >= b->blk->len)
         buf_reset(b);
 }
 
 void buf_reset(struct buf *b)
 {
-    if (b->data && b->cap <= POOL_BUF_MAX && pool_n < POOL_SLOTS) {
-        pool[pool_n].data = b->data;
-        pool[pool_n++].cap = b->cap;
-    } else {
-        free(b->data);
-    }
-    b->data = NULL;
-    b->off = b->len = b->cap = 0;
+    struct buf_block *k = b->blk;
+    if (!k)
+        return;
+    if (k->cap <= POOL_BUF_MAX && pool_n < POOL_SLOTS)
+        pool[pool_n++] = k;
+    else
+        free(k);
+    b->blk = NULL;
 }

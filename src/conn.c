@@ -410,10 +410,10 @@ static void send_101(struct conn *c, const char *key, const struct conn_reply *r
         buf_append(&head, "\r\n", 2);
     }
     if (buf_pending(&reply->headers))
-        buf_append(&head, reply->headers.data + reply->headers.off, buf_pending(&reply->headers));
+        buf_append(&head, buf_head(&reply->headers), buf_pending(&reply->headers));
     buf_append(&head, "\r\n", 2);
     if (buf_pending(&c->out))
-        buf_append(&head, c->out.data + c->out.off, buf_pending(&c->out));
+        buf_append(&head, buf_head(&c->out), buf_pending(&c->out));
     buf_reset(&c->out);
     c->out = head;
     server_want_flush(c->srv, c);
@@ -472,8 +472,9 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     if (rc < 0) {
         http_error(c, 500, "on_connect raised an error");
     } else if (reply.status) {
-        http_reply(c, reply.status, "rejected by the app", (const char *)reply.headers.data,
-                   buf_pending(&reply.headers), reply.body.data ? reply.body.data : (void *)"",
+        const uint8_t *body = buf_head(&reply.body);
+        http_reply(c, reply.status, "rejected by the app", (const char *)buf_head(&reply.headers),
+                   buf_pending(&reply.headers), body ? body : (const uint8_t *)"",
                    buf_pending(&reply.body));
     } else {
         send_101(c, up.key, &reply);
@@ -531,7 +532,7 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
             return;
         }
         if (ch->flags & WS_CHUNK_MSG_END) {
-            deliver(c, ch->opcode, c->msg.data + c->msg.off, buf_pending(&c->msg));
+            deliver(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg));
             buf_reset(&c->msg);
         }
         return;
@@ -626,7 +627,7 @@ static void on_readable(struct conn *c)
 void conn_flush(struct conn *c)
 {
     while (buf_pending(&c->out)) {
-        ssize_t n = send(c->fd, c->out.data + c->out.off, buf_pending(&c->out), MSG_NOSIGNAL);
+        ssize_t n = send(c->fd, buf_head(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;

@@ -147,6 +147,28 @@ end
 return app
 ]]
 
+-- No on_connect, so nothing reads the request while the connection lasts:
+-- "park" keeps the ws object, "later" reads the parked one's ws.request
+-- after that connection has ended.
+APPS.late = [[
+local moonport = require "moonport"
+local parked
+return {
+    on_message = function(ws, data)
+        if data == "park" then
+            parked = ws
+            ws:send("parked")
+        elseif data == "later" then
+            local r = parked.request
+            ws:send(table.concat({r.path, r.query, r.args.x, r.headers["x-late"],
+                r.headers.upgrade, r.client.host, tostring(r.client.port),
+                tostring(r.server.port), tostring(rawequal(r, parked.request))}, " "))
+        end
+    end,
+    on_close = function(ws) moonport.log("info", "late on_close " .. tostring(ws.id)) end,
+}
+]]
+
 APPS.badclose = [[
 return {
     on_message = function(ws, data) ws:send(data) end,
@@ -688,6 +710,21 @@ describe("app API", function()
             assert.equal("send=nil,closed", ask(ws, "poke p1"))
             bye(ws)
         end)
+
+        it("ws.request read only after the connection ended is still the whole request",
+            function()
+                local parked = connect("/late?x=1", {raw = upgrade_request(server, "/late?x=1", {
+                    {"X-Late", "yes"},
+                })})
+                local _, local_port = parked.conn.sock:getsockname()
+                assert.equal("parked", ask(parked, "park"))
+                bye(parked)
+                assert(server:wait_log("late on_close ", 5))
+                local ws = connect("/late")
+                assert.equal(string.format("/late x=1 1 yes websocket 127.0.0.1 %s %d true",
+                    local_port, server.port), ask(ws, "later"))
+                bye(ws)
+            end)
 
         it("ws:ping and ws:close after the connection closed return nil, \"closed\"", function()
             local parked = connect("/cmd?tag=parked2&park=p2")

@@ -22,8 +22,8 @@
 #include "handshake.h"
 #include "lbridge.h"
 #include "log.h"
-#include "lrequest.h"
 #include "server.h"
+#include "snapshot.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
@@ -31,41 +31,30 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void enter_linger(struct conn *c);
 
-void conn_addr_text(const struct conn_addr *a, char *host, size_t len, int *port)
-{
-    if (a->u.sa.sa_family == AF_INET6) {
-        inet_ntop(AF_INET6, &a->u.in6.sin6_addr, host, (socklen_t)len);
-        *port = ntohs(a->u.in6.sin6_port);
-    } else if (a->u.sa.sa_family == AF_INET) {
-        inet_ntop(AF_INET, &a->u.in.sin_addr, host, (socklen_t)len);
-        *port = ntohs(a->u.in.sin_port);
-    } else {
-        snprintf(host, len, "unix");
-        *port = 0;
-    }
-}
-
 const char *conn_peer(const struct conn *c)
 {
-    static char text[INET6_ADDRSTRLEN + 8];
-    char host[INET6_ADDRSTRLEN];
-    int port;
-    conn_addr_text(&c->client, host, sizeof host, &port);
-    snprintf(text, sizeof text, "%s:%d", host, port);
-    return text;
+    return c->req ? snap_peer(c->req) : "-";
 }
 
-static void get_addr(int fd, int peer, struct conn_addr *a)
+const char *conn_path(const struct conn *c)
 {
-    socklen_t len = sizeof a->u;
+    const char *path = c->req ? snap_path(c->req) : "";
+    return *path ? path : "-";
+}
+
+/* An IPv4 or IPv6 socket address, without the room sockaddr_storage takes. */
+union conn_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+};
+
+static void get_addr(int fd, int peer, union conn_addr *a)
+{
+    socklen_t len = sizeof *a;
     memset(a, 0, sizeof *a);
-    if ((peer ? getpeername : getsockname)(fd, &a->u.sa, &len) != 0)
-        a->u.sa.sa_family = AF_UNSPEC;
-}
-
-void conn_local_addr(const struct conn *c, struct conn_addr *a)
-{
-    get_addr(c->fd, 0, a);
+    if ((peer ? getpeername : getsockname)(fd, &a->sa, &len) != 0)
+        a->sa.sa_family = AF_UNSPEC;
 }
 
 struct conn *conn_new(struct server *srv, int fd)
@@ -74,8 +63,13 @@ struct conn *conn_new(struct server *srv, int fd)
     struct conn *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
+    union conn_addr client;
+    get_addr(fd, 1, &client);
+    c->req = snap_new(&client.sa, ev_now(srv->loop));
     c->hs = hs_new(cfg->max_head, cfg->max_headers);
-    if (!c->hs) {
+    if (!c->hs || !c->req) {
+        hs_free(c->hs);
+        snap_free(c->req);
         free(c);
         return NULL;
     }
@@ -83,8 +77,6 @@ struct conn *conn_new(struct server *srv, int fd)
     c->fd = fd;
     c->lua_ref = LUA_NOREF;
     c->id = ++srv->next_id;
-    c->started = ev_now(srv->loop);
-    get_addr(fd, 1, &c->client);
     ws_parser_init(&c->parser, cfg->max_message, cfg->max_fragments);
 
     ev_io_init(&c->io, on_io, fd, EV_READ);
@@ -111,19 +103,13 @@ void conn_free(struct conn *c)
     buf_reset(&c->msg);
     buf_reset(&c->out);
     free(c->close_reason);
-    lrequest_free(c->req);
-    free(c->path);
+    snap_free(c->req);
     free(c);
 }
 
 int conn_can_send(const struct conn *c)
 {
     return c->state == CONN_OPEN || (c->state == CONN_HANDSHAKE && c->in_connect);
-}
-
-static const char *path_or_dash(const struct conn *c)
-{
-    return c->path ? c->path : "-";
 }
 
 /* Tell the app, once, that an accepted connection ended, and log it. */
@@ -134,8 +120,8 @@ static void finish(struct conn *c)
     c->on_close_done = 1;
     uint16_t code = c->close_code ? c->close_code : WS_CLOSE_ABNORMAL;
     log_access("%s \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs", conn_peer(c),
-               path_or_dash(c), (unsigned long long)c->id, code,
-               ev_now(c->srv->loop) - c->started);
+               conn_path(c), (unsigned long long)c->id, code,
+               ev_now(c->srv->loop) - c->req->started);
     lbridge_close(c->srv->lb, c, code, c->close_reason, c->close_reason_len);
 }
 
@@ -203,7 +189,7 @@ static int queue_frame(struct conn *c, uint8_t first_byte, const void *data, siz
     if (pending > cfg->max_send_buffer) {
         log_warn("conn %llu %s: %zu bytes waiting to be sent, over limits.max_send_buffer: "
                  "dropping the connection",
-                 (unsigned long long)c->id, path_or_dash(c), pending);
+                 (unsigned long long)c->id, conn_path(c), pending);
         conn_abort(c, "send buffer over limit");
         return -1;
     }
@@ -278,7 +264,7 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
 static void conn_fail(struct conn *c, uint16_t code, const char *why)
 {
     log_info("conn %llu %s: failing the connection with %u: %s", (unsigned long long)c->id,
-             path_or_dash(c), code, why);
+             conn_path(c), code, why);
     if (c->state == CONN_OPEN)
         queue_close(c, code, why, strlen(why));
     if (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
@@ -325,7 +311,7 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
                      headers_len && memmem(headers, headers_len, "Content-Type:", 13) ? ""
                                                                  : "Content-Type: text/plain\r\n");
     log_access("%s \"WSREJECT %s\" id=%llu status=%d%s%s", conn_peer(c),
-               path_or_dash(c), (unsigned long long)c->id, status, why ? " reason=" : "",
+               conn_path(c), (unsigned long long)c->id, status, why ? " reason=" : "",
                why ? why : "");
     buf_reset(&c->out); /* frames an app queued in on_connect never go out */
     buf_append(&c->out, head, (size_t)n);
@@ -379,7 +365,7 @@ static void keepalive(struct conn *c)
     ev_tstamp silent = ev_now(c->srv->loop) - c->last_rx;
     if (cfg->idle_timeout > 0 && silent >= cfg->idle_timeout) {
         log_info("conn %llu %s: nothing from the client for %gs: closing with 1001",
-                 (unsigned long long)c->id, path_or_dash(c), silent);
+                 (unsigned long long)c->id, conn_path(c), silent);
         conn_close(c, WS_CLOSE_GOING_AWAY, "idle timeout");
         return;
     }
@@ -437,14 +423,17 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         return;
     }
     const char *target = hs_target(c->hs);
-    size_t plen = strcspn(target, "?#");
-    c->path = strndup(target, plen);
-    if (!c->path) {
-        http_error(c, 500, "out of memory");
+    struct route_match m;
+    int routed = router_match(c->srv->router, target, strcspn(target, "?#"), &m);
+    union conn_addr local;
+    get_addr(c->fd, 0, &local);
+    if (!routed)
+        m.nparams = 0;
+    if (snap_complete(&c->req, &local.sa, target, &m, c->hs)) {
+        http_error(c, 500, "out of memory for the request");
         return;
     }
-    struct route_match m;
-    if (!router_match(c->srv->router, target, plen, &m)) {
+    if (!routed) {
         http_error(c, 404, "no route");
         return;
     }
@@ -456,13 +445,13 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         return;
     }
     c->app = m.route->app;
-    log_access("%s \"WSCONNECTING %s\" id=%llu", conn_peer(c), c->path,
+    log_access("%s \"WSCONNECTING %s\" id=%llu", conn_peer(c), conn_path(c),
                (unsigned long long)c->id);
 
     struct conn_reply reply = {0};
     c->reply = &reply;
     c->in_connect = 1;
-    int rc = lbridge_connect(c->srv->lb, c, &m);
+    int rc = lbridge_connect(c->srv->lb, c);
     c->in_connect = 0;
     c->reply = NULL;
     if (c->state != CONN_HANDSHAKE) { /* dropped while on_connect ran */
@@ -482,7 +471,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         c->accepted = 1;
         c->last_rx = ev_now(c->srv->loop);
         arm_keepalive(c);
-        log_access("%s \"WSCONNECT %s\" id=%llu", conn_peer(c), c->path,
+        log_access("%s \"WSCONNECT %s\" id=%llu", conn_peer(c), conn_path(c),
                    (unsigned long long)c->id);
         hs_free(c->hs);
         c->hs = NULL;
@@ -679,7 +668,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         break;
     case CONN_CLOSING:
         log_info("conn %llu %s: no close frame from the peer after %gs: closing",
-                 (unsigned long long)c->id, path_or_dash(c), c->srv->cfg->close_timeout);
+                 (unsigned long long)c->id, conn_path(c), c->srv->cfg->close_timeout);
         c->close_code = WS_CLOSE_ABNORMAL;
         conn_abort(c, "close timeout");
         break;

@@ -20,7 +20,7 @@
 struct server;
 struct app;
 struct hs_request;
-struct req_snapshot;
+struct snapshot;
 
 enum conn_state {
     CONN_HANDSHAKE, /* reading the request head */
@@ -28,15 +28,6 @@ enum conn_state {
     CONN_CLOSING,   /* our close frame is queued: waiting for the peer's */
     CONN_LINGER,    /* finished: flush, half-close, wait briefly for EOF */
     CONN_DEAD,      /* closed; freed at the next sweep */
-};
-
-/* An IPv4 or IPv6 socket address, without the room sockaddr_storage takes. */
-struct conn_addr {
-    union {
-        struct sockaddr sa;
-        struct sockaddr_in in;
-        struct sockaddr_in6 in6;
-    } u;
 };
 
 /* What on_connect decided. Filled by ws:accept / ws:reject. */
@@ -55,14 +46,15 @@ struct conn {
     ev_io io;       /* the socket: EV_READ unless paused, EV_WRITE while output waits */
     ev_timer timer; /* handshake, keepalive, close and linger timeouts */
     uint64_t id;
-    ev_tstamp started;
     ev_tstamp last_rx; /* when the client last sent anything: for ping and idle */
-    char *path;        /* request path for logs (no query) */
 
     struct hs_request *hs;    /* while the handshake lasts */
     struct conn_reply *reply; /* only during on_connect */
     struct app *app;          /* the app of the route, NULL before routing */
-    struct req_snapshot *req; /* the request, until the ws object takes it */
+    /* The client's address and when it connected, from accept; the whole
+     * request once the handshake is done. Never NULL. When the connection
+     * ends, a ws object that outlives it may take it (lconn_detach). */
+    struct snapshot *req;
 
     /* The start of a frame header or control frame that has not all
      * arrived: the parser leaves those bytes unconsumed, and the next read
@@ -73,7 +65,6 @@ struct conn {
     struct buf msg;     /* a message arriving in pieces */
     struct buf out;     /* bytes queued for the socket */
     struct ws_parser parser;
-    struct conn_addr client; /* formatted only when logged or asked for */
 
     /* The small fields last, together, so the struct has no padding holes:
      * every byte here is paid once per connection. */
@@ -115,15 +106,11 @@ void conn_abort(struct conn *c, const char *why);
 /* Free a dead conn. Only the server's sweep calls this. */
 void conn_free(struct conn *c);
 
-/* The client's (or the server's) address as text, and its port. */
-void conn_addr_text(const struct conn_addr *a, char *host, size_t len, int *port);
-
-/* The server-side address of the connection (asked of the socket: it is
- * needed once, for the request, so it is not kept). */
-void conn_local_addr(const struct conn *c, struct conn_addr *a);
-
 /* "host:port" of the client, for log lines; valid until the next call. */
 const char *conn_peer(const struct conn *c);
+
+/* The request path, for log lines: "-" before the handshake is done. */
+const char *conn_path(const struct conn *c);
 
 /* 1 while the app may send on it: open, or inside on_connect. */
 int conn_can_send(const struct conn *c);

@@ -434,7 +434,7 @@ static int push_handler(lua_State *L, const struct app *app, int which)
 
 static void log_handler_error(lua_State *L, const struct conn *c, const char *handler)
 {
-    log_error("app %s (%s) conn %llu: error in %s: %s", c->app->name, c->path,
+    log_error("app %s (%s) conn %llu: error in %s: %s", c->app->name, conn_path(c),
               (unsigned long long)c->id, handler, lua_tostring(L, -1));
     lua_pop(L, 1);
 }
@@ -447,18 +447,12 @@ static void push_ws(lua_State *L, struct conn *c)
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
         return;
     }
-    lconn_new(L, c, c->req); /* the ws object takes the request snapshot */
-    c->req = NULL;
+    lconn_new(L, c);
 }
 
-int lbridge_connect(struct lbridge *lb, struct conn *c, const struct route_match *m)
+int lbridge_connect(struct lbridge *lb, struct conn *c)
 {
     lua_State *L = lb->L;
-    c->req = lrequest_snapshot(c, c->hs, m);
-    if (!c->req) {
-        log_error("conn %llu: out of memory for the request", (unsigned long long)c->id);
-        return -1;
-    }
     if (!push_handler(L, c->app, H_CONNECT))
         return 0;
     push_ws(L, c);
@@ -518,6 +512,6 @@ void lbridge_release(struct lbridge *lb, struct conn *c)
 {
     if (c->lua_ref == LUA_NOREF)
         return;
-    lconn_detach(lb->L, c->lua_ref);
+    lconn_detach(lb->L, c);
     c->lua_ref = LUA_NOREF;
 }

@@ -94,10 +94,10 @@ void lbridge_watch_dir(struct lbridge *lb, const char *dir);
 int file_sig_read(const char *path, struct file_sig *sig);
 int file_sig_equal(const struct file_sig *a, const struct file_sig *b);
 
-/* Handshake done and routed: create the ws object and run on_connect.
- * Afterwards c->reply says accept or reject. Returns 0, or -1 if the app
- * raised (answer 500). */
-int lbridge_connect(struct lbridge *lb, struct conn *c, const struct route_match *m);
+/* Handshake done and routed (c->req holds the request): create the ws
+ * object and run on_connect. Afterwards c->reply says accept or reject.
+ * Returns 0, or -1 if the app raised (answer 500). */
+int lbridge_connect(struct lbridge *lb, struct conn *c);
 
 void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
                      int binary);
@@ -117,13 +117,15 @@ int lb_pcall(lua_State *L, int nargs, int nresults, const char *what);
 
 /* lconn.c */
 void lconn_open(lua_State *L);
-struct req_snapshot;
-/* Push a new ws object for c, which takes over req; returns its registry
- * ref (the object is also pushed). */
-int lconn_new(lua_State *L, struct conn *c, struct req_snapshot *req);
+/* Push a new ws object for c; returns its registry ref (the object is also
+ * pushed). */
+int lconn_new(lua_State *L, struct conn *c);
 /* Push ws.request of the ws object at index ud. */
 void lconn_push_request(lua_State *L, int ud);
-void lconn_detach(lua_State *L, int ref);
+/* The connection ended: the ws object forgets it and drops its registry
+ * ref. If the app has not read ws.request yet, the object takes c->req, so
+ * that it still can. */
+void lconn_detach(lua_State *L, struct conn *c);
 
 /* lhost.c: register package.preload.moonport */
 void lhost_open(lua_State *L, struct server *srv);

@@ -3,7 +3,8 @@
  * only made when an app first touches them, so an idle connection of an app
  * that never does costs the box alone. When the connection ends, C clears
  * the pointer (lconn_detach) and every method returns nil, "closed" from
- * then on; __gc frees the box's request snapshot. Misuse (a wrong argument)
+ * then on; if the app never read ws.request, the box takes the request
+ * snapshot then, and __gc frees it. Misuse (a wrong argument)
  * raises; a runtime failure returns nil and a reason. */
 #include <lauxlib.h>
 #include <stdlib.h>
@@ -14,15 +15,18 @@
 #include "lbridge.h"
 #include "lrequest.h"
 #include "server.h"
+#include "snapshot.h"
 #include "ws_utf8.h"
 
 #define LCONN_MT "moonport.ws"
 
 struct lconn {
-    struct conn *c;           /* NULL once the connection has ended */
+    struct conn *c;        /* NULL once the connection has ended */
     double id;
-    struct req_snapshot *req; /* until ws.request is first built */
-    int has_env;              /* the environment table exists */
+    struct snapshot *req;  /* the request, once the connection has ended,
+                              until ws.request is built from it */
+    uint8_t has_env;       /* the environment table exists */
+    uint8_t has_request;   /* ws.request has been built */
 };
 
 /* Argument 1 must be a ws object. Every method is a closure whose first
@@ -273,17 +277,20 @@ static void push_env(lua_State *L, int ud, struct lconn *box)
     lua_getfenv(L, ud);
 }
 
-/* Push ws.request, building it from the snapshot the first time. */
+/* Push ws.request, building it from the snapshot the first time: the
+ * connection's while it lasts, the box's own after. */
 static void push_request(lua_State *L, int ud, struct lconn *box)
 {
     push_env(L, ud, box);
     lua_getfield(L, -1, "request");
-    if (lua_isnil(L, -1) && box->req) {
+    const struct snapshot *s = box->c ? box->c->req : box->req;
+    if (!box->has_request && s) {
         lua_pop(L, 1);
-        lrequest_push(L, box->req);
+        lrequest_push(L, s);
         lua_pushvalue(L, -1);
         lua_setfield(L, -3, "request");
-        lrequest_free(box->req);
+        box->has_request = 1;
+        snap_free(box->req);
         box->req = NULL;
     }
     lua_remove(L, -2);
@@ -334,7 +341,7 @@ static int lconn_newindex(lua_State *L)
 static int lconn_gc(lua_State *L)
 {
     struct lconn *box = lua_touserdata(L, 1);
-    lrequest_free(box->req);
+    snap_free(box->req);
     box->req = NULL;
     return 0;
 }
@@ -371,13 +378,14 @@ void lconn_open(lua_State *L)
     lua_pop(L, 1);
 }
 
-int lconn_new(lua_State *L, struct conn *c, struct req_snapshot *req)
+int lconn_new(lua_State *L, struct conn *c)
 {
     struct lconn *box = lua_newuserdata(L, sizeof *box);
     box->c = c;
     box->id = (double)c->id;
-    box->req = req;
+    box->req = NULL;
     box->has_env = 0;
+    box->has_request = 0;
     luaL_getmetatable(L, LCONN_MT);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
@@ -390,12 +398,17 @@ void lconn_push_request(lua_State *L, int ud)
     push_request(L, ud, lua_touserdata(L, ud));
 }
 
-void lconn_detach(lua_State *L, int ref)
+void lconn_detach(lua_State *L, struct conn *c)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
     struct lconn *box = lua_touserdata(L, -1);
-    if (box)
+    if (box) {
         box->c = NULL;
+        if (!box->has_request) {
+            box->req = c->req;
+            c->req = NULL;
+        }
+    }
     lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, c->lua_ref);
 }

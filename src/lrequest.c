@@ -1,80 +1,13 @@
-/* lrequest: the request snapshot and the req table built from it. The
- * snapshot is a header and NUL-terminated strings in one block: a handful
- * of bytes more than the request head itself, where the Lua table would
- * be a kilobyte or two per idle connection. */
+/* lrequest: the req table, built from the connection's request snapshot
+ * (snapshot.c) only when an app asks for it: the table costs a kilobyte or
+ * two, the snapshot a handful of bytes more than the request head. */
 #include "lrequest.h"
 
-#include <arpa/inet.h>
 #include <lauxlib.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "conn.h"
 #include "handshake.h"
-#include "router.h"
-
-struct req_snapshot {
-    uint16_t nparams, nheaders;
-    int client_port, server_port;
-    /* target, client host, server host, then nparams (name, value) pairs,
-     * then nheaders (name, value) pairs. */
-    char data[];
-};
-
-static char *put(char *w, const char *s, size_t n)
-{
-    memcpy(w, s, n);
-    w[n] = '\0';
-    return w + n + 1;
-}
-
-struct req_snapshot *lrequest_snapshot(const struct conn *c, const struct hs_request *hs,
-                                       const struct route_match *m)
-{
-    char client[INET6_ADDRSTRLEN], server[INET6_ADDRSTRLEN];
-    int client_port, server_port;
-    conn_addr_text(&c->client, client, sizeof client, &client_port);
-    struct conn_addr local;
-    conn_local_addr(c, &local);
-    conn_addr_text(&local, server, sizeof server, &server_port);
-    const char *target = hs_target(hs);
-    size_t nh = hs_header_count(hs);
-    size_t size = strlen(target) + strlen(client) + strlen(server) + 3;
-    for (unsigned i = 0; i < m->nparams; i++)
-        size += m->params[i].name_len + m->params[i].value_len + 2;
-    for (size_t i = 0; i < nh; i++) {
-        const struct hs_header *h = hs_header_at(hs, i);
-        size += strlen(h->name) + h->value_len + 2;
-    }
-    struct req_snapshot *s = malloc(sizeof *s + size);
-    if (!s)
-        return NULL;
-    s->nparams = (uint16_t)m->nparams;
-    s->nheaders = (uint16_t)nh;
-    s->client_port = client_port;
-    s->server_port = server_port;
-    char *w = s->data;
-    w = put(w, target, strlen(target));
-    w = put(w, client, strlen(client));
-    w = put(w, server, strlen(server));
-    for (unsigned i = 0; i < m->nparams; i++) {
-        w = put(w, m->params[i].name, m->params[i].name_len);
-        w = put(w, m->params[i].value, m->params[i].value_len);
-    }
-    for (size_t i = 0; i < nh; i++) {
-        const struct hs_header *h = hs_header_at(hs, i);
-        w = put(w, h->name, strlen(h->name));
-        w = put(w, h->value, h->value_len);
-    }
-    return s;
-}
-
-void lrequest_free(struct req_snapshot *s)
-{
-    free(s);
-}
+#include "snapshot.h"
 
 static int hexval(int ch)
 {
@@ -150,28 +83,18 @@ static void push_list_item(const char *item, size_t len, void *ud)
     lua_rawseti(x->L, -2, ++x->n);
 }
 
-/* Read the next string of a snapshot. */
-static const char *next(const char **p)
+void lrequest_push(lua_State *L, const struct snapshot *s)
 {
-    const char *s = *p;
-    *p += strlen(s) + 1;
-    return s;
-}
-
-void lrequest_push(lua_State *L, const struct req_snapshot *s)
-{
-    const char *p = s->data;
-    const char *target = next(&p);
-    const char *client = next(&p);
-    const char *server = next(&p);
+    const char *p = snap_strings(s);
+    const char *path = snap_next(&p);
+    const char *rest = snap_next(&p);
 
     lua_createtable(L, 0, 11);
     lua_pushliteral(L, "GET"); /* the handshake accepts nothing else */
     lua_setfield(L, -2, "method");
-    size_t plen = strcspn(target, "?#");
-    lua_pushlstring(L, target, plen);
+    lua_pushstring(L, path);
     lua_setfield(L, -2, "path");
-    const char *q = strchr(target, '?');
+    const char *q = strchr(rest, '?');
     lua_pushstring(L, q ? q + 1 : "");
     lua_setfield(L, -2, "query");
     push_args(L, q ? q + 1 : NULL);
@@ -179,8 +102,8 @@ void lrequest_push(lua_State *L, const struct req_snapshot *s)
 
     lua_createtable(L, 0, s->nparams);
     for (unsigned i = 0; i < s->nparams; i++) {
-        const char *name = next(&p);
-        const char *value = next(&p);
+        const char *name = snap_next(&p);
+        const char *value = snap_next(&p);
         lua_pushstring(L, name);
         push_decoded(L, value, strlen(value), 0);
         lua_rawset(L, -3);
@@ -190,8 +113,8 @@ void lrequest_push(lua_State *L, const struct req_snapshot *s)
     /* Headers: lowercase names; a repeated header's values joined by ", ". */
     lua_createtable(L, 0, s->nheaders);
     for (unsigned i = 0; i < s->nheaders; i++) {
-        const char *name = next(&p);
-        const char *value = next(&p);
+        const char *name = snap_header_name(snap_next(&p));
+        const char *value = snap_next(&p);
         lua_getfield(L, -1, name);
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);
@@ -205,9 +128,13 @@ void lrequest_push(lua_State *L, const struct req_snapshot *s)
     }
     lua_setfield(L, -2, "headers");
 
-    push_endpoint(L, client, s->client_port);
+    char host[SNAP_HOST_MAX];
+    int port;
+    snap_client(s, host, &port);
+    push_endpoint(L, host, port);
     lua_setfield(L, -2, "client");
-    push_endpoint(L, server, s->server_port);
+    snap_server(s, host, &port);
+    push_endpoint(L, host, port);
     lua_setfield(L, -2, "server");
     lua_pushliteral(L, "ws");
     lua_setfield(L, -2, "scheme");

@@ -6,12 +6,17 @@
  * head must parse the same without the bytes after it, and not complete
  * one byte short of its end. Whatever it accepts must hold only lowercase
  * token names and values free of control characters, and the upgrade check
- * must answer with one of its statuses. Any violation aborts. */
+ * must answer with one of its statuses. What the connection keeps of an
+ * accepted request (snapshot.c) must give back the same path, rest of the
+ * target and headers. Any violation aborts. */
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "handshake.h"
+#include "router.h"
+#include "snapshot.h"
 
 #define CHECK(c)                                                                               \
     do {                                                                                       \
@@ -110,6 +115,29 @@ static void check_request(const struct hs_request *r, size_t max_head)
     }
 }
 
+/* The snapshot of an accepted request holds the same target and headers. */
+static void check_snapshot(const struct hs_request *r)
+{
+    struct sockaddr_in client = {.sin_family = AF_INET, .sin_port = htons(1)};
+    struct snapshot *s = snap_new((struct sockaddr *)&client, 0);
+    CHECK(s != NULL);
+    struct route_match m = {0};
+    const char *target = hs_target(r);
+    CHECK(snap_complete(&s, (struct sockaddr *)&client, target, &m, r) == 0);
+    const char *p = snap_strings(s);
+    const char *path = snap_next(&p), *rest = snap_next(&p);
+    size_t plen = strlen(path);
+    CHECK(plen == strcspn(target, "?#") && memcmp(path, target, plen) == 0);
+    CHECK(strcmp(rest, target + plen) == 0);
+    CHECK(s->nheaders == hs_header_count(r));
+    for (size_t i = 0; i < s->nheaders; i++) {
+        const struct hs_header *h = hs_header_at(r, i);
+        CHECK(strcmp(snap_header_name(snap_next(&p)), h->name) == 0);
+        CHECK(strcmp(snap_next(&p), h->value) == 0);
+    }
+    snap_free(s);
+}
+
 /* Two runs over the same bytes describe the same request. */
 static void check_same(const struct run *a, const struct run *b)
 {
@@ -149,6 +177,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (whole.rc == HS_DONE) {
         CHECK(whole.consumed > 0 && whole.consumed <= max_head);
         check_request(whole.r, max_head);
+        check_snapshot(whole.r);
         /* The head delimits itself: alone it is the same request, and one
          * byte short of it is not complete yet. */
         struct run head;

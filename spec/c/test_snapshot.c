@@ -1,0 +1,178 @@
+/* test_snapshot: what a connection keeps of its request. A snapshot taken
+ * at accept and completed after the handshake must give back the same
+ * addresses, path, query, captures and headers (names and values, in
+ * order), whether a header name is one of the common ones stored as a code
+ * or not. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "handshake.h"
+#include "router.h"
+#include "snapshot.h"
+#include "unit.h"
+
+static struct hs_request *parse(const char *head)
+{
+    struct hs_request *r = hs_new(16384, 64);
+    size_t used = 0;
+    int rc = hs_feed(r, head, strlen(head), &used);
+    CHECK_EQ(rc, HS_DONE);
+    return r;
+}
+
+static struct sockaddr_in v4(const char *ip, int port)
+{
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    return a;
+}
+
+static struct sockaddr_in6 v6(const char *ip, int port)
+{
+    struct sockaddr_in6 a;
+    memset(&a, 0, sizeof a);
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons((uint16_t)port);
+    inet_pton(AF_INET6, ip, &a.sin6_addr);
+    return a;
+}
+
+static void at_accept(void)
+{
+    struct sockaddr_in c = v4("192.0.2.7", 40001);
+    struct snapshot *s = snap_new((struct sockaddr *)&c, 12.5);
+    CHECK(s != NULL);
+    CHECK_EQ(s->started == 12.5, 1);
+    CHECK(strcmp(snap_path(s), "") == 0);
+    CHECK(strcmp(snap_peer(s), "192.0.2.7:40001") == 0);
+    char host[SNAP_HOST_MAX];
+    int port = -1;
+    snap_server(s, host, &port);
+    CHECK(strcmp(host, "unix") == 0); /* not known before the handshake */
+    CHECK_EQ(port, 0);
+    snap_free(s);
+
+    s = snap_new(NULL, 0); /* getpeername failed */
+    CHECK(strcmp(snap_peer(s), "unix:0") == 0);
+    snap_free(s);
+}
+
+/* The strings after path and rest: params, then headers, as name=value;
+ * lines. */
+static void dump(const struct snapshot *s, char *out, size_t len)
+{
+    const char *p = snap_strings(s);
+    size_t n = (size_t)snprintf(out, len, "%s|", snap_next(&p));
+    n += (size_t)snprintf(out + n, len - n, "%s|", snap_next(&p));
+    for (unsigned i = 0; i < s->nparams; i++) {
+        const char *name = snap_next(&p);
+        n += (size_t)snprintf(out + n, len - n, "%s=", name);
+        n += (size_t)snprintf(out + n, len - n, "%s;", snap_next(&p));
+    }
+    n += (size_t)snprintf(out + n, len - n, "|");
+    for (unsigned i = 0; i < s->nheaders; i++) {
+        const char *name = snap_header_name(snap_next(&p));
+        n += (size_t)snprintf(out + n, len - n, "%s=", name);
+        n += (size_t)snprintf(out + n, len - n, "%s;", snap_next(&p));
+    }
+}
+
+static void completed(void)
+{
+    static const char head[] = "GET /rooms/blue%20sky?x=1&y=2 HTTP/1.1\r\n"
+                               "Host: example.com\r\n"
+                               "Upgrade: websocket\r\n"
+                               "Connection: Upgrade\r\n"
+                               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                               "Sec-WebSocket-Version: 13\r\n"
+                               "Hosts: not the host header\r\n"
+                               "X-Custom: a\r\n"
+                               "Origin: https://example.com\r\n"
+                               "X-Custom: b\r\n"
+                               "\r\n";
+    struct hs_request *r = parse(head);
+    struct sockaddr_in6 c = v6("2001:db8::1", 50123);
+    struct sockaddr_in srv = v4("127.0.0.1", 9000);
+    struct snapshot *s = snap_new((struct sockaddr *)&c, 3.0);
+    struct route_match m = {0};
+    m.nparams = 1;
+    m.params[0].name = "room";
+    m.params[0].name_len = 4;
+    m.params[0].value = "blue%20sky";
+    m.params[0].value_len = 10;
+    CHECK_EQ(snap_complete(&s, (struct sockaddr *)&srv, hs_target(r), &m, r), 0);
+    CHECK_EQ(s->started == 3.0, 1);
+    CHECK(strcmp(snap_path(s), "/rooms/blue%20sky") == 0);
+    CHECK(strcmp(snap_peer(s), "2001:db8::1:50123") == 0);
+    char host[SNAP_HOST_MAX];
+    int port = 0;
+    snap_server(s, host, &port);
+    CHECK(strcmp(host, "127.0.0.1") == 0);
+    CHECK_EQ(port, 9000);
+    snap_client(s, host, &port);
+    CHECK(strcmp(host, "2001:db8::1") == 0);
+    CHECK_EQ(port, 50123);
+    CHECK_EQ(s->nheaders, 9);
+    char text[1024];
+    dump(s, text, sizeof text);
+    static const char want[] = "/rooms/blue%20sky|?x=1&y=2|room=blue%20sky;|host=example.com;"
+                               "upgrade=websocket;connection=Upgrade;"
+                               "sec-websocket-key=dGhlIHNhbXBsZSBub25jZQ==;"
+                               "sec-websocket-version=13;hosts=not the host header;x-custom=a;"
+                               "origin=https://example.com;x-custom=b;";
+    CHECK(strcmp(text, want) == 0);
+    if (strcmp(text, want) != 0)
+        fprintf(stderr, "got:  %s\nwant: %s\n", text, want);
+    snap_free(s);
+    hs_free(r);
+}
+
+/* Path and rest: the path ends at '?' or '#', the rest keeps the remainder. */
+static void targets(void)
+{
+    static const struct {
+        const char *target, *path, *rest;
+    } cases[] = {
+        {"/", "/", ""},
+        {"/a", "/a", ""},
+        {"/a?b=1", "/a", "?b=1"},
+        {"/a#frag?x", "/a", "#frag?x"},
+        {"/a?", "/a", "?"},
+    };
+    struct sockaddr_in c = v4("10.0.0.1", 1);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char head[256];
+        snprintf(head, sizeof head,
+                 "GET %s HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n", cases[i].target);
+        struct hs_request *r = parse(head);
+        struct snapshot *s = snap_new((struct sockaddr *)&c, 0);
+        struct route_match m = {0};
+        CHECK_EQ(snap_complete(&s, NULL, hs_target(r), &m, r), 0);
+        const char *p = snap_strings(s);
+        CHECK(strcmp(snap_next(&p), cases[i].path) == 0);
+        CHECK(strcmp(snap_next(&p), cases[i].rest) == 0);
+        CHECK(strcmp(snap_header_name(snap_next(&p)), "host") == 0);
+        CHECK(strcmp(snap_next(&p), "h") == 0);
+        char host[SNAP_HOST_MAX];
+        int port = -1;
+        snap_server(s, host, &port); /* no server address given */
+        CHECK(strcmp(host, "unix") == 0);
+        CHECK(strcmp(snap_peer(s), "10.0.0.1:1") == 0);
+        snap_free(s);
+        hs_free(r);
+    }
+}
+
+int main(void)
+{
+    at_accept();
+    completed();
+    targets();
+    hs_pool_drain();
+    return unit_done("snapshot");
+}

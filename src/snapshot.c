@@ -1,0 +1,210 @@
+/* snapshot: the request a connection keeps. See snapshot.h. */
+#include "snapshot.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "handshake.h"
+#include "router.h"
+
+/* Header names common in WebSocket handshakes. A stored name that is one
+ * byte below 0x20 is an index into this table: a header name is an RFC 9110
+ * token, which never holds such a byte. */
+static const char *const common[] = {
+    NULL,
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "origin",
+    "user-agent",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "pragma",
+    "cookie",
+    "authorization",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
+};
+#define NCOMMON (sizeof common / sizeof common[0])
+
+static size_t addr_len(uint8_t family)
+{
+    return family == AF_INET6 ? 16 : family == AF_INET ? 4 : 0;
+}
+
+/* Family, port and address bytes of a socket address. */
+static uint8_t addr_split(const struct sockaddr *sa, uint16_t *port, const void **bytes)
+{
+    if (sa && sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        *port = ntohs(in->sin_port);
+        *bytes = &in->sin_addr;
+        return AF_INET;
+    }
+    if (sa && sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        *port = ntohs(in6->sin6_port);
+        *bytes = &in6->sin6_addr;
+        return AF_INET6;
+    }
+    *port = 0;
+    *bytes = NULL;
+    return 0;
+}
+
+struct snapshot *snap_new(const struct sockaddr *client, double started)
+{
+    uint16_t port;
+    const void *bytes;
+    uint8_t family = addr_split(client, &port, &bytes);
+    size_t alen = addr_len(family);
+    struct snapshot *s = malloc(offsetof(struct snapshot, data) + alen + 2);
+    if (!s)
+        return NULL;
+    memset(s, 0, offsetof(struct snapshot, data));
+    s->started = started;
+    s->client_family = family;
+    s->client_port = port;
+    if (alen)
+        memcpy(s->data, bytes, alen);
+    s->data[alen] = s->data[alen + 1] = '\0'; /* no path, no rest */
+    return s;
+}
+
+static size_t stored_name_len(const char *name)
+{
+    for (size_t i = 1; i < NCOMMON; i++)
+        if (strcmp(name, common[i]) == 0)
+            return 1;
+    return strlen(name);
+}
+
+static char *put(char *w, const char *s, size_t n)
+{
+    memcpy(w, s, n);
+    w[n] = '\0';
+    return w + n + 1;
+}
+
+static char *put_name(char *w, const char *name)
+{
+    for (size_t i = 1; i < NCOMMON; i++) {
+        if (strcmp(name, common[i]) == 0) {
+            char code = (char)i;
+            return put(w, &code, 1);
+        }
+    }
+    return put(w, name, strlen(name));
+}
+
+int snap_complete(struct snapshot **sp, const struct sockaddr *server, const char *target,
+                  const struct route_match *m, const struct hs_request *hs)
+{
+    const struct snapshot *old = *sp;
+    uint16_t sport;
+    const void *sbytes;
+    uint8_t sfamily = addr_split(server, &sport, &sbytes);
+    size_t clen = addr_len(old->client_family), slen = addr_len(sfamily);
+    size_t plen = strcspn(target, "?#");
+    size_t tlen = strlen(target);
+    size_t nh = hs_header_count(hs);
+
+    size_t size = clen + slen + tlen + 2;
+    for (unsigned i = 0; i < m->nparams; i++)
+        size += m->params[i].name_len + m->params[i].value_len + 2;
+    for (size_t i = 0; i < nh; i++) {
+        const struct hs_header *h = hs_header_at(hs, i);
+        size += stored_name_len(h->name) + h->value_len + 2;
+    }
+    if (m->nparams > UINT16_MAX || nh > UINT16_MAX)
+        return -1;
+    struct snapshot *s = malloc(offsetof(struct snapshot, data) + size);
+    if (!s)
+        return -1;
+    memcpy(s, old, offsetof(struct snapshot, data) + clen);
+    s->nparams = (uint16_t)m->nparams;
+    s->nheaders = (uint16_t)nh;
+    s->server_family = sfamily;
+    s->server_port = sport;
+    char *w = s->data + clen;
+    if (slen)
+        memcpy(w, sbytes, slen);
+    w += slen;
+    w = put(w, target, plen);
+    w = put(w, target + plen, tlen - plen);
+    for (unsigned i = 0; i < m->nparams; i++) {
+        w = put(w, m->params[i].name, m->params[i].name_len);
+        w = put(w, m->params[i].value, m->params[i].value_len);
+    }
+    for (size_t i = 0; i < nh; i++) {
+        const struct hs_header *h = hs_header_at(hs, i);
+        w = put_name(w, h->name);
+        w = put(w, h->value, h->value_len);
+    }
+    free(*sp);
+    *sp = s;
+    return 0;
+}
+
+void snap_free(struct snapshot *s)
+{
+    free(s);
+}
+
+const char *snap_path(const struct snapshot *s)
+{
+    return snap_strings(s);
+}
+
+const char *snap_next(const char **p)
+{
+    const char *s = *p;
+    *p += strlen(s) + 1;
+    return s;
+}
+
+const char *snap_header_name(const char *stored)
+{
+    unsigned char code = (unsigned char)stored[0];
+    if (code && code < NCOMMON && stored[1] == '\0')
+        return common[code];
+    return stored;
+}
+
+static void addr_text(uint8_t family, const void *bytes, char host[SNAP_HOST_MAX])
+{
+    if (!family || !inet_ntop(family, bytes, host, SNAP_HOST_MAX))
+        snprintf(host, SNAP_HOST_MAX, "unix");
+}
+
+void snap_client(const struct snapshot *s, char host[SNAP_HOST_MAX], int *port)
+{
+    addr_text(s->client_family, s->data, host);
+    *port = s->client_port;
+}
+
+void snap_server(const struct snapshot *s, char host[SNAP_HOST_MAX], int *port)
+{
+    addr_text(s->server_family, s->data + addr_len(s->client_family), host);
+    *port = s->server_port;
+}
+
+const char *snap_peer(const struct snapshot *s)
+{
+    static char text[SNAP_HOST_MAX + 8];
+    char host[SNAP_HOST_MAX];
+    int port;
+    snap_client(s, host, &port);
+    snprintf(text, sizeof text, "%s:%d", host, port);
+    return text;
+}

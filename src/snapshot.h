@@ -1,0 +1,64 @@
+/* snapshot: what a connection keeps of its request, in one allocation. At
+ * accept it holds the client's address and the time; when the handshake is
+ * done it grows to hold the server's address, the path and the rest of the
+ * target, the route's captures and every header, all as NUL-terminated
+ * strings. Common header names are stored as a one-byte code (as HPACK's
+ * static table does), since a handshake's headers are mostly the same few
+ * names. Logs read the peer and the path from it; lrequest builds the req
+ * table from it only when an app asks. Pure: no sockets, no Lua. */
+#ifndef MOONPORT_SNAPSHOT_H
+#define MOONPORT_SNAPSHOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct hs_request;
+struct route_match;
+
+struct snapshot {
+    double started; /* when the connection was accepted */
+    uint16_t nparams, nheaders;
+    uint16_t client_port, server_port;
+    uint8_t client_family, server_family; /* AF_INET, AF_INET6, or 0: not an IP socket */
+    /* The client's address bytes (4 or 16, none for family 0), the server's,
+     * then the strings: path, rest of the target ("?query" or ""), nparams
+     * (name, value) pairs, nheaders (name, value) pairs. */
+    char data[];
+};
+
+/* At accept. NULL when out of memory. */
+struct snapshot *snap_new(const struct sockaddr *client, double started);
+
+/* When the handshake is done: add the server's address, the target, the
+ * captures of the route and the request's headers. Returns 0, or -1 when
+ * out of memory (then *sp is untouched). */
+int snap_complete(struct snapshot **sp, const struct sockaddr *server, const char *target,
+                  const struct route_match *m, const struct hs_request *hs);
+
+void snap_free(struct snapshot *s);
+
+/* The request path without the query ("" before the handshake is done). */
+const char *snap_path(const struct snapshot *s);
+
+/* An endpoint as text ("unix" for a non-IP socket) and its port. */
+#define SNAP_HOST_MAX 46 /* INET6_ADDRSTRLEN */
+void snap_client(const struct snapshot *s, char host[SNAP_HOST_MAX], int *port);
+void snap_server(const struct snapshot *s, char host[SNAP_HOST_MAX], int *port);
+
+/* "host:port" of the client, for log lines; valid until the next call. */
+const char *snap_peer(const struct snapshot *s);
+
+/* Reading the strings in order: start at the path, then snap_next() gives
+ * each string and steps past it. */
+static inline const char *snap_strings(const struct snapshot *s)
+{
+    return s->data + (s->client_family == AF_INET6 ? 16 : s->client_family ? 4 : 0) +
+           (s->server_family == AF_INET6 ? 16 : s->server_family ? 4 : 0);
+}
+const char *snap_next(const char **p);
+
+/* A header name as stored (a code or the name itself) as the name. */
+const char *snap_header_name(const char *stored);
+
+#endif

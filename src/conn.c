@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "handshake.h"
@@ -26,6 +27,22 @@
 #include "snapshot.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Payloads queued by reference (conn_send_frame_ref): the app's Lua string
+ * goes to the socket as it is, not through a copy in c->out. Each one sits
+ * at a place in the byte queue: `at` bytes of c->out go out before it. */
+struct out_ref {
+    size_t at;
+    const uint8_t *p;
+    size_t len;
+    int ref; /* keeps the string alive until it is written */
+};
+
+struct out_refs {
+    unsigned n, cap;
+    size_t bytes; /* of every ref's payload still to write */
+    struct out_ref r[];
+};
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
@@ -94,6 +111,22 @@ struct conn *conn_new(struct server *srv, int fd)
     return c;
 }
 
+size_t conn_out_pending(const struct conn *c)
+{
+    return buf_pending(&c->out) + (c->refs ? c->refs->bytes : 0);
+}
+
+/* Output that will never be written: let go of the strings it holds. */
+static void refs_drop(struct conn *c)
+{
+    if (!c->refs)
+        return;
+    for (unsigned i = 0; i < c->refs->n; i++)
+        lbridge_unref(c->srv->lb, c->refs->r[i].ref);
+    free(c->refs);
+    c->refs = NULL;
+}
+
 void conn_free(struct conn *c)
 {
     if (!c)
@@ -140,6 +173,8 @@ void conn_abort(struct conn *c, const char *why)
     ev_timer_stop(loop, &c->timer);
     close(c->fd);
     c->fd = -1;
+    buf_reset(&c->out);
+    refs_drop(c);
     lbridge_release(c->srv->lb, c);
     server_conn_dead(c->srv, c);
 }
@@ -158,7 +193,7 @@ static void update_io(struct conn *c)
 {
     if (c->state == CONN_DEAD)
         return;
-    int events = (c->read_paused ? 0 : EV_READ) | (buf_pending(&c->out) ? EV_WRITE : 0);
+    int events = (c->read_paused ? 0 : EV_READ) | (conn_out_pending(c) ? EV_WRITE : 0);
     if (events == c->io_events)
         return;
     struct ev_loop *loop = c->srv->loop;
@@ -168,6 +203,8 @@ static void update_io(struct conn *c)
         ev_io_start(loop, &c->io);
     c->io_events = (uint8_t)events;
 }
+
+static int queued(struct conn *c);
 
 /* Append one unmasked frame to the output queue, whatever the state. */
 static int queue_frame(struct conn *c, uint8_t first_byte, const void *data, size_t len)
@@ -183,9 +220,45 @@ static int queue_frame(struct conn *c, uint8_t first_byte, const void *data, siz
     if (len)
         memcpy(w + hl, data, len);
     buf_commit(&c->out, hl + len);
+    return queued(c);
+}
 
+/* Append a frame whose payload stays where it is, held by ref (taken over
+ * whatever happens). */
+static int queue_frame_ref(struct conn *c, uint8_t first_byte, const void *data, size_t len,
+                           int ref)
+{
+    uint8_t hdr[10];
+    size_t hl = ws_frame_header(hdr, first_byte, len);
+    struct out_refs *rs = c->refs;
+    if (!rs || rs->n == rs->cap) {
+        unsigned cap = rs ? rs->cap * 2 : 4;
+        rs = realloc(rs, sizeof *rs + cap * sizeof rs->r[0]);
+        if (!rs) {
+            lbridge_unref(c->srv->lb, ref);
+            conn_abort(c, "out of memory for the output queue");
+            return -1;
+        }
+        if (!c->refs)
+            rs->n = 0, rs->bytes = 0;
+        rs->cap = cap;
+        c->refs = rs;
+    }
+    if (buf_append(&c->out, hdr, hl)) {
+        lbridge_unref(c->srv->lb, ref);
+        conn_abort(c, "out of memory for the output queue");
+        return -1;
+    }
+    rs->r[rs->n++] = (struct out_ref){buf_pending(&c->out), data, len, ref};
+    rs->bytes += len;
+    return queued(c);
+}
+
+/* After a frame was queued: enforce the send buffer limits, ask for a flush. */
+static int queued(struct conn *c)
+{
     const struct config *cfg = c->srv->cfg;
-    size_t pending = buf_pending(&c->out);
+    size_t pending = conn_out_pending(c);
     if (pending > cfg->max_send_buffer) {
         log_warn("conn %llu %s: %zu bytes waiting to be sent, over limits.max_send_buffer: "
                  "dropping the connection",
@@ -208,6 +281,15 @@ int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len
     if (!conn_can_send(c))
         return -1;
     return queue_frame(c, (uint8_t)(0x80 | opcode), data, len);
+}
+
+int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t len, int ref)
+{
+    if (!conn_can_send(c)) {
+        lbridge_unref(c->srv->lb, ref);
+        return -1;
+    }
+    return queue_frame_ref(c, (uint8_t)(0x80 | opcode), data, len, ref);
 }
 
 static void queue_close(struct conn *c, uint16_t code, const char *reason, size_t rlen)
@@ -314,6 +396,7 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
                conn_path(c), (unsigned long long)c->id, status, why ? " reason=" : "",
                why ? why : "");
     buf_reset(&c->out); /* frames an app queued in on_connect never go out */
+    refs_drop(c);
     buf_append(&c->out, head, (size_t)n);
     if (headers_len)
         buf_append(&c->out, headers, headers_len);
@@ -398,6 +481,8 @@ static void send_101(struct conn *c, const char *key, const struct conn_reply *r
     if (buf_pending(&reply->headers))
         buf_append(&head, buf_head(&reply->headers), buf_pending(&reply->headers));
     buf_append(&head, "\r\n", 2);
+    for (unsigned i = 0; c->refs && i < c->refs->n; i++)
+        c->refs->r[i].at += buf_pending(&head); /* the 101 goes before them */
     if (buf_pending(&c->out))
         buf_append(&head, buf_head(&c->out), buf_pending(&c->out));
     buf_reset(&c->out);
@@ -613,10 +698,69 @@ static void on_readable(struct conn *c)
     }
 }
 
+/* The output in write order: c->out's bytes with the refs at their places.
+ * Returns the number of iovecs filled. */
+static int out_iov(const struct conn *c, struct iovec *iov, int max)
+{
+    const uint8_t *head = buf_head(&c->out);
+    size_t pos = 0;
+    int k = 0;
+    for (unsigned i = 0; i < c->refs->n; i++) {
+        const struct out_ref *r = &c->refs->r[i];
+        if (k + 2 > max)
+            return k; /* the bytes after r must wait for it */
+        if (r->at > pos) {
+            iov[k++] = (struct iovec){(void *)(head + pos), r->at - pos};
+            pos = r->at;
+        }
+        iov[k++] = (struct iovec){(void *)r->p, r->len};
+    }
+    if (buf_pending(&c->out) > pos)
+        iov[k++] = (struct iovec){(void *)(head + pos), buf_pending(&c->out) - pos};
+    return k;
+}
+
+/* n bytes of the output were written: consume them in write order. */
+static void out_consume(struct conn *c, size_t n)
+{
+    struct out_refs *rs = c->refs;
+    while (n) {
+        struct out_ref *r = rs->n ? &rs->r[0] : NULL;
+        if (!r || r->at) { /* bytes of c->out come first */
+            size_t k = r && r->at < n ? r->at : n;
+            buf_consume(&c->out, k);
+            for (unsigned i = 0; i < rs->n; i++)
+                rs->r[i].at -= k;
+            n -= k;
+            continue;
+        }
+        size_t k = r->len < n ? r->len : n;
+        r->p += k;
+        r->len -= k;
+        rs->bytes -= k;
+        n -= k;
+        if (!r->len) {
+            lbridge_unref(c->srv->lb, r->ref);
+            memmove(&rs->r[0], &rs->r[1], --rs->n * sizeof rs->r[0]);
+        }
+    }
+    if (!rs->n) {
+        free(rs);
+        c->refs = NULL;
+    }
+}
+
 void conn_flush(struct conn *c)
 {
-    while (buf_pending(&c->out)) {
-        ssize_t n = send(c->fd, buf_head(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
+    while (conn_out_pending(c)) {
+        ssize_t n;
+        if (!c->refs) {
+            n = send(c->fd, buf_head(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
+        } else {
+            struct iovec iov[64];
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)out_iov(c, iov, 64)};
+            n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        }
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -625,9 +769,12 @@ void conn_flush(struct conn *c)
             conn_abort(c, strerror(errno));
             return;
         }
-        buf_consume(&c->out, (size_t)n);
+        if (c->refs)
+            out_consume(c, (size_t)n);
+        else
+            buf_consume(&c->out, (size_t)n);
     }
-    size_t pending = buf_pending(&c->out);
+    size_t pending = conn_out_pending(c);
     if (c->read_paused && pending <= c->srv->cfg->send_buffer / 2)
         c->read_paused = 0;
     update_io(c);

@@ -21,6 +21,7 @@ struct server;
 struct app;
 struct hs_request;
 struct snapshot;
+struct out_refs;
 
 enum conn_state {
     CONN_HANDSHAKE, /* reading the request head */
@@ -64,6 +65,7 @@ struct conn {
     char *close_reason; /* malloc'd when there is one: most idle conns never close */
     struct buf msg;     /* a message arriving in pieces */
     struct buf out;     /* bytes queued for the socket */
+    struct out_refs *refs; /* payloads queued by reference, in between; NULL if none */
     struct ws_parser parser;
 
     /* The small fields last, together, so the struct has no padding holes:
@@ -91,6 +93,18 @@ struct conn *conn_new(struct server *srv, int fd);
  * connection cannot take it (not open, or over max_send_buffer: then the
  * connection is dropped). */
 int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len);
+
+/* Payloads at least this long are queued by reference rather than copied. */
+#define CONN_REF_MIN 4096
+
+/* Queue a frame whose payload is not copied: it must stay valid and
+ * unchanged until the server lets go of ref (lbridge_unref: a Lua registry
+ * ref that keeps the string alive), which it always does, also when it
+ * returns -1. Otherwise as conn_send_frame. */
+int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t len, int ref);
+
+/* Bytes queued and not yet written. */
+size_t conn_out_pending(const struct conn *c);
 
 /* The server closes: queue a close frame with code and reason, wait up to
  * timeouts.close for the peer's close. No-op unless open. */

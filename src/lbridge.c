@@ -508,6 +508,11 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
         log_handler_error(L, c, "on_close");
 }
 
+void lbridge_unref(struct lbridge *lb, int ref)
+{
+    luaL_unref(lb->L, LUA_REGISTRYINDEX, ref);
+}
+
 void lbridge_release(struct lbridge *lb, struct conn *c)
 {
     if (c->lua_ref == LUA_NOREF)

@@ -108,6 +108,9 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
  * nil, "closed") and drop its refs. */
 void lbridge_release(struct lbridge *lb, struct conn *c);
 
+/* Let go of a registry ref that kept a queued payload alive. */
+void lbridge_unref(struct lbridge *lb, int ref);
+
 /* Protected call for anything in the bridge: nargs arguments above the
  * function on the stack, with a traceback handler. Returns 0, or -1 on an
  * error: with what, the error is logged as "what: message" and popped;

@@ -67,7 +67,15 @@ static int lconn_send(lua_State *L)
     if (!binary && !(data == lb->checked_text && len == lb->checked_len) &&
         !ws_utf8_valid((const uint8_t *)data, len))
         return luaL_argerror(L, 2, "text is not valid UTF-8 (send it as \"binary\")");
-    if (conn_send_frame(box->c, binary ? WS_OP_BINARY : WS_OP_TEXT, data, len))
+    uint8_t op = binary ? WS_OP_BINARY : WS_OP_TEXT;
+    int rc;
+    if (len >= CONN_REF_MIN) { /* the string itself goes out: no copy */
+        lua_pushvalue(L, 2);
+        rc = conn_send_frame_ref(box->c, op, data, len, luaL_ref(L, LUA_REGISTRYINDEX));
+    } else {
+        rc = conn_send_frame(box->c, op, data, len);
+    }
+    if (rc)
         return closed(L);
     lua_pushboolean(L, 1);
     return 1;
@@ -254,7 +262,7 @@ static int lconn_buffered(lua_State *L)
     struct lconn *box = check_box(L);
     if (!box->c)
         return closed(L);
-    lua_pushinteger(L, (lua_Integer)buf_pending(&box->c->out));
+    lua_pushinteger(L, (lua_Integer)conn_out_pending(box->c));
     return 1;
 }
 

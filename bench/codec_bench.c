@@ -116,7 +116,7 @@ static long long parse_all(uint8_t *buf, size_t len, const struct frames *f, int
     while (off < len) {
         long n = ws_parser_feed(&p, buf + off, len - off, &ch);
         if (n < 0) {
-            fprintf(stderr, "codec_bench: parser error %ld: %s\n", n, p.error);
+            fprintf(stderr, "codec_bench: parser error %ld: %s\n", n, ws_parser_error(&p));
             return -1;
         }
         off += (size_t)n;

@@ -647,7 +647,7 @@ static void frames_input(struct conn *c, uint8_t *buf, size_t n)
         struct ws_chunk ch;
         long r = ws_parser_feed(&c->parser, buf + off, n - off, &ch);
         if (r < 0) {
-            conn_fail(c, ws_frame_error_code((int)r), c->parser.error);
+            conn_fail(c, ws_frame_error_code((int)r), ws_parser_error(&c->parser));
             return;
         }
         off += (size_t)r;

@@ -27,20 +27,61 @@ static int op_is_known(uint8_t op)
     return op <= WS_OP_BINARY || (op >= WS_OP_CLOSE && op <= WS_OP_PONG);
 }
 
-/* p->error must point at something that outlives the call and the parser
- * allocates nothing, so fixed reasons are string literals and the reserved
- * opcodes get a table. */
-static const char *const reserved_opcode[16] = {
-    [0x3] = "reserved opcode 0x3", [0x4] = "reserved opcode 0x4", [0x5] = "reserved opcode 0x5",
-    [0x6] = "reserved opcode 0x6", [0x7] = "reserved opcode 0x7", [0xB] = "reserved opcode 0xB",
-    [0xC] = "reserved opcode 0xC", [0xD] = "reserved opcode 0xD", [0xE] = "reserved opcode 0xE",
-    [0xF] = "reserved opcode 0xF",
+/* Why the parser failed, kept in the parser as one byte: an index into
+ * reasons. Below 16 it is the reserved opcode the frame had. */
+enum {
+    WHY_RSV = 16,
+    WHY_RSV1_CONTROL,
+    WHY_RSV1_CONT,
+    WHY_FRAGMENTED_CONTROL,
+    WHY_CONT_WITHOUT_MSG,
+    WHY_DATA_INSIDE_MSG,
+    WHY_UNMASKED,
+    WHY_CONTROL_TOO_LONG,
+    WHY_LEN_HIGH_BIT,
+    WHY_FRAGMENT_LIMIT,
+    WHY_SIZE_LIMIT,
+    WHY_UTF8,
+    WHY_UTF8_CUT,
 };
 
-static long fail(struct ws_parser *p, int err, const char *why)
+static const char *const reasons[] = {
+    [0x3] = "reserved opcode 0x3",
+    [0x4] = "reserved opcode 0x4",
+    [0x5] = "reserved opcode 0x5",
+    [0x6] = "reserved opcode 0x6",
+    [0x7] = "reserved opcode 0x7",
+    [0xB] = "reserved opcode 0xB",
+    [0xC] = "reserved opcode 0xC",
+    [0xD] = "reserved opcode 0xD",
+    [0xE] = "reserved opcode 0xE",
+    [0xF] = "reserved opcode 0xF",
+    [WHY_RSV] = "RSV bits set without extension",
+    [WHY_RSV1_CONTROL] = "RSV1 set on a control frame",
+    [WHY_RSV1_CONT] = "RSV1 set on a continuation frame",
+    [WHY_FRAGMENTED_CONTROL] = "fragmented control frame",
+    [WHY_CONT_WITHOUT_MSG] = "continuation frame without a message",
+    [WHY_DATA_INSIDE_MSG] = "new data frame inside a fragmented message",
+    [WHY_UNMASKED] = "unmasked client frame",
+    [WHY_CONTROL_TOO_LONG] = "control frame payload over 125 bytes",
+    [WHY_LEN_HIGH_BIT] = "64-bit length with the high bit set",
+    /* The reasons name no number: the parser has nowhere to format one.
+     * The caller knows its limits. */
+    [WHY_FRAGMENT_LIMIT] = "message over the fragment limit",
+    [WHY_SIZE_LIMIT] = "message over the size limit",
+    [WHY_UTF8] = "invalid UTF-8 in text message",
+    [WHY_UTF8_CUT] = "text message ends inside a UTF-8 character",
+};
+
+static long fail(struct ws_parser *p, int err, uint8_t why)
 {
-    p->error = why;
+    p->why = why;
     return err;
+}
+
+const char *ws_parser_error(const struct ws_parser *p)
+{
+    return p->why ? reasons[p->why] : NULL;
 }
 
 void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments)
@@ -84,45 +125,43 @@ static long header_check(struct ws_parser *p, const uint8_t *h, size_t n)
     int control = op_is_control(op);
 
     if (!op_is_known(op))
-        return fail(p, WS_ERR_PROTOCOL, reserved_opcode[op]);
+        return fail(p, WS_ERR_PROTOCOL, op);
     if (rsv & ~p->rsv_allowed)
-        return fail(p, WS_ERR_PROTOCOL, "RSV bits set without extension");
+        return fail(p, WS_ERR_PROTOCOL, WHY_RSV);
     /* An extension such as permessage-deflate marks a whole message with
      * RSV1 on its first frame; anywhere else RSV1 means nothing. */
     if ((rsv & HDR_RSV1) && control)
-        return fail(p, WS_ERR_PROTOCOL, "RSV1 set on a control frame");
+        return fail(p, WS_ERR_PROTOCOL, WHY_RSV1_CONTROL);
     if ((rsv & HDR_RSV1) && op == WS_OP_CONT)
-        return fail(p, WS_ERR_PROTOCOL, "RSV1 set on a continuation frame");
+        return fail(p, WS_ERR_PROTOCOL, WHY_RSV1_CONT);
     if (control && !(h[0] & HDR_FIN))
-        return fail(p, WS_ERR_PROTOCOL, "fragmented control frame");
+        return fail(p, WS_ERR_PROTOCOL, WHY_FRAGMENTED_CONTROL);
     if (op == WS_OP_CONT && !p->msg_op)
-        return fail(p, WS_ERR_PROTOCOL, "continuation frame without a message");
+        return fail(p, WS_ERR_PROTOCOL, WHY_CONT_WITHOUT_MSG);
     if ((op == WS_OP_TEXT || op == WS_OP_BINARY) && p->msg_op)
-        return fail(p, WS_ERR_PROTOCOL, "new data frame inside a fragmented message");
+        return fail(p, WS_ERR_PROTOCOL, WHY_DATA_INSIDE_MSG);
 
     if (n < 2)
         return 0;
     if (!(h[1] & HDR_MASK))
-        return fail(p, WS_ERR_PROTOCOL, "unmasked client frame");
+        return fail(p, WS_ERR_PROTOCOL, WHY_UNMASKED);
     if (control && (h[1] & HDR_LEN7) > CTL_MAX)
-        return fail(p, WS_ERR_PROTOCOL, "control frame payload over 125 bytes");
+        return fail(p, WS_ERR_PROTOCOL, WHY_CONTROL_TOO_LONG);
 
     /* The length is known once the extended length bytes are in; the mask
      * key does not matter, so an oversized frame fails four bytes sooner. */
     if (n < (size_t)header_size(h) - 4)
         return 0;
     if ((h[1] & HDR_LEN7) == 127 && (h[2] & 0x80))
-        return fail(p, WS_ERR_PROTOCOL, "64-bit length with the high bit set");
+        return fail(p, WS_ERR_PROTOCOL, WHY_LEN_HIGH_BIT);
     if (control)
         return 0;
     uint64_t len = header_payload_len(h);
-    /* The reasons name no number: p->error must outlive the call and the
-     * parser has nowhere to format one. The caller knows its limits. */
     if (p->max_fragments && p->msg_frames >= p->max_fragments)
-        return fail(p, WS_ERR_TOO_BIG, "message over the fragment limit");
+        return fail(p, WS_ERR_TOO_BIG, WHY_FRAGMENT_LIMIT);
     /* msg_len never exceeds max_message, so the subtraction cannot wrap. */
     if (p->max_message && len > p->max_message - p->msg_len)
-        return fail(p, WS_ERR_TOO_BIG, "message over the size limit");
+        return fail(p, WS_ERR_TOO_BIG, WHY_SIZE_LIMIT);
     return 0;
 }
 
@@ -158,7 +197,7 @@ static long data_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_c
         return 0;
     ws_unmask(buf, n, p->mask, &p->mask_pos);
     if (text && ws_utf8_feed(&p->utf8, buf, n) != WS_UTF8_OK)
-        return fail(p, WS_ERR_UTF8, "invalid UTF-8 in text message");
+        return fail(p, WS_ERR_UTF8, WHY_UTF8);
 
     out->opcode = p->msg_op;
     out->rsv = p->frame_rsv;
@@ -174,7 +213,7 @@ static long data_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_c
     if (p->frame_left == 0) {
         if (p->frame_fin) {
             if (text && !ws_utf8_complete(&p->utf8))
-                return fail(p, WS_ERR_UTF8, "text message ends inside a UTF-8 character");
+                return fail(p, WS_ERR_UTF8, WHY_UTF8_CUT);
             out->flags |= WS_CHUNK_MSG_END;
             p->msg_op = 0;
             p->msg_rsv = 0;

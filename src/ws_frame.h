@@ -80,10 +80,10 @@ struct ws_parser {
     uint8_t msg_op;         /* TEXT/BINARY while a message is open, else 0 */
     uint8_t msg_rsv;        /* RSV bits of the message's first frame */
     struct ws_utf8 utf8;    /* state across a text message's chunks */
+    uint8_t why;            /* after a negative return: why (ws_parser_error) */
     uint32_t msg_frames;    /* frames of the open message so far */
     uint64_t frame_left;    /* payload bytes of the current data frame still to come */
     uint64_t msg_len;       /* payload bytes of the open message so far */
-    const char *error;      /* after a negative return: why, for the log */
 };
 
 /* The most bytes ws_parser_feed leaves unconsumed at the end of its input:
@@ -105,8 +105,8 @@ void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_frag
  * and followed by more bytes, on the next call. The tail is at most
  * WS_FRAME_TAIL_MAX bytes.
  *
- * Returns WS_ERR_* on a violation; p->error then says why (a string that
- * lives as long as the program), and the parser must not be fed again. The
+ * Returns WS_ERR_* on a violation; ws_parser_error then says why, and the
+ * parser must not be fed again. The
  * bytes seen decide the error, not how they were split: a frame header is
  * checked as far as it has arrived every time it is presented.
  *
@@ -117,6 +117,10 @@ void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_frag
  * (compressed) is not UTF-8 checked here: the caller checks it after
  * inflating. */
 long ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out);
+
+/* After a negative ws_parser_feed: why, as a string that lives as long as
+ * the program. NULL if the parser has not failed. */
+const char *ws_parser_error(const struct ws_parser *p);
 
 /* Validate a close frame's payload. Empty: code 1005, no reason. One byte,
  * a code that may not be sent (RFC 6455 7.4, IANA registry), or invalid

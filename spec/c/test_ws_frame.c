@@ -214,7 +214,7 @@ static void run_at(struct run *r, const struct wire *w, uint8_t *buf, enum prese
             long rc = ws_parser_feed(&p, at, left, &c);
             if (rc < 0) {
                 r->err = rc;
-                snprintf(r->error, sizeof r->error, "%s", p.error ? p.error : "(null)");
+                snprintf(r->error, sizeof r->error, "%s", ws_parser_error(&p) ? ws_parser_error(&p) : "(null)");
                 return;
             }
             if ((size_t)rc > left)
@@ -639,7 +639,7 @@ static void test_header_split(void)
         ws_parser_init(&p, 10, 0);
         CHECK_EQ(ws_parser_feed(&p, b, k, &c), 0);
         CHECK_EQ(ws_parser_feed(&p, b, 10, &c), WS_ERR_TOO_BIG);
-        CHECK(strcmp(p.error, "message over the size limit") == 0);
+        CHECK(strcmp(ws_parser_error(&p), "message over the size limit") == 0);
     }
 }
 

@@ -163,10 +163,10 @@ static void stream_run(struct run *r, const uint8_t *in, size_t n, const size_t 
             long rc = ws_parser_feed(&p, at, left, &c);
             if (rc < 0) {
                 CHECK(rc == WS_ERR_PROTOCOL || rc == WS_ERR_UTF8 || rc == WS_ERR_TOO_BIG);
-                CHECK(p.error != NULL && strlen(p.error) < sizeof r->error);
+                CHECK(ws_parser_error(&p) != NULL && strlen(ws_parser_error(&p)) < sizeof r->error);
                 CHECK(ws_frame_error_code((int)rc) != WS_CLOSE_INTERNAL);
                 r->err = rc;
-                strcpy(r->error, p.error);
+                strcpy(r->error, ws_parser_error(&p));
                 free(buf);
                 return;
             }

@@ -41,9 +41,9 @@ struct conn_reply {
 
 struct conn {
     struct server *srv;
-    struct conn *prev, *next; /* every live conn: srv->conns */
+    struct conn *prev, *next; /* every live conn: srv->conns; once dead,
+                                 next links srv->dead_list */
     struct conn *flush_next;  /* srv->flush_list while output is pending */
-    struct conn *dead_next;   /* srv->dead_list once dead */
     ev_io io;       /* the socket: EV_READ unless paused, EV_WRITE while output waits */
     ev_timer timer; /* handshake, keepalive, close and linger timeouts */
     uint64_t id;
@@ -72,7 +72,7 @@ struct conn {
      * every byte here is paid once per connection. */
     int fd;
     int lua_ref; /* registry ref of the ws userdata, or LUA_NOREF */
-    enum conn_state state;
+    uint8_t state; /* enum conn_state */
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
     uint8_t close_reason_len;
     uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */

@@ -135,9 +135,9 @@ void server_conn_dead(struct server *s, struct conn *c)
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    c->prev = c->next = NULL;
+    c->prev = NULL;
     s->nconns--;
-    c->dead_next = s->dead_list;
+    c->next = s->dead_list; /* out of srv->conns, so next links the dead */
     s->dead_list = c;
 }
 
@@ -155,7 +155,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     }
     while (s->dead_list) {
         struct conn *c = s->dead_list;
-        s->dead_list = c->dead_next;
+        s->dead_list = c->next;
         if (c->in_flush_list) /* cannot be: the flush list was just emptied */
             continue;
         conn_free(c);

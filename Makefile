@@ -33,7 +33,7 @@ LIBS       := -lev $(LUAJIT_LIBS) $(LLHTTP_LIBS) -lssl -lcrypto -lz -lm
 
 SRC      := $(wildcard src/*.c)
 # The pure modules: no libev, no Lua, no sockets. Unit tests and fuzz targets link only these.
-PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c
+PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/ws_deflate.c src/buf.c
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 REL_OBJ  := $(SRC:src/%.c=build/rel/%.o) $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/rel/llhttp_%.o)
@@ -79,7 +79,7 @@ LLHTTP_ASAN_OBJ := $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/asan/llhttp_%.o)
 build/unit/%: spec/c/%.c $(PURE_SRC) $(LLHTTP_ASAN_OBJ) $(wildcard src/*.h) spec/c/unit.h
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) -O1 -g $(SAN) -Isrc $(LLHTTP_CFLAGS) -o $@ $< $(PURE_SRC) \
-	    $(LLHTTP_ASAN_OBJ) $(LLHTTP_LIBS) -lcrypto
+	    $(LLHTTP_ASAN_OBJ) $(LLHTTP_LIBS) -lcrypto -lz
 
 unit: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do $$t || exit 1; done
@@ -87,7 +87,7 @@ unit: $(UNIT_TESTS)
 build/fuzz/%: spec/fuzz/%.c $(PURE_SRC) $(LLHTTP_SRC) $(wildcard src/*.h spec/fuzz/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CSTD) -O1 -g -fsanitize=fuzzer,address,undefined -Isrc $(LLHTTP_CFLAGS) \
-	    -o $@ $< $(PURE_SRC) $(LLHTTP_SRC) $(LLHTTP_LIBS) -lcrypto
+	    -o $@ $< $(PURE_SRC) $(LLHTTP_SRC) $(LLHTTP_LIBS) -lcrypto -lz
 
 FUZZ_SECONDS ?= 20
 fuzz: $(FUZZERS)

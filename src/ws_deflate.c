@@ -66,7 +66,7 @@ struct param {
 struct offer {
     int ok;
     int server_no_context_takeover, client_no_context_takeover;
-    int server_max_window_bits;      /* 0: absent */
+    int server_max_window_bits;      /* 0: absent; -1: present but invalid */
     int has_client_max_window_bits;  /* present, with or without a value */
     int client_max_window_bits;      /* 0: no value */
 };

@@ -171,7 +171,9 @@ int ws_deflate_message(struct ws_deflater *z, const uint8_t *in, size_t len, str
  *   fails RSV1 on control and continuation frames with 1002 (6.1, 6.2) and
  *   does not UTF-8 check a text message with RSV1: check the inflated text
  *   with ws_utf8 (invalid: 1007).
- * - A message whose first frame has RSV1 is compressed: gather the payload
+ * - A message whose first frame has RSV1 is compressed (the rsv of its
+ *   WS_CHUNK_MSG_START chunk; later chunks come from continuation frames,
+ *   whose rsv is 0): gather the payload
  *   of all its frames (limit the compressed size with the parser's
  *   max_message) and call ws_inflate_message with max = max_message. A
  *   message without RSV1 is not compressed and is taken as it is (6.2).

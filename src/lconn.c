@@ -357,8 +357,23 @@ void lconn_open(lua_State *L)
         lua_pushcclosure(L, r->func, 1);
         lua_setfield(L, -2, r->name);
     }
+    /* __index is a Lua function, so that the JIT compiles ws:send's
+     * lookup into the caller's trace; only the fields that are not methods
+     * reach C. */
+    static const char index_src[] = "local methods, fields = ...\n"
+                                    "return function(ws, key)\n"
+                                    "  local m = methods[key]\n"
+                                    "  if m ~= nil then return m end\n"
+                                    "  return fields(ws, key)\n"
+                                    "end\n";
+    if (luaL_loadbuffer(L, index_src, sizeof index_src - 1, "=moonport.ws"))
+        lua_error(L);
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -1);
     lua_pushcclosure(L, lconn_index, 1);
-    lua_setfield(L, -2, "__index");
+    lua_call(L, 2, 1);
+    lua_setfield(L, mt, "__index");
+    lua_pop(L, 1);
     lua_pushcfunction(L, lconn_newindex);
     lua_setfield(L, -2, "__newindex");
     lua_pushvalue(L, mt);

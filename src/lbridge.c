@@ -514,6 +514,31 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
         log_handler_error(L, c, "on_close");
 }
 
+/* Every message is a new Lua string, so the collector's cost per message
+ * is set by how much garbage it lets pile up between cycles: each cycle
+ * marks the whole live heap, and with the default pause (a cycle starts
+ * when the heap has doubled) a small heap means a cycle every few hundred
+ * messages. So the pause lets the heap grow by GC_SLACK_KIB beyond what is
+ * in use (estimated by the heap's size now, garbage included, which only
+ * errs towards a smaller pause), and never by less than the default
+ * doubling. A heap over GC_SLACK_KIB gets the default; a small one spends
+ * at most GC_SLACK_KIB more memory. The pause is read when a cycle ends,
+ * so setting it once per loop iteration is soon enough. */
+#define GC_SLACK_KIB 4096
+#define GC_PAUSE_DEFAULT 200
+
+void lbridge_tune_gc(struct lbridge *lb)
+{
+    long kib = lua_gc(lb->L, LUA_GCCOUNT, 0);
+    int pause = GC_PAUSE_DEFAULT;
+    if (kib > 0 && kib < GC_SLACK_KIB)
+        pause = (int)(100 * (kib + GC_SLACK_KIB) / kib);
+    if (pause != lb->gc_pause) {
+        lua_gc(lb->L, LUA_GCSETPAUSE, pause);
+        lb->gc_pause = pause;
+    }
+}
+
 void lbridge_release(struct lbridge *lb, struct conn *c)
 {
     if (c->lua_ref == LUA_NOREF)

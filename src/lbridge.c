@@ -513,6 +513,35 @@ void lbridge_unref(struct lbridge *lb, int ref)
     luaL_unref(lb->L, LUA_REGISTRYINDEX, ref);
 }
 
+/* Every message is a new Lua string, so the collector's cost per message
+ * is set by how much garbage it lets pile up between cycles: each cycle
+ * marks the whole live heap, and with the default pause (a cycle starts
+ * when the heap has doubled) a small heap means a cycle every few hundred
+ * messages. So the pause lets the heap grow by GC_SLACK_KIB beyond what is
+ * in use (estimated by the heap's size now, garbage included, which only
+ * errs towards a smaller pause), and never by less than the default
+ * doubling. A heap over GC_SLACK_KIB gets the default; a small one spends
+ * at most GC_SLACK_KIB more memory. The pause is read when a cycle ends,
+ * so setting it once per loop iteration is soon enough.
+ * The slack is small on purpose: new strings are written to memory the
+ * last sweep freed, and garbage that fits in a core's L2 cache keeps those
+ * writes cheap. A larger slack saves a few more instructions and loses
+ * more to cache misses (see the commit that set it). */
+#define GC_SLACK_KIB 512
+#define GC_PAUSE_DEFAULT 200
+
+void lbridge_tune_gc(struct lbridge *lb)
+{
+    long kib = lua_gc(lb->L, LUA_GCCOUNT, 0);
+    int pause = GC_PAUSE_DEFAULT;
+    if (kib > 0 && kib < GC_SLACK_KIB)
+        pause = (int)(100 * (kib + GC_SLACK_KIB) / kib);
+    if (pause != lb->gc_pause) {
+        lua_gc(lb->L, LUA_GCSETPAUSE, pause);
+        lb->gc_pause = pause;
+    }
+}
+
 void lbridge_release(struct lbridge *lb, struct conn *c)
 {
     if (c->lua_ref == LUA_NOREF)

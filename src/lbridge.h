@@ -60,6 +60,7 @@ struct lbridge {
     int text_ref, binary_ref; /* the kind strings, "text" and "binary" */
     const char *text_str, *binary_str; /* their bytes: Lua strings are interned,
                                           so a kind is recognised by address */
+    int gc_pause;                      /* the pause last given to the collector */
     struct server *srv;
     struct app *apps;
     struct module *modules;
@@ -103,6 +104,10 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
                      int binary);
 void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
                    size_t reason_len);
+
+/* Once per event-loop iteration: keep the garbage collector's pause in
+ * step with the size of the Lua heap (see lbridge.c). */
+void lbridge_tune_gc(struct lbridge *lb);
 
 /* The conn is going away: detach its ws object (methods then return
  * nil, "closed") and drop its refs. */

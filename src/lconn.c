@@ -29,15 +29,22 @@ struct lconn {
     uint8_t has_request;   /* ws.request has been built */
 };
 
-/* Argument 1 must be a ws object. Every method is a closure whose first
- * upvalue is the ws metatable: comparing against it is a pointer test, where
- * luaL_checkudata would look the metatable up by name on every call. */
+/* The ws metatable's address. Tables do not move, and the registry holds
+ * this one for the life of the process (one lua_State per process). */
+static const void *ws_mt;
+
+/* Argument 1 must be a ws object: a userdata whose metatable is ws_mt.
+ * Comparing addresses is a pointer test, where luaL_checkudata would look
+ * the metatable up by name on every call. */
 static struct lconn *check_box(lua_State *L)
 {
     struct lconn *box = lua_touserdata(L, 1);
-    if (!box || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+    if (!box || !lua_getmetatable(L, 1))
         luaL_typerror(L, 1, "ws");
+    const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
+    if (mt != ws_mt)
+        luaL_typerror(L, 1, "ws");
     return box;
 }
 
@@ -366,18 +373,32 @@ void lconn_open(lua_State *L)
 {
     luaL_newmetatable(L, LCONN_MT);
     int mt = lua_gettop(L);
+    ws_mt = lua_topointer(L, mt);
     lua_newtable(L);
     for (const luaL_Reg *r = methods; r->name; r++) {
-        lua_pushvalue(L, mt);
-        lua_pushcclosure(L, r->func, 1);
+        lua_pushcfunction(L, r->func);
         lua_setfield(L, -2, r->name);
     }
+    /* __index is a Lua function, so that the JIT compiles ws:send's
+     * lookup into the caller's trace; only the fields that are not methods
+     * reach C. */
+    static const char index_src[] = "local methods, fields = ...\n"
+                                    "return function(ws, key)\n"
+                                    "  local m = methods[key]\n"
+                                    "  if m ~= nil then return m end\n"
+                                    "  return fields(ws, key)\n"
+                                    "end\n";
+    if (luaL_loadbuffer(L, index_src, sizeof index_src - 1, "=moonport.ws"))
+        lua_error(L);
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -1);
     lua_pushcclosure(L, lconn_index, 1);
-    lua_setfield(L, -2, "__index");
+    lua_call(L, 2, 1);
+    lua_setfield(L, mt, "__index");
+    lua_pop(L, 1);
     lua_pushcfunction(L, lconn_newindex);
     lua_setfield(L, -2, "__newindex");
-    lua_pushvalue(L, mt);
-    lua_pushcclosure(L, lconn_tostring, 1);
+    lua_pushcfunction(L, lconn_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_pushcfunction(L, lconn_gc);
     lua_setfield(L, -2, "__gc");

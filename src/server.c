@@ -153,6 +153,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
         if (c->state != CONN_DEAD)
             conn_flush(c);
     }
+    lbridge_tune_gc(s->lb);
     while (s->dead_list) {
         struct conn *c = s->dead_list;
         s->dead_list = c->next;

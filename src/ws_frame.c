@@ -354,14 +354,28 @@ void ws_unmask(uint8_t *p, size_t len, const uint8_t key[4], uint8_t *pos)
     if (len >= 8) {
         /* The key rotated to the current position, twice over: 8 is a
          * multiple of 4, so the position is the same after every word.
-         * Built as bytes in memory, it is right on either endianness.
-         * No alignment prologue: memcpy loads and stores at any address
-         * cost the same as aligned ones on the machines we run on, and
-         * most payloads are short. */
-        const uint8_t rot[8] = {key[k], key[(k + 1) & 3u], key[(k + 2) & 3u], key[(k + 3) & 3u],
-                                key[k], key[(k + 1) & 3u], key[(k + 2) & 3u], key[(k + 3) & 3u]};
-        uint64_t kw;
-        memcpy(&kw, rot, sizeof kw);
+         * Rotating the key's bytes in memory by k is a rotation of its
+         * 32-bit value: right on a little-endian machine, left on a
+         * big-endian one. No alignment prologue: memcpy loads and stores at
+         * any address cost the same as aligned ones on the machines we run
+         * on, and most payloads are short. */
+        uint32_t k32;
+        memcpy(&k32, key, sizeof k32);
+        if (k) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            k32 = k32 << (8 * k) | k32 >> (32 - 8 * k);
+#else
+            k32 = k32 >> (8 * k) | k32 << (32 - 8 * k);
+#endif
+        }
+        uint64_t kw = (uint64_t)k32 << 32 | k32;
+        for (; len - i >= 16; i += 16) {
+            uint64_t w[2];
+            memcpy(w, p + i, sizeof w);
+            w[0] ^= kw;
+            w[1] ^= kw;
+            memcpy(p + i, w, sizeof w);
+        }
         for (; len - i >= 8; i += 8) {
             uint64_t w;
             memcpy(&w, p + i, sizeof w);

@@ -71,9 +71,16 @@ int ws_utf8_feed(struct ws_utf8 *u, const uint8_t *p, size_t len)
 
     while (i < len) {
         if (state == S_BOUNDARY) {
-            /* Between characters: skip ASCII a word at a time. memcpy keeps
-             * the load legal at any alignment, and a word is only loaded
-             * when 8 bytes remain. */
+            /* Between characters: skip ASCII two words, then one word, at
+             * a time. memcpy keeps the loads legal at any alignment, and a
+             * word is only loaded when its 8 bytes remain. */
+            while (len - i >= 16) {
+                uint64_t w[2];
+                memcpy(w, p + i, sizeof w);
+                if ((w[0] | w[1]) & ASCII_MASK)
+                    break;
+                i += 16;
+            }
             while (len - i >= 8) {
                 uint64_t w;
                 memcpy(&w, p + i, sizeof w);

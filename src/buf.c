@@ -9,12 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define POOL_SLOTS 32
-#define POOL_BUF_MAX (64 * 1024) /* larger blocks are freed, not pooled */
-#define FIRST_CAP (256 - sizeof(struct buf_block))
+#define POOL_SLOTS 256
+#define POOL_BUF_MAX (64 * 1024)         /* larger blocks are freed, not pooled */
+#define POOL_BYTES_MAX (4 * 1024 * 1024) /* and the pool holds at most this */
+/* A connection's output in one loop iteration is often a burst of frames:
+ * a first block of 2 KiB holds a typical burst without regrowing. */
+#define FIRST_CAP (2048 - sizeof(struct buf_block))
 
 static struct buf_block *pool[POOL_SLOTS];
 static int pool_n;
+static size_t pool_bytes;
 
 /* A pooled block of at least n bytes, if there is one. */
 static struct buf_block *pool_take(size_t n)
@@ -23,6 +27,7 @@ static struct buf_block *pool_take(size_t n)
         struct buf_block *k = pool[i];
         if (k->cap >= n) {
             pool[i] = pool[--pool_n];
+            pool_bytes -= k->cap;
             k->off = k->len = 0;
             return k;
         }
@@ -34,6 +39,7 @@ void buf_pool_drain(void)
 {
     while (pool_n)
         free(pool[--pool_n]);
+    pool_bytes = 0;
 }
 
 uint8_t *buf_reserve(struct buf *b, size_t n)
@@ -93,9 +99,10 @@ void buf_reset(struct buf *b)
     struct buf_block *k = b->blk;
     if (!k)
         return;
-    if (k->cap <= POOL_BUF_MAX && pool_n < POOL_SLOTS)
+    if (k->cap <= POOL_BUF_MAX && pool_n < POOL_SLOTS && pool_bytes + k->cap <= POOL_BYTES_MAX) {
         pool[pool_n++] = k;
-    else
+        pool_bytes += k->cap;
+    } else
         free(k);
     b->blk = NULL;
 }

@@ -43,6 +43,11 @@ void config_init(struct config *c)
     c->send_buffer = 1u << 20;
     c->max_send_buffer = 64u << 20;
     c->max_connections = 100000;
+    c->compression = 1;
+    c->compression_threshold = 256;
+    c->compression_level = 1;
+    c->compression_window = 15;
+    c->compression_mem_level = 8;
     c->handshake_timeout = 10;
     c->close_timeout = 5;
     c->ping_interval = 30;
@@ -255,6 +260,25 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         NUM(l, "limits.", "max_connections", 1, 10000000, c->max_connections);
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "limits must be a table");
+        goto bad;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "compression");
+    if (lua_istable(L, -1)) {
+        int l = lua_gettop(L);
+        lua_getfield(L, l, "enabled");
+        if (!lua_isnil(L, -1))
+            c->compression = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        NUM(l, "compression.", "threshold", 0, 1ull << 40, c->compression_threshold);
+        NUM(l, "compression.", "level", 1, 9, c->compression_level);
+        NUM(l, "compression.", "window_bits", 9, 15, c->compression_window);
+        NUM(l, "compression.", "mem_level", 1, 9, c->compression_mem_level);
+    } else if (lua_isboolean(L, -1)) {
+        c->compression = lua_toboolean(L, -1);
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(msg, sizeof msg, "compression must be a table or a boolean");
         goto bad;
     }
     lua_pop(L, 1);

@@ -32,6 +32,13 @@ struct config {
     size_t max_send_buffer; /* close a connection whose output is over this */
     unsigned max_connections;
 
+    /* permessage-deflate (RFC 7692) */
+    int compression;              /* accept it when a client offers it */
+    size_t compression_threshold; /* send shorter messages uncompressed */
+    int compression_level;        /* zlib level 1..9 */
+    int compression_window;       /* server_max_window_bits 9..15 */
+    int compression_mem_level;    /* zlib memLevel 1..9 */
+
     double handshake_timeout;
     double close_timeout;
     double ping_interval; /* ping a connection silent this long; 0: never */

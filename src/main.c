@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 
 #include "buf.h"
+#include "compress.h"
 #include "config.h"
 #include "conn.h"
 #include "handshake.h"
@@ -52,8 +53,9 @@ int main(int argc, char **argv)
     srv.lfd = -1;
     srv.router = router_new();
     srv.lb = srv.router ? lbridge_new(&srv, cfg.apps_dir, err, sizeof err) : NULL;
+    srv.z = compress_new(&cfg);
     rc = 1;
-    if (!srv.lb) {
+    if (!srv.lb || !srv.z) {
         fprintf(stderr, "moonport: out of memory\n");
         goto out;
     }
@@ -76,6 +78,7 @@ out:
     reload_stop(&srv);
     lbridge_free(srv.lb);
     router_free(srv.router);
+    compress_free(srv.z);
     buf_pool_drain();
     hs_pool_drain();
     config_free(&cfg);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "compress.h"
 #include "conn.h"
 #include "lbridge.h"
 #include "log.h"
@@ -349,6 +350,16 @@ static void reload_config(struct server *s)
     c->close_timeout = fresh.close_timeout;
     c->ping_interval = fresh.ping_interval;
     c->idle_timeout = fresh.idle_timeout;
+    c->compression = fresh.compression; /* for connections from now on */
+    c->compression_threshold = fresh.compression_threshold;
+    c->compression_level = fresh.compression_level;
+    c->compression_window = fresh.compression_window;
+    c->compression_mem_level = fresh.compression_mem_level;
+    struct compress *z = compress_new(c); /* connections hold no pointer into it */
+    if (z) {
+        compress_free(s->z);
+        s->z = z;
+    }
     /* Routes: drop those the config no longer names, add the new ones. */
     for (size_t i = 0; i < c->nroutes; i++) {
         size_t j = 0;

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "compress.h"
 #include "conn.h"
 #include "lbridge.h"
 #include "log.h"
@@ -154,6 +155,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
             conn_flush(c);
     }
     lbridge_tune_gc(s->lb);
+    compress_trim(s->z);
     while (s->dead_list) {
         struct conn *c = s->dead_list;
         s->dead_list = c->next;

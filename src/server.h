@@ -19,6 +19,7 @@ struct lbridge;
 #define SERVER_READ_BUF (64 * 1024)
 
 struct reload;
+struct compress;
 
 struct server {
     struct ev_loop *loop;
@@ -26,6 +27,7 @@ struct server {
     struct router *router;
     struct lbridge *lb;
     struct reload *reload;
+    struct compress *z; /* permessage-deflate contexts, shared */
     int argc; /* kept for SIGHUP, which reads the options and config again */
     char **argv;
 

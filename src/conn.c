@@ -20,11 +20,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "compress.h"
 #include "handshake.h"
 #include "lbridge.h"
 #include "log.h"
 #include "server.h"
 #include "snapshot.h"
+#include "ws_utf8.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
@@ -276,18 +278,36 @@ static int queued(struct conn *c)
     return 0;
 }
 
+/* With permessage-deflate agreed, a data message goes compressed (RSV1 on
+ * its frame) when that makes it smaller. Returns 1 and queues it, or 0:
+ * send it as it is. */
+static int send_compressed(struct conn *c, uint8_t opcode, const void *data, size_t len, int *rc)
+{
+    const uint8_t *z;
+    size_t zlen;
+    if (!c->deflate || (opcode != WS_OP_TEXT && opcode != WS_OP_BINARY) ||
+        !compress_deflate(c->srv->z, c->deflate_window, data, len, &z, &zlen))
+        return 0;
+    *rc = queue_frame(c, (uint8_t)(0x80 | 0x40 | opcode), z, zlen);
+    return 1;
+}
+
 int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len)
 {
+    int rc;
     if (!conn_can_send(c))
         return -1;
+    if (send_compressed(c, opcode, data, len, &rc))
+        return rc;
     return queue_frame(c, (uint8_t)(0x80 | opcode), data, len);
 }
 
 int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t len, int ref)
 {
-    if (!conn_can_send(c)) {
-        lbridge_unref(c->srv->lb, ref);
-        return -1;
+    int rc = -1;
+    if (!conn_can_send(c) || send_compressed(c, opcode, data, len, &rc)) {
+        lbridge_unref(c->srv->lb, ref); /* not needed: refused, or compressed into a copy */
+        return rc;
     }
     return queue_frame_ref(c, (uint8_t)(0x80 | opcode), data, len, ref);
 }
@@ -462,7 +482,8 @@ static void keepalive(struct conn *c)
 }
 
 /* Accept: the 101 goes out before any frame on_connect queued. */
-static void send_101(struct conn *c, const char *key, const struct conn_reply *reply)
+static void send_101(struct conn *c, const char *key, const struct conn_reply *reply,
+                     const char *extensions)
 {
     char accept[29];
     hs_accept_key(key, accept);
@@ -473,6 +494,11 @@ static void send_101(struct conn *c, const char *key, const struct conn_reply *r
                      "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n",
                      accept);
     buf_append(&head, line, (size_t)n);
+    if (*extensions) {
+        buf_append(&head, "Sec-WebSocket-Extensions: ", 26);
+        buf_append(&head, extensions, strlen(extensions));
+        buf_append(&head, "\r\n", 2);
+    }
     if (reply->protocol) {
         buf_append(&head, "Sec-WebSocket-Protocol: ", 24);
         buf_append(&head, reply->protocol, strlen(reply->protocol));
@@ -529,6 +555,18 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         http_error(c, status, why);
         return;
     }
+    char extensions[WS_DEFLATE_RESPONSE_MAX];
+    int window;
+    int deflate = compress_negotiate(c->srv->z, up.extensions, &window, extensions);
+    if (deflate == WS_DEFLATE_MALFORMED) { /* RFC 6455 9.1: fail the connection */
+        http_error(c, 400, "malformed Sec-WebSocket-Extensions");
+        return;
+    }
+    if (deflate == WS_DEFLATE_ACCEPTED) {
+        c->deflate = 1;
+        c->deflate_window = (uint8_t)window;
+        c->parser.rsv_allowed = 0x40; /* RSV1: "compressed", RFC 7692 section 6 */
+    }
     c->app = m.route->app;
     log_access("%s \"WSCONNECTING %s\" id=%llu", conn_peer(c), conn_path(c),
                (unsigned long long)c->id);
@@ -551,7 +589,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
                    buf_pending(&reply.headers), body ? body : (const uint8_t *)"",
                    buf_pending(&reply.body));
     } else {
-        send_101(c, up.key, &reply);
+        send_101(c, up.key, &reply, extensions);
         c->state = CONN_OPEN;
         c->accepted = 1;
         c->last_rx = ev_now(c->srv->loop);
@@ -590,6 +628,28 @@ static void on_close_frame(struct conn *c, const struct ws_chunk *ch)
     enter_linger(c);
 }
 
+/* A compressed message is whole: inflate it (at most limits.max_message
+ * bytes of it), check its text, hand it over. */
+static void deliver_compressed(struct conn *c, uint8_t op, const uint8_t *data, size_t len)
+{
+    const uint8_t *msg;
+    size_t n;
+    struct compress *z = c->srv->z;
+    int r = compress_inflate(z, data, len, c->srv->cfg->max_message, &msg, &n);
+    if (r) {
+        conn_fail(c, ws_deflate_close_code(r),
+                  r == WS_ERR_TOO_BIG      ? "inflated message over the size limit"
+                  : r == WS_DEFLATE_ERR_DATA ? "invalid compressed data"
+                                             : "out of memory inflating a message");
+        return;
+    }
+    if (op == WS_OP_TEXT && !ws_utf8_valid(msg, n))
+        conn_fail(c, WS_CLOSE_INVALID_DATA, "invalid UTF-8 in text message");
+    else
+        deliver(c, op, msg, n);
+    compress_inflated_done(z);
+}
+
 static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
 {
     switch (ch->opcode) {
@@ -597,8 +657,14 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
     case WS_OP_BINARY:
         if (c->state != CONN_OPEN)
             return; /* after our close, data is read and dropped */
+        if (ch->flags & WS_CHUNK_MSG_START) /* RFC 7692 6: RSV1 of the first frame */
+            c->msg_compressed = (ch->rsv & 0x40) != 0;
         if ((ch->flags & WS_CHUNK_MSG_START) && (ch->flags & WS_CHUNK_MSG_END)) {
-            deliver(c, ch->opcode, ch->data, ch->len); /* straight from the read buffer */
+            /* straight from the read buffer */
+            if (c->msg_compressed)
+                deliver_compressed(c, ch->opcode, ch->data, ch->len);
+            else
+                deliver(c, ch->opcode, ch->data, ch->len);
             return;
         }
         if (buf_append(&c->msg, ch->data, ch->len)) {
@@ -606,7 +672,10 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
             return;
         }
         if (ch->flags & WS_CHUNK_MSG_END) {
-            deliver(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg));
+            if (c->msg_compressed)
+                deliver_compressed(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg));
+            else
+                deliver(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg));
             buf_reset(&c->msg);
         }
         return;

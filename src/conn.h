@@ -76,7 +76,10 @@ struct conn {
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
     uint8_t close_reason_len;
     uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */
-    uint8_t io_events;   /* what io is set to */
+    uint8_t io_events : 2;      /* what io is set to: EV_READ | EV_WRITE */
+    uint8_t deflate : 1;        /* permessage-deflate was agreed */
+    uint8_t deflate_window : 4; /* ...with this server_max_window_bits (9..15) */
+    uint8_t msg_compressed : 1; /* the message arriving has RSV1: inflate it */
     uint8_t in_flush_list : 1;
     uint8_t read_paused : 1;   /* output over send_buffer: not reading */
     uint8_t accepted : 1;      /* on_connect accepted: on_close is owed */

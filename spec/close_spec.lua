@@ -160,3 +160,87 @@ describe("closing handshake", function()
         assert_server_serves()
     end)
 end)
+
+-- The timeouts of the closing handshake (timeouts.close), each connection
+-- counted from when its own close began, whatever the others do.
+describe("close timeouts (timeouts.close = 0.5)", function()
+    local BYE = [[
+local moonport = require "moonport"
+return {
+    on_message = function(ws, data)
+        if data == "bye" then ws:close(4000, "bye") else ws:send(data) end
+    end,
+    on_close = function(ws, code)
+        moonport.log("info", "bye on_close " .. tostring(ws.id) .. " " .. tostring(code))
+    end,
+}
+]]
+    local server
+    setup(function()
+        server = assert(testing.start {
+            apps = {bye = BYE},
+            config = "return { apps = 'apps', timeouts = { close = 0.5 } }",
+        })
+    end)
+    teardown(function() server:cleanup() end)
+
+    -- Reads frames until the server closes TCP; returns the frames' opcodes.
+    local function read_until_eof(ws, limit)
+        local ops = {}
+        while true do
+            local f, err = ws:receive(limit)
+            if not f then
+                return ops, err
+            end
+            ops[#ops + 1] = f.opcode
+        end
+    end
+
+    it("a peer that never answers our close frame is dropped, and on_close gets 1006", function()
+        local ws = assert(server:connect("/bye"))
+        assert(ws:send("bye"))
+        local ops, err = read_until_eof(ws, 5)
+        assert.same({8}, ops) -- our close frame, then the socket closes
+        assert.are_not.equal("timeout", err)
+        assert(server:wait_log("no close frame from the peer after 0.5s", 5))
+        assert(server:wait_log("bye on_close %d+ 1006", 5))
+    end)
+
+    it("a peer that answers the close but never closes TCP is dropped after the linger", function()
+        local ws = assert(server:connect("/bye"))
+        assert(ws:send_frame {opcode = "close", payload = "\3\232"}) -- 1000
+        local ops, err = read_until_eof(ws, 5)
+        assert.same({8}, ops)
+        assert.are_not.equal("timeout", err, "the server kept the socket open")
+    end)
+
+    it("times each connection out from its own close, in order", function()
+        local conns = {}
+        for i = 1, 3 do
+            conns[i] = assert(server:connect("/bye"))
+            assert(conns[i]:send("bye"))
+            testing.sleep(0.15)
+        end
+        -- None answers; every one is dropped, and the log has them in order.
+        for i = 1, 3 do
+            local ops, err = read_until_eof(conns[i], 5)
+            assert.same({8}, ops)
+            assert.are_not.equal("timeout", err)
+        end
+        local ids = {}
+        for id in server:stderr():gmatch("bye on_close (%d+) 1006") do
+            ids[#ids + 1] = tonumber(id)
+        end
+        assert.is_true(#ids >= 3)
+        for i = 2, #ids do
+            assert.is_true(ids[i] > ids[i - 1], "closed out of order: " .. table.concat(ids, " "))
+        end
+    end)
+
+    it("still serves", function()
+        local ws = assert(server:connect("/bye"))
+        assert(ws:send("hello"))
+        assert.equal("hello", (ws:receive_message(5)))
+        ws:close()
+    end)
+end)

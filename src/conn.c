@@ -47,7 +47,6 @@ struct out_refs {
 };
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
-static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void enter_linger(struct conn *c);
 
 const char *conn_peer(const struct conn *c)
@@ -100,16 +99,8 @@ struct conn *conn_new(struct server *srv, int fd)
 
     ev_io_init(&c->io, on_io, fd, EV_READ);
     c->io_events = EV_READ;
-    ev_init(&c->timer, on_timer);
-    c->timer.repeat = cfg->handshake_timeout;
-    ev_timer_again(srv->loop, &c->timer);
     ev_io_start(srv->loop, &c->io);
-
-    c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
-    srv->conns = c;
-    srv->nconns++;
+    server_conn_add(srv, c);
     return c;
 }
 
@@ -169,16 +160,13 @@ void conn_abort(struct conn *c, const char *why)
     finish(c);
     if (c->state == CONN_DEAD) /* on_close cannot kill it, but be sure */
         return;
-    c->state = CONN_DEAD;
-    struct ev_loop *loop = c->srv->loop;
-    ev_io_stop(loop, &c->io);
-    ev_timer_stop(loop, &c->timer);
+    ev_io_stop(c->srv->loop, &c->io);
     close(c->fd);
     c->fd = -1;
     buf_reset(&c->out);
     refs_drop(c);
-    lbridge_release(c->srv->lb, c);
     server_conn_dead(c->srv, c);
+    lbridge_release(c->srv->lb, c);
 }
 
 /* Forget the bytes kept from an incomplete frame: they have been copied
@@ -357,9 +345,7 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
     queue_close(c, code, c->close_reason, c->close_reason_len);
     if (c->state != CONN_OPEN) /* the queue overflowed and dropped it */
         return;
-    c->state = CONN_CLOSING;
-    c->timer.repeat = c->srv->cfg->close_timeout;
-    ev_timer_again(c->srv->loop, &c->timer);
+    server_conn_enter(c->srv, c, CONN_CLOSING);
 }
 
 /* The peer broke a rule: send the close code that says which, and close. */
@@ -382,11 +368,9 @@ static void enter_linger(struct conn *c)
 {
     if (c->state == CONN_LINGER || c->state == CONN_DEAD)
         return;
-    c->state = CONN_LINGER;
+    server_conn_enter(c->srv, c, CONN_LINGER);
     buf_reset(&c->msg);
     partial_drop(c); /* no frame is parsed from now on */
-    c->timer.repeat = c->srv->cfg->close_timeout;
-    ev_timer_again(c->srv->loop, &c->timer);
     finish(c);
     if (c->state == CONN_DEAD)
         return;
@@ -441,31 +425,12 @@ static void http_error(struct conn *c, int status, const char *why)
 
 static void frames_input(struct conn *c, uint8_t *buf, size_t n);
 
-/* While open, the connection's timer is the keepalive: it wakes at the next
- * moment something may be due (a ping after timeouts.ping of silence, a
- * close after timeouts.idle) and looks at last_rx then. */
-static void arm_keepalive(struct conn *c)
+void conn_keepalive(struct conn *c)
 {
     const struct config *cfg = c->srv->cfg;
-    struct ev_loop *loop = c->srv->loop;
-    ev_tstamp due = 0;
-    if (cfg->ping_interval > 0 && !c->pinged)
-        due = c->last_rx + cfg->ping_interval;
-    if (cfg->idle_timeout > 0 && (!due || c->last_rx + cfg->idle_timeout < due))
-        due = c->last_rx + cfg->idle_timeout;
-    if (!due) {
-        ev_timer_stop(loop, &c->timer);
+    if (c->state != CONN_OPEN)
         return;
-    }
-    ev_tstamp wait = due - ev_now(loop);
-    c->timer.repeat = wait > 0.001 ? wait : 0.001;
-    ev_timer_again(loop, &c->timer);
-}
-
-static void keepalive(struct conn *c)
-{
-    const struct config *cfg = c->srv->cfg;
-    ev_tstamp silent = ev_now(c->srv->loop) - c->last_rx;
+    ev_tstamp silent = ev_now(c->srv->loop) - c->stamp;
     if (cfg->idle_timeout > 0 && silent >= cfg->idle_timeout) {
         log_info("conn %llu %s: nothing from the client for %gs: closing with 1001",
                  (unsigned long long)c->id, conn_path(c), silent);
@@ -475,10 +440,7 @@ static void keepalive(struct conn *c)
     if (cfg->ping_interval > 0 && !c->pinged && silent >= cfg->ping_interval) {
         c->pinged = 1;
         queue_frame(c, 0x80 | WS_OP_PING, NULL, 0);
-        if (c->state != CONN_OPEN)
-            return;
     }
-    arm_keepalive(c);
 }
 
 /* Accept: the 101 goes out before any frame on_connect queued. */
@@ -590,10 +552,8 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
                    buf_pending(&reply.body));
     } else {
         send_101(c, up.key, &reply, extensions);
-        c->state = CONN_OPEN;
+        server_conn_enter(c->srv, c, CONN_OPEN);
         c->accepted = 1;
-        c->last_rx = ev_now(c->srv->loop);
-        arm_keepalive(c);
         log_access("%s \"WSCONNECT %s\" id=%llu", conn_peer(c), conn_path(c),
                    (unsigned long long)c->id);
         hs_free(c->hs);
@@ -708,10 +668,12 @@ static void partial_keep(struct conn *c, const uint8_t *p, size_t n)
 static void frames_input(struct conn *c, uint8_t *buf, size_t n)
 {
     size_t off = 0;
-    /* Any bytes count as a sign of life; the keepalive timer reads this
-     * when it fires instead of being re-armed on every read. */
-    c->last_rx = ev_now(c->srv->loop);
-    c->pinged = 0;
+    /* Any bytes count as a sign of life; the keepalive sweep reads this.
+     * Once closing, stamp is when that began: its timeout runs from then. */
+    if (c->state == CONN_OPEN) {
+        c->stamp = ev_now(c->srv->loop);
+        c->pinged = 0;
+    }
     while (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
         struct ws_chunk ch;
         long r = ws_parser_feed(&c->parser, buf + off, n - off, &ch);
@@ -867,19 +829,12 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         on_readable(c);
 }
 
-static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+void conn_timeout(struct conn *c)
 {
-    (void)loop;
-    (void)revents;
-    struct conn *c = container_of(w, struct conn, timer);
     switch (c->state) {
-    case CONN_OPEN:
-        keepalive(c);
-        break;
     case CONN_HANDSHAKE:
         log_info("conn %llu from %s: handshake not complete after %gs: closing",
-                 (unsigned long long)c->id, conn_peer(c),
-                 c->srv->cfg->handshake_timeout);
+                 (unsigned long long)c->id, conn_peer(c), c->srv->cfg->handshake_timeout);
         conn_abort(c, "handshake timeout");
         break;
     case CONN_CLOSING:

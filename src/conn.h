@@ -1,5 +1,5 @@
 /* conn: the one connection state machine. A conn owns its socket, its
- * libev watchers, its timer, its output queue, its pending message, its
+ * libev watcher, its output queue, its pending message, its
  * frame parser state, the bytes of a frame that has not all arrived, and
  * its handshake while that lasts. Everything that ends a connection goes
  * through conn_fail (the peer broke a rule), conn_close (the server wants to
@@ -41,13 +41,14 @@ struct conn_reply {
 
 struct conn {
     struct server *srv;
-    struct conn *prev, *next; /* every live conn: srv->conns; once dead,
-                                 next links srv->dead_list */
+    struct conn *prev, *next; /* the server's list for its state (server.h);
+                                 once dead, next links srv->dead_list */
     struct conn *flush_next;  /* srv->flush_list while output is pending */
     ev_io io;       /* the socket: EV_READ unless paused, EV_WRITE while output waits */
-    ev_timer timer; /* handshake, keepalive, close and linger timeouts */
     uint64_t id;
-    ev_tstamp last_rx; /* when the client last sent anything: for ping and idle */
+    /* Open: when the client last sent anything (for ping and idle). Other
+     * states: when the state began; its timeout runs from then. */
+    ev_tstamp stamp;
 
     struct hs_request *hs;    /* while the handshake lasts */
     struct conn_reply *reply; /* only during on_connect */
@@ -86,7 +87,7 @@ struct conn {
     uint8_t on_close_done : 1;
     uint8_t in_connect : 1;    /* inside on_connect */
     uint8_t shut_wr : 1;       /* our side is half-closed */
-    uint8_t pinged : 1;        /* a keepalive ping went out since last_rx */
+    uint8_t pinged : 1;        /* a keepalive ping went out since stamp */
 };
 
 /* Take ownership of an accepted socket. */
@@ -119,6 +120,14 @@ void conn_flush(struct conn *c);
 /* Close the socket at once, without a closing handshake (on_close gets
  * code 1006 if it is owed). */
 void conn_abort(struct conn *c, const char *why);
+
+/* The timeout of c's state has passed (handshake, close or linger): the
+ * server's timers call this. */
+void conn_timeout(struct conn *c);
+
+/* The keepalive sweep: ping c after timeouts.ping of silence, close it
+ * after timeouts.idle. */
+void conn_keepalive(struct conn *c);
 
 /* Free a dead conn. Only the server's sweep calls this. */
 void conn_free(struct conn *c);

@@ -117,8 +117,8 @@ static void dir_route(const char *name, char *route, size_t len)
 static void close_app_conns(struct server *s, const struct app *a, const char *why)
 {
     size_t n = 0;
-    for (struct conn *c = s->conns, *next; c; c = next) {
-        next = c->next; /* conn_close may drop c (a full queue) */
+    for (struct conn *c = s->open.head, *next; c; c = next) {
+        next = c->next; /* conn_close moves c to the closing list (or drops it) */
         if (c->app == a && c->state == CONN_OPEN) {
             conn_close(c, WS_CLOSE_GOING_AWAY, why);
             n++;

@@ -128,18 +128,154 @@ void server_want_flush(struct server *s, struct conn *c)
     s->flush_list = c;
 }
 
-void server_conn_dead(struct server *s, struct conn *c)
+static struct conn_list *list_of(struct server *s, int state)
+{
+    switch (state) {
+    case CONN_HANDSHAKE:
+        return &s->handshaking;
+    case CONN_OPEN:
+        return &s->open;
+    case CONN_CLOSING:
+    case CONN_LINGER:
+        return &s->closing;
+    }
+    return NULL;
+}
+
+static void list_remove(struct conn_list *l, struct conn *c)
 {
     if (c->prev)
         c->prev->next = c->next;
     else
-        s->conns = c->next;
+        l->head = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    c->prev = NULL;
+    else
+        l->tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void list_append(struct conn_list *l, struct conn *c)
+{
+    c->next = NULL;
+    c->prev = l->tail;
+    if (l->tail)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+}
+
+/* A list's timer wakes when its head falls due. */
+static void arm(struct server *s, ev_timer *w, const struct conn_list *l, double timeout)
+{
+    if (!l->head) {
+        ev_timer_stop(s->loop, w);
+        return;
+    }
+    double wait = l->head->stamp + timeout - ev_now(s->loop);
+    ev_timer_stop(s->loop, w);
+    ev_timer_set(w, wait > 0.001 ? wait : 0.001, 0);
+    ev_timer_start(s->loop, w);
+}
+
+/* Keepalive looks at every open connection this often: a few times per
+ * timeouts.ping (or idle), so a ping goes out at most a quarter of that
+ * late, and no more than once a second nor less than every 5 s. */
+static double keepalive_period(const struct config *cfg)
+{
+    double t = cfg->ping_interval > 0 ? cfg->ping_interval : cfg->idle_timeout;
+    if (cfg->idle_timeout > 0 && cfg->idle_timeout < t)
+        t = cfg->idle_timeout;
+    t /= 4;
+    return t < 0.01 ? 0.01 : t > 5 ? 5 : t;
+}
+
+static void start_keepalive(struct server *s)
+{
+    const struct config *cfg = s->cfg;
+    if (ev_is_active(&s->keepalive_w) || (cfg->ping_interval <= 0 && cfg->idle_timeout <= 0))
+        return;
+    double period = keepalive_period(cfg);
+    ev_timer_set(&s->keepalive_w, period, period);
+    ev_timer_start(s->loop, &s->keepalive_w);
+}
+
+void server_conn_add(struct server *s, struct conn *c)
+{
+    c->state = CONN_HANDSHAKE;
+    c->stamp = ev_now(s->loop);
+    list_append(&s->handshaking, c);
+    s->nconns++;
+    if (!ev_is_active(&s->handshake_w))
+        arm(s, &s->handshake_w, &s->handshaking, s->cfg->handshake_timeout);
+}
+
+void server_conn_enter(struct server *s, struct conn *c, int state)
+{
+    list_remove(list_of(s, c->state), c);
+    c->state = (uint8_t)state;
+    c->stamp = ev_now(s->loop);
+    list_append(list_of(s, state), c);
+    if (state == CONN_OPEN)
+        start_keepalive(s);
+    else if (!ev_is_active(&s->closing_w))
+        arm(s, &s->closing_w, &s->closing, s->cfg->close_timeout);
+}
+
+void server_conn_dead(struct server *s, struct conn *c)
+{
+    list_remove(list_of(s, c->state), c);
+    c->state = CONN_DEAD;
     s->nconns--;
-    c->next = s->dead_list; /* out of srv->conns, so next links the dead */
+    c->next = s->dead_list; /* out of every list, so next links the dead */
     s->dead_list = c;
+}
+
+/* The handshake timeout of the connections at the head of the list. */
+static void on_handshake_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct server *s = container_of(w, struct server, handshake_w);
+    double timeout = s->cfg->handshake_timeout;
+    while (s->handshaking.head && s->handshaking.head->stamp + timeout <= ev_now(loop) + 0.0005)
+        conn_timeout(s->handshaking.head);
+    arm(s, w, &s->handshaking, timeout);
+}
+
+static void on_closing_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct server *s = container_of(w, struct server, closing_w);
+    double timeout = s->cfg->close_timeout;
+    while (s->closing.head && s->closing.head->stamp + timeout <= ev_now(loop) + 0.0005)
+        conn_timeout(s->closing.head);
+    arm(s, w, &s->closing, timeout);
+}
+
+/* Every open connection gets a look: each one looked at goes to the tail,
+ * so the sweep ends after as many as there were, whatever the handlers it
+ * runs do to other connections. */
+static void on_keepalive(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct server *s = container_of(w, struct server, keepalive_w);
+    const struct config *cfg = s->cfg;
+    size_t n = 0;
+    for (struct conn *c = s->open.head; c; c = c->next)
+        n++;
+    for (; n && s->open.head; n--) {
+        struct conn *c = s->open.head;
+        list_remove(&s->open, c);
+        list_append(&s->open, c);
+        conn_keepalive(c);
+    }
+    if (!s->open.head || (cfg->ping_interval <= 0 && cfg->idle_timeout <= 0)) {
+        ev_timer_stop(loop, w);
+        return;
+    }
+    w->repeat = keepalive_period(cfg); /* SIGHUP may have changed it */
+    ev_timer_again(loop, w);
 }
 
 /* Runs before the loop blocks: flush, then free the dead. */
@@ -167,14 +303,21 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
         ev_break(loop, EVBREAK_ALL);
 }
 
+static void drop_all(struct server *s)
+{
+    struct conn_list *lists[] = {&s->handshaking, &s->open, &s->closing};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
+        while (lists[i]->head)
+            conn_abort(lists[i]->head, "shutdown");
+}
+
 static void on_shutdown_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
     struct server *s = container_of(w, struct server, shutdown_w);
     log_warn("shutdown: %zu connection(s) did not finish closing; dropping them", s->nconns);
-    while (s->conns)
-        conn_abort(s->conns, "shutdown");
+    drop_all(s);
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
@@ -184,8 +327,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
                                            : container_of(w, struct server, sigterm_w);
     if (s->shutting_down) {
         log_warn("second signal: dropping every connection now");
-        while (s->conns)
-            conn_abort(s->conns, "shutdown");
+        drop_all(s);
         return;
     }
     s->shutting_down = 1;
@@ -195,13 +337,17 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     ev_timer_stop(loop, &s->accept_retry);
     close(s->lfd);
     s->lfd = -1;
-    for (struct conn *c = s->conns, *next; c; c = next) {
+    /* conn_close moves each open conn to the closing list (or drops it). */
+    while (s->open.head)
+        conn_close(s->open.head, WS_CLOSE_GOING_AWAY, "server shutting down");
+    for (struct conn *c = s->handshaking.head, *next; c; c = next) {
         next = c->next;
-        if (c->state == CONN_OPEN)
-            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
-        else if (c->state == CONN_HANDSHAKE && !c->in_connect)
+        if (!c->in_connect)
             conn_abort(c, "shutdown");
-        else if (c->state == CONN_LINGER && c->shut_wr)
+    }
+    for (struct conn *c = s->closing.head, *next; c; c = next) {
+        next = c->next;
+        if (c->state == CONN_LINGER && c->shut_wr)
             conn_abort(c, "shutdown"); /* all sent: only the peer's FIN is missing */
     }
     ev_timer_set(&s->shutdown_w, s->cfg->close_timeout + 0.5, 0);
@@ -222,6 +368,9 @@ int server_run(struct server *s)
     ev_prepare_init(&s->prepare_w, on_prepare);
     ev_prepare_start(loop, &s->prepare_w);
     ev_init(&s->shutdown_w, on_shutdown_timeout);
+    ev_init(&s->handshake_w, on_handshake_timeout);
+    ev_init(&s->closing_w, on_closing_timeout);
+    ev_init(&s->keepalive_w, on_keepalive);
     /* Timers and signals must not keep a finished loop alive. */
     ev_run(loop, 0);
     log_info("stopped");

@@ -1,8 +1,15 @@
-/* server: the event loop's owner. It listens, accepts, keeps the list of
- * connections, flushes their output once per loop iteration (so frames
- * queued by one handler leave in one write), frees dead connections at a
- * safe point, and shuts down on SIGINT/SIGTERM by closing every connection
- * with 1001. */
+/* server: the event loop's owner. It listens, accepts, keeps the lists of
+ * connections and runs their timeouts, flushes their output once per loop
+ * iteration (so frames queued by one handler leave in one write), frees
+ * dead connections at a safe point, and shuts down on SIGINT/SIGTERM by
+ * closing every connection with 1001.
+ *
+ * Timeouts cost a connection nothing of its own: every connection in a
+ * state with a fixed timeout (the handshake, the closing handshake and the
+ * linger after it) sits in that state's list in the order it entered, which
+ * is the order its timeout falls due, and one timer per list wakes for the
+ * head. Open connections are swept for keepalive a few times per
+ * timeouts.ping. */
 #ifndef MOONPORT_SERVER_H
 #define MOONPORT_SERVER_H
 
@@ -21,6 +28,11 @@ struct lbridge;
 struct reload;
 struct compress;
 
+/* Connections in the order they entered a state. */
+struct conn_list {
+    struct conn *head, *tail;
+};
+
 struct server {
     struct ev_loop *loop;
     struct config *cfg;
@@ -38,7 +50,10 @@ struct server {
     ev_prepare prepare_w; /* flush output and sweep dead conns */
     ev_timer shutdown_w;  /* bound on the graceful shutdown */
 
-    struct conn *conns;
+    struct conn_list handshaking; /* CONN_HANDSHAKE: timeouts.handshake from accept */
+    struct conn_list open;        /* CONN_OPEN: swept for keepalive */
+    struct conn_list closing;     /* CONN_CLOSING, CONN_LINGER: timeouts.close from entering */
+    ev_timer handshake_w, closing_w, keepalive_w;
     size_t nconns;
     struct conn *flush_list;
     struct conn *dead_list;
@@ -61,6 +76,12 @@ int server_run(struct server *s);
 
 /* Connection bookkeeping for conn.c. */
 void server_want_flush(struct server *s, struct conn *c);
+/* A new connection: CONN_HANDSHAKE, its timeout running from now. */
+void server_conn_add(struct server *s, struct conn *c);
+/* c enters state (CONN_OPEN, CONN_CLOSING or CONN_LINGER): c->stamp is now,
+ * and the state's timeout runs from now. */
+void server_conn_enter(struct server *s, struct conn *c, int state);
+/* c is dead: out of its list, on the list to free at the next safe point. */
 void server_conn_dead(struct server *s, struct conn *c);
 
 #endif

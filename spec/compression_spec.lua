@@ -75,14 +75,17 @@ describe("permessage-deflate", function()
         offer("permessage-deflate; server_max_window_bits=10").headers["sec-websocket-extensions"])
     end)
 
-    it("declines server_max_window_bits=8 (zlib cannot compress with it) and takes the next offer",
-      function()
-        assert.is_nil(offer("permessage-deflate; server_max_window_bits=8")
+    it("accepts server_max_window_bits=8, which zlib cannot deflate with", function()
+      assert.are.equal("permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+        .. "server_max_window_bits=8",
+        offer("permessage-deflate; server_max_window_bits=8").headers["sec-websocket-extensions"])
+    end)
+
+    it("takes the next offer when one is declined", function()
+      assert.are.equal("permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        offer("permessage-deflate; server_max_window_bits=7, permessage-deflate")
           .headers["sec-websocket-extensions"])
-        assert.are.equal("permessage-deflate; server_no_context_takeover; client_no_context_takeover",
-          offer("permessage-deflate; server_max_window_bits=8, permessage-deflate")
-            .headers["sec-websocket-extensions"])
-      end)
+    end)
 
     it("declines offers with unknown or repeated parameters or bad values", function()
       for _, bad in ipairs {
@@ -124,6 +127,10 @@ describe("permessage-deflate", function()
 
     it("compresses with the window the client allowed (7.1.2.1)", function()
       case("server_window")
+    end)
+
+    it("keeps to an 8-bit window by coding Huffman only (7.1.2.1)", function()
+      case("server_window8")
     end)
 
     it("fails RSV1 on a continuation frame with 1002 (6.1)", function()

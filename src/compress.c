@@ -13,7 +13,7 @@ struct compress {
     struct ws_deflate_policy policy;
     size_t threshold;
     struct ws_inflater *inflater;                     /* window 15 fits every client */
-    struct ws_deflater *deflaters[WINDOW_MAX + 1];    /* by window bits, 9..15 */
+    struct ws_deflater *deflaters[WINDOW_MAX + 1];    /* by window bits, 8..15 */
     struct buf inflated;
     /* The last message compressed, and what it became: a broadcast sends
      * the same bytes to every subscriber, one ws:send at a time. */
@@ -84,7 +84,7 @@ void compress_inflated_done(struct compress *z)
 int compress_deflate(struct compress *z, int window, const uint8_t *in, size_t len,
                      const uint8_t **out, size_t *out_len)
 {
-    if (len < z->threshold || window < 9 || window > WINDOW_MAX)
+    if (len < z->threshold || window < 8 || window > WINDOW_MAX)
         return 0;
     if (window == z->last_window && len == buf_pending(&z->last_in) &&
         (len == 0 || memcmp(buf_head(&z->last_in), in, len) == 0))

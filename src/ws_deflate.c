@@ -21,7 +21,8 @@
 
 #define NAME "permessage-deflate"
 #define WBITS_MIN 8  /* RFC 7692 7.1.2.1, 7.1.2.2: 8..15 */
-#define WBITS_ZLIB 9 /* raw deflate in zlib refuses 8 (deflateInit2 returns an error) */
+#define WBITS_ZLIB 9 /* raw deflate in zlib refuses 8 (deflateInit2 returns an error):
+                        an 8-bit deflater codes Huffman only (ws_deflater_new) */
 #define WBITS_MAX 15
 
 void ws_deflate_policy_init(struct ws_deflate_policy *p)
@@ -199,15 +200,9 @@ static int offer_accept(const struct offer *o, const struct ws_deflate_policy *p
     int server_bits = clamp_bits(policy->server_max_window_bits);
     if (o->server_max_window_bits) {
         /* 7.1.2.1: the response must carry "the same or smaller value as the
-         * offer", and "A server declines an extension negotiation offer with
-         * this parameter if the server doesn't support it." zlib cannot
-         * deflate raw data with an 8-bit window, so an offer of 8 is
-         * declined. (The RFC would also let us accept it and then never set
-         * RSV1 on what we send, since an uncompressed message is always
-         * allowed (section 6), or compress with stored blocks only; neither
-         * is worth a special case.) */
-        if (o->server_max_window_bits < WBITS_ZLIB)
-            return 0;
+         * offer". zlib cannot deflate raw data with an 8-bit window, but a
+         * deflater that never refers back (Huffman coding only, see
+         * ws_deflater_new) keeps to any window, so 8 is accepted too. */
         if (o->server_max_window_bits < server_bits)
             server_bits = o->server_max_window_bits;
     }
@@ -567,9 +562,17 @@ struct ws_deflater {
 struct ws_deflater *ws_deflater_new(int window_bits, int mem_level, int level,
                                     int no_context_takeover)
 {
-    if (window_bits < WBITS_ZLIB || window_bits > WBITS_MAX || mem_level < 1 || mem_level > 9 ||
+    if (window_bits < WBITS_MIN || window_bits > WBITS_MAX || mem_level < 1 || mem_level > 9 ||
         level < -1 || level > 9)
         return NULL;
+    /* zlib has no 8-bit window for raw deflate. Huffman coding alone makes
+     * no back-references at all, so it keeps to an 8-bit window whatever
+     * window zlib is given. */
+    int strategy = Z_DEFAULT_STRATEGY;
+    if (window_bits < WBITS_ZLIB) {
+        window_bits = WBITS_ZLIB;
+        strategy = Z_HUFFMAN_ONLY;
+    }
     struct ws_deflater *z = calloc(1, sizeof *z);
     if (!z)
         return NULL;
@@ -578,8 +581,7 @@ struct ws_deflater *ws_deflater_new(int window_bits, int mem_level, int level,
     z->zs.opaque = &z->mem;
     z->no_context_takeover = no_context_takeover;
     /* Negative window bits: raw DEFLATE, no zlib header or checksum. */
-    if (deflateInit2(&z->zs, level, Z_DEFLATED, -window_bits, mem_level, Z_DEFAULT_STRATEGY) !=
-        Z_OK) {
+    if (deflateInit2(&z->zs, level, Z_DEFLATED, -window_bits, mem_level, strategy) != Z_OK) {
         free(z);
         return NULL;
     }

@@ -42,7 +42,7 @@ void ws_deflate_policy_init(struct ws_deflate_policy *p);
 struct ws_deflate_params {
     uint8_t server_no_context_takeover; /* reset our deflater after every message */
     uint8_t client_no_context_takeover; /* the client resets: inflate each message empty */
-    uint8_t server_max_window_bits;     /* 9..15: create the deflater with this */
+    uint8_t server_max_window_bits;     /* 8..15: create the deflater with this */
     uint8_t client_max_window_bits;     /* 8..15: create the inflater with this;
                                            15 when the client was not limited */
 };
@@ -62,9 +62,9 @@ enum {
 /* Pick the first permessage-deflate offer in offers (the
  * Sec-WebSocket-Extensions value, repeated header lines joined with ", ";
  * NULL when there is none) that the server can accept under policy. Offers
- * with an unknown or repeated parameter, an invalid value, or a
- * server_max_window_bits of 8 are declined and the next one is tried
- * (RFC 7692 section 7); other extensions are ignored. On
+ * with an unknown or repeated parameter or an invalid value are declined
+ * and the next one is tried (RFC 7692 section 7); other extensions are
+ * ignored. On
  * WS_DEFLATE_ACCEPTED, *out holds the agreed parameters and response the
  * NUL-terminated value for the 101's Sec-WebSocket-Extensions header, such as
  * "permessage-deflate; server_no_context_takeover; client_max_window_bits=15".
@@ -132,7 +132,8 @@ int ws_inflate_message(struct ws_inflater *z, const uint8_t *in, size_t len, str
 
 struct ws_deflater;
 
-/* window_bits: the agreed server_max_window_bits, 9..15; mem_level 1..9;
+/* window_bits: the agreed server_max_window_bits, 8..15 (8: Huffman coding
+ * only, which refers back to nothing: zlib has no 8-bit window); mem_level 1..9;
  * level 0..9 or -1 (zlib's default); no_context_takeover: the agreed
  * server_no_context_takeover: every message starts from an empty window, so
  * one deflater can serve every connection. NULL when out of memory or an

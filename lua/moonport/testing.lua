@@ -18,11 +18,14 @@ testing.start(opts) -> server | nil, err, stderr_text
                apps above are "apps/name.lua" for routes.
     files    = { relative_path = content }: more files to write under DIR.
     args     = { ... } extra command line arguments (before the apps dir).
+    tls      = { cert = FILE, key = FILE }: serve wss:// with this PEM
+               certificate chain and key (--tls-cert, --tls-key).
     bin      = the binary (default $MOONPORT_BIN, else "bin/moonport").
     env      = a prefix of shell assignments, like "FOO=1 BAR=2".
     host     = the --host value (default "127.0.0.1"; false: no --host).
     port     = the --port value (default 0, a free port; false: no --port).
-    timeout  = seconds to wait for "listening on ws://HOST:PORT" (default 10).
+    timeout  = seconds to wait for "listening on ws://HOST:PORT" (or wss://;
+               default 10).
   When neither apps nor apps_dir is given and there is no config, an empty
   DIR/apps is served. If the server exits, or does not say it listens
   within timeout (then it is killed), start returns nil, a reason, and what
@@ -30,6 +33,7 @@ testing.start(opts) -> server | nil, err, stderr_text
 
 The server object:
   .host .port .pid .dir (the temp dir) .apps_dir
+  .scheme                 "ws", or "wss" when the server said it serves TLS
   :stderr() :stdout()     what the server wrote so far (stdout is the
                           access log, stderr everything else).
   :alive()                true while the process runs.
@@ -254,6 +258,10 @@ function testing.start(opts)
         write_file(dir .. "/config.lua", opts.config)
         argv[#argv + 1] = "--config " .. quote(dir .. "/config.lua")
     end
+    if opts.tls then
+        argv[#argv + 1] = "--tls-cert " .. quote(opts.tls.cert)
+        argv[#argv + 1] = "--tls-key " .. quote(opts.tls.key)
+    end
     for _, arg in ipairs(opts.args or {}) do
         argv[#argv + 1] = quote(arg)
     end
@@ -287,8 +295,9 @@ function testing.start(opts)
 
     while true do
         local err = self:stderr()
-        local host, port = err:match("listening on ws://(%S+):(%d+)")
+        local scheme, host, port = err:match("listening on (wss?)://(%S+):(%d+)")
         if port then
+            self.scheme = scheme
             self.port = tonumber(port)
             if opts.host ~= false then
                 self.host = opts.host or "127.0.0.1"

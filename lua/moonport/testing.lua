@@ -48,8 +48,9 @@ The server object:
   :wait_log(pattern, timeout) -> the first match of a Lua pattern in stderr
                           or stdout, polled until timeout (default 5 s), or nil.
   :write_app(name, src)   writes APPS_DIR/name.lua.
-  :connect(path, opts)    client.connect to this server.
-  :request(raw, timeout)  client.request to this server.
+  :connect(path, opts)    client.connect to this server (over TLS, trusting
+                          opts.tls.cert, when it was started with tls).
+  :request(raw, timeout)  client.request to this server (the same).
   :cleanup()              stops the server if it runs, removes DIR.
 
 testing.sleep(seconds)
@@ -211,11 +212,19 @@ function server:write_app(name, source)
 end
 
 function server:connect(path, opts)
+    if self.tls and not (opts and opts.tls) then
+        local o = {tls = {cafile = self.tls.cert}}
+        for k, v in pairs(opts or {}) do
+            o[k] = v
+        end
+        opts = o
+    end
     return client.connect(self.host, self.port, path, opts)
 end
 
 function server:request(raw, timeout)
-    return client.request(self.host, self.port, raw, timeout)
+    return client.request(self.host, self.port, raw, timeout,
+        self.tls and {cafile = self.tls.cert} or nil)
 end
 
 function server:cleanup()
@@ -231,7 +240,8 @@ end
 function testing.start(opts)
     opts = opts or {}
     local dir = make_temp_dir()
-    local self = setmetatable({dir = dir, owns_dir = true, host = opts.host or "127.0.0.1"}, server)
+    local self = setmetatable({dir = dir, owns_dir = true, host = opts.host or "127.0.0.1",
+        tls = opts.tls}, server)
 
     local apps_dir = opts.apps_dir
     if not apps_dir and (opts.apps or not opts.config) then

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -76,9 +77,14 @@ SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, siz
         goto fail;
     what = "key";
     file = key_file;
-    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1)
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        unsigned long e = ERR_peek_last_error();
+        if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH)
+            goto mismatch;
         goto fail;
+    }
     if (SSL_CTX_check_private_key(ctx) != 1) {
+mismatch:
         keep_error("no reason given");
         snprintf(err, errlen, "tls: the key %s does not match the certificate %s (%s)", key_file,
                  cert_file, last_error);

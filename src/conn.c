@@ -902,7 +902,10 @@ static long write_tls(struct conn *c)
         return n;
     if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
         return 0;
-    tls_failed(c);
+    if (n == TLS_CLOSED)
+        conn_abort(c, "peer closed the connection");
+    else
+        tls_failed(c);
     return -1;
 }
 

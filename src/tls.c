@@ -58,7 +58,10 @@ SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, siz
      * is an EOF, not an error: WebSocket's close frame already says whether
      * the conversation ended cleanly. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                                 SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_IGNORE_UNEXPECTED_EOF);
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF /* OpenSSL 3; 1.1 reports EOF as SSL_ERROR_SYSCALL */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
     /* An idle connection gives its read and write buffers back (about
      * 34 KiB); a write may take part of what it is offered, and be retried
      * from wherever the output queue has moved the bytes to. */
@@ -134,8 +137,10 @@ static int failed(SSL *ssl, int r)
     case SSL_ERROR_ZERO_RETURN:
         return TLS_CLOSED;
     case SSL_ERROR_SYSCALL:
-        if (ERR_peek_error() == 0 && errno == 0)
-            return TLS_CLOSED; /* EOF */
+        /* EOF, or a peer that reset: gone, as a plain connection's peer
+         * would be, which is not worth more than a debug line. */
+        if (ERR_peek_error() == 0 && (errno == 0 || errno == ECONNRESET || errno == EPIPE))
+            return TLS_CLOSED;
         keep_error(errno ? strerror(errno) : "I/O error");
         return TLS_ERROR;
     default:

@@ -19,7 +19,7 @@ struct ssl_st;
 enum {
     TLS_WANT_READ = -1,  /* wait until the socket is readable, then call again */
     TLS_WANT_WRITE = -2, /* wait until the socket is writable, then call again */
-    TLS_CLOSED = -3,     /* the peer closed (close_notify or EOF): no more input */
+    TLS_CLOSED = -3,     /* the peer closed (close_notify, EOF or a reset): no more I/O */
     TLS_ERROR = -4,      /* the connection is broken: tls_error() says why */
 };
 
@@ -43,7 +43,7 @@ void tls_free(struct ssl_st *ssl);
 long tls_read(struct ssl_st *ssl, void *buf, size_t len);
 
 /* Write len > 0 bytes: > 0 bytes written (perhaps fewer than len, one
- * record's worth), or TLS_WANT_READ, TLS_WANT_WRITE, TLS_ERROR. After a
+ * record's worth), or TLS_WANT_READ, TLS_WANT_WRITE, TLS_CLOSED, TLS_ERROR. After a
  * TLS_WANT_*, call it again with the same bytes (at least as many; the
  * buffer may have moved). */
 long tls_write(struct ssl_st *ssl, const void *buf, size_t len);

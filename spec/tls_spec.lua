@@ -10,7 +10,10 @@ local quote = testing.quote
 
 local ECHO = [[
 local app = {}
-function app.on_message(ws, data, kind) ws:send(data, kind) end
+function app.on_message(ws, data, kind)
+  if data == "scheme?" then return ws:send(ws.request.scheme) end
+  ws:send(data, kind)
+end
 function app.on_close(ws, code, reason)
   require("moonport").log("info", "on_close", code, reason)
 end
@@ -132,8 +135,11 @@ describe("wss://", function()
         assert.truthy(out:find("echo_client.js: all 7 checks passed", 1, true), out)
     end)
 
-    it("raw frames over TLS: fragments, a ping, a protocol error closed with 1002", function()
+    it("raw frames over TLS: req.scheme is wss, fragments, a ping, a protocol error " ..
+        "closed with 1002", function()
         local ws = assert(server:connect("/echo"))
+        ws:send("scheme?")
+        assert.equal("wss", (ws:receive_message(3)))
         ws:send_frame {opcode = "text", fin = false, payload = "hel"}
         ws:send_frame {opcode = "ping", payload = "p"}
         ws:send_frame {opcode = "continuation", payload = "lo"}

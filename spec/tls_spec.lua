@@ -316,6 +316,18 @@ describe("starting with TLS", function()
             line)
     end)
 
+    it("an encrypted key: exit 1 at once, one line (no passphrase prompt)", function()
+        local enc = dir .. "/enc-key.pem"
+        local status, out = run("openssl pkey -in " .. quote(key) .. " -aes256 -passout pass:x" ..
+            " -out " .. quote(enc))
+        assert(status == 0, out)
+        local t0 = socket.gettime()
+        local rc, line = start_fails("--tls-cert " .. quote(cert) .. " --tls-key " .. quote(enc))
+        assert.equal(1, rc)
+        assert.truthy(line:find("cannot load the key " .. enc, 1, true), line)
+        assert.is_true(socket.gettime() - t0 < 5, "it waited")
+    end)
+
     it("--tls-cert without --tls-key: exit 2", function()
         local status, line = start_fails("--tls-cert " .. quote(cert))
         assert.equal(2, status)

@@ -35,6 +35,18 @@ const char *tls_error(void)
     return last_error;
 }
 
+/* An encrypted key would make OpenSSL ask for its passphrase on the
+ * terminal, which would hang a start, or the whole loop at a SIGHUP: no
+ * passphrase, so it fails to load instead. */
+static int no_passphrase(char *buf, int size, int rwflag, void *userdata)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)userdata;
+    return 0;
+}
+
 SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen)
 {
     /* Name the file that is missing: OpenSSL's message for it is vague. */
@@ -74,6 +86,7 @@ SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, siz
      * cache would hold every client's session for minutes. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     const char *what = "certificate";
     const char *file = cert_file;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1)

@@ -53,8 +53,8 @@ SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, siz
     const char *files[] = {cert_file, key_file};
     for (size_t i = 0; i < 2; i++) {
         if (access(files[i], R_OK) != 0) {
-            snprintf(err, errlen, "tls: cannot read %s %s: %s", i ? "key" : "certificate",
-                     files[i], strerror(errno));
+            snprintf(err, errlen, "tls: cannot read %s %s: %s", i ? "key" : "certificate", files[i],
+                     strerror(errno));
             return NULL;
         }
     }
@@ -94,20 +94,21 @@ SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, siz
     what = "key";
     file = key_file;
     if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        /* OpenSSL checks the key against the certificate as it loads it. */
         unsigned long e = ERR_peek_last_error();
         if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH)
             goto mismatch;
         goto fail;
     }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-mismatch:
-        keep_error("no reason given");
-        snprintf(err, errlen, "tls: the key %s does not match the certificate %s (%s)", key_file,
-                 cert_file, last_error);
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
+    if (SSL_CTX_check_private_key(ctx) != 1)
+        goto mismatch;
     return ctx;
+mismatch:
+    keep_error("no reason given");
+    snprintf(err, errlen, "tls: the key %s does not match the certificate %s (%s)", key_file,
+             cert_file, last_error);
+    SSL_CTX_free(ctx);
+    return NULL;
 fail:
     keep_error("no reason given");
     snprintf(err, errlen, "tls: cannot load the %s %s: %s", what, file, last_error);

@@ -25,6 +25,9 @@ static const char usage[] =
     "  --log-level LEVEL  error, warn, info (default; includes the access log) or debug\n"
     "  --reload on|off    reload apps when their files change (default on); SIGHUP\n"
     "                     reloads every app and the config file either way\n"
+    "  --tls-cert FILE    serve wss:// with this PEM certificate chain (needs --tls-key);\n"
+    "                     SIGHUP reloads it and the key for new connections\n"
+    "  --tls-key FILE     the PEM private key of --tls-cert\n"
     "  -h, --help         print this help and exit\n"
     "  -v, --version      print the version and exit\n";
 
@@ -59,6 +62,8 @@ void config_free(struct config *c)
     free(c->host);
     free(c->apps_dir);
     free(c->config_file);
+    free(c->tls_cert);
+    free(c->tls_key);
     for (size_t i = 0; i < c->nroutes; i++) {
         free(c->routes[i].pattern);
         free(c->routes[i].file);
@@ -296,6 +301,28 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "tls");
+    if (lua_istable(L, -1)) {
+        int l = lua_gettop(L);
+        const char *cert, *key;
+        int has_cert = field_string(L, l, "cert", &cert, msg, sizeof msg);
+        int has_key = has_cert < 0 ? -1 : field_string(L, l, "key", &key, msg, sizeof msg);
+        if (has_cert < 0 || has_key < 0)
+            goto bad;
+        if (!has_cert || !has_key) {
+            snprintf(msg, sizeof msg, "tls needs both cert and key (PEM files)");
+            goto bad;
+        }
+        free(c->tls_cert);
+        free(c->tls_key);
+        c->tls_cert = relative_to(file, cert);
+        c->tls_key = relative_to(file, key);
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(msg, sizeof msg, "tls must be a table { cert = FILE, key = FILE }");
+        goto bad;
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "log");
     if (lua_istable(L, -1)) {
         int l = lua_gettop(L);
@@ -332,11 +359,14 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         {"config", required_argument, NULL, 'c'},
         {"log-level", required_argument, NULL, 'l'},
         {"reload", required_argument, NULL, 'r'},
+        {"tls-cert", required_argument, NULL, 'C'},
+        {"tls-key", required_argument, NULL, 'K'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
     };
     const char *host = NULL, *port = NULL, *level = NULL, *file = NULL, *reload = NULL;
+    const char *tls_cert = NULL, *tls_key = NULL;
     int ch;
     opterr = 0;
     optind = 0; /* glibc: 0 re-initialises, so SIGHUP can parse argv again */
@@ -347,6 +377,8 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         case 'c': file = optarg; break;
         case 'l': level = optarg; break;
         case 'r': reload = optarg; break;
+        case 'C': tls_cert = optarg; break;
+        case 'K': tls_key = optarg; break;
         case 'h': fputs(usage, stdout); return CONFIG_EXIT_OK;
         case 'v': printf("moonport %s\n", MOONPORT_VERSION); return CONFIG_EXIT_OK;
         case ':':
@@ -390,6 +422,15 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
             return CONFIG_ERROR;
         }
         c->reload = strcmp(reload, "on") == 0;
+    }
+    if (tls_cert)
+        set_str(&c->tls_cert, tls_cert);
+    if (tls_key)
+        set_str(&c->tls_key, tls_key);
+    if (!c->tls_cert != !c->tls_key) {
+        snprintf(err, errlen, "TLS needs both --tls-cert and --tls-key (or the config's "
+                              "tls = { cert = ..., key = ... })");
+        return CONFIG_ERROR;
     }
     if (!c->apps_dir && c->nroutes == 0) {
         snprintf(err, errlen, "nothing to serve: give an apps directory or a config with routes "

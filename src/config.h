@@ -20,6 +20,8 @@ struct config {
     int log_level;
     int log_access;
     int reload; /* watch app files and reload them on change */
+    char *tls_cert; /* PEM certificate chain; with tls_key, serve wss:// */
+    char *tls_key;  /* PEM private key; both NULL: plain ws:// */
 
     struct route_spec *routes; /* explicit routes from the config file, in order */
     size_t nroutes;

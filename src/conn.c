@@ -2,7 +2,9 @@
  * the server's shared buffer and handed, in the same callback, to the
  * handshake parser or the frame codec; the few bytes of a frame the codec
  * could not finish are kept until the next read and go first. Output is
- * queued and leaves in one write per loop iteration (server.c flushes). Lua
+ * queued and leaves in one write per loop iteration (server.c flushes). On a
+ * wss:// server the same bytes go through OpenSSL (tls.h) instead of recv
+ * and send; a plain connection pays one test of c->tls for that. Lua
  * runs only through lbridge, and after every call into Lua the state is
  * checked again: a handler may have closed this connection, or another. */
 #include "conn.h"
@@ -26,6 +28,7 @@
 #include "log.h"
 #include "server.h"
 #include "snapshot.h"
+#include "tls.h"
 #include "ws_utf8.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -91,6 +94,12 @@ struct conn *conn_new(struct server *srv, int fd)
         free(c);
         return NULL;
     }
+    if (srv->tls && !(c->tls = tls_new(srv->tls, fd))) {
+        hs_free(c->hs);
+        snap_free(c->req);
+        free(c);
+        return NULL;
+    }
     c->srv = srv;
     c->fd = fd;
     c->lua_ref = LUA_NOREF;
@@ -130,6 +139,7 @@ void conn_free(struct conn *c)
     buf_reset(&c->out);
     free(c->close_reason);
     snap_free(c->req);
+    tls_free(c->tls);
     free(c);
 }
 
@@ -178,12 +188,26 @@ static void partial_drop(struct conn *c)
     c->partial_len = 0;
 }
 
+/* The socket events a TLS connection waits for: OpenSSL may need the
+ * socket writable to go on reading, or readable to go on writing, and the
+ * close_notify of the linger state is output too. */
+static int tls_events(const struct conn *c)
+{
+    int events = 0;
+    if (!c->read_paused)
+        events |= c->tls_read_wants_write ? EV_WRITE : EV_READ;
+    if (conn_out_pending(c) || (c->state == CONN_LINGER && !c->shut_wr))
+        events |= c->tls_write_wants_read ? EV_READ : EV_WRITE;
+    return events;
+}
+
 /* Set the socket watcher from what the connection wants now. */
 static void update_io(struct conn *c)
 {
     if (c->state == CONN_DEAD)
         return;
-    int events = (c->read_paused ? 0 : EV_READ) | (conn_out_pending(c) ? EV_WRITE : 0);
+    int events = c->tls ? tls_events(c)
+                        : (c->read_paused ? 0 : EV_READ) | (conn_out_pending(c) ? EV_WRITE : 0);
     if (events == c->io_events)
         return;
     struct ev_loop *loop = c->srv->loop;
@@ -691,29 +715,30 @@ static void frames_input(struct conn *c, uint8_t *buf, size_t n)
     }
 }
 
-static void on_readable(struct conn *c)
+/* The peer closed its side: no more input will come. */
+static void peer_closed(struct conn *c)
 {
-    uint8_t *buf = c->srv->rbuf;
-    /* An incomplete frame from the last read goes first, so the codec sees
-     * it again followed by what arrives now, in the writable buffer it
-     * unmasks in place. */
-    size_t kept = c->partial_len;
-    if (kept)
-        memcpy(buf, c->partial, kept);
-    ssize_t n = recv(c->fd, buf + kept, SERVER_READ_BUF - kept, 0);
-    if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
-        conn_abort(c, strerror(errno));
-        return;
-    }
-    if (n == 0) {
-        if (c->state == CONN_HANDSHAKE)
-            log_debug("conn %llu: closed before the handshake completed", (unsigned long long)c->id);
-        conn_abort(c, "peer closed the connection");
-        return;
-    }
-    size_t len = kept + (size_t)n;
+    if (c->state == CONN_HANDSHAKE)
+        log_debug("conn %llu: closed before the handshake completed", (unsigned long long)c->id);
+    conn_abort(c, "peer closed the connection");
+}
+
+/* OpenSSL failed on this connection: log why, and close the socket (after a
+ * failed TLS handshake no HTTP answer can reach the client). */
+static void tls_failed(struct conn *c)
+{
+    if (!tls_handshake_done(c->tls))
+        log_info("conn %llu from %s: TLS handshake failed: %s: closing", (unsigned long long)c->id,
+                 conn_peer(c), tls_error());
+    else
+        log_info("conn %llu %s from %s: TLS error: %s: closing", (unsigned long long)c->id,
+                 conn_path(c), conn_peer(c), tls_error());
+    conn_abort(c, "TLS error");
+}
+
+/* len bytes are in buf, starting with the kept partial frame, if any. */
+static void input(struct conn *c, uint8_t *buf, size_t len)
+{
     partial_drop(c); /* its bytes are in buf now */
     switch (c->state) {
     case CONN_HANDSHAKE: /* nothing is kept before the handshake is done */
@@ -727,6 +752,67 @@ static void on_readable(struct conn *c)
     case CONN_DEAD:
         break;
     }
+}
+
+/* An incomplete frame from the last read goes first, so the codec sees it
+ * again followed by what arrives now, in the writable buffer it unmasks in
+ * place. Returns how many bytes it takes at the start of buf. */
+static size_t take_partial(struct conn *c, uint8_t *buf)
+{
+    size_t kept = c->partial_len;
+    if (kept)
+        memcpy(buf, c->partial, kept);
+    return kept;
+}
+
+/* Read through OpenSSL (the handshake happens inside the first reads). A
+ * TLS record can hold more than the socket says: OpenSSL may keep bytes it
+ * has taken from the socket, which will never make it readable again, so
+ * read while it holds some. */
+static void on_readable_tls(struct conn *c)
+{
+    uint8_t *buf = c->srv->rbuf;
+    do {
+        size_t kept = take_partial(c, buf);
+        long n = tls_read(c->tls, buf + kept, SERVER_READ_BUF - kept);
+        if (n == TLS_WANT_READ || n == TLS_WANT_WRITE) {
+            c->tls_read_wants_write = n == TLS_WANT_WRITE;
+            update_io(c);
+            return;
+        }
+        c->tls_read_wants_write = 0;
+        if (n == TLS_CLOSED) {
+            peer_closed(c);
+            return;
+        }
+        if (n < 0) {
+            tls_failed(c);
+            return;
+        }
+        input(c, buf, kept + (size_t)n);
+    } while (c->state != CONN_DEAD && !c->read_paused && tls_pending(c->tls));
+}
+
+static void on_readable(struct conn *c)
+{
+    if (c->tls) {
+        on_readable_tls(c);
+        return;
+    }
+    uint8_t *buf = c->srv->rbuf;
+    size_t kept = take_partial(c, buf);
+    ssize_t n = recv(c->fd, buf + kept, SERVER_READ_BUF - kept, 0);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_abort(c, strerror(errno));
+        return;
+    }
+    if (n == 0) {
+        peer_closed(c);
+        return;
+    }
+    input(c, buf, kept + (size_t)n);
 }
 
 /* The output in write order: c->out's bytes with the refs at their places.
@@ -781,11 +867,72 @@ static void out_consume(struct conn *c, size_t n)
     }
 }
 
+/* The largest TLS record's payload: output in smaller pieces than this is
+ * copied together, so a frame header and its payload, or many short
+ * frames, make one record and one write rather than one each. */
+#define TLS_STAGE 16384
+
+/* One SSL_write of the output, in order: bytes written, 0 if the socket
+ * must be ready first (c->io is set for it), -1 if the connection was
+ * dropped. A retry after 0 offers the same first bytes again, at least as
+ * many, as OpenSSL requires: the queue only grows at its end meanwhile. */
+static long write_tls(struct conn *c)
+{
+    struct iovec iov[64];
+    int k = 1;
+    if (c->refs)
+        k = out_iov(c, iov, 64);
+    else
+        iov[0] = (struct iovec){(void *)buf_head(&c->out), buf_pending(&c->out)};
+    const void *p = iov[0].iov_base;
+    size_t len = iov[0].iov_len;
+    uint8_t stage[TLS_STAGE];
+    if (k > 1 && len < sizeof stage) {
+        len = 0;
+        for (int i = 0; i < k && len < sizeof stage; i++) {
+            size_t m = iov[i].iov_len < sizeof stage - len ? iov[i].iov_len : sizeof stage - len;
+            memcpy(stage + len, iov[i].iov_base, m);
+            len += m;
+        }
+        p = stage;
+    }
+    long n = tls_write(c->tls, p, len);
+    c->tls_write_wants_read = n == TLS_WANT_READ;
+    if (n > 0)
+        return n;
+    if (n == TLS_WANT_READ || n == TLS_WANT_WRITE)
+        return 0;
+    if (n == TLS_CLOSED)
+        conn_abort(c, "peer closed the connection");
+    else
+        tls_failed(c);
+    return -1;
+}
+
+/* Before the half-close, a TLS connection says close_notify. 0 once it is
+ * out; -1 to wait for the socket to be writable (tls_events asks for it
+ * while the linger state has not shut down) or if the connection failed. */
+static int tls_close_notify(struct conn *c)
+{
+    int r = tls_shutdown(c->tls);
+    if (r == 0)
+        return 0;
+    if (r != TLS_WANT_WRITE)
+        tls_failed(c);
+    return -1;
+}
+
 void conn_flush(struct conn *c)
 {
     while (conn_out_pending(c)) {
         ssize_t n;
-        if (!c->refs) {
+        if (c->tls) {
+            n = write_tls(c);
+            if (n < 0)
+                return;
+            if (n == 0)
+                break;
+        } else if (!c->refs) {
             n = send(c->fd, buf_head(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
         } else {
             struct iovec iov[64];
@@ -806,15 +953,22 @@ void conn_flush(struct conn *c)
             buf_consume(&c->out, (size_t)n);
     }
     size_t pending = conn_out_pending(c);
-    if (c->read_paused && pending <= c->srv->cfg->send_buffer / 2)
+    int resumed = 0;
+    if (c->read_paused && pending <= c->srv->cfg->send_buffer / 2) {
         c->read_paused = 0;
-    update_io(c);
-    if (pending)
-        return;
-    if (c->state == CONN_LINGER && !c->shut_wr) {
+        resumed = 1;
+    }
+    if (!pending && c->state == CONN_LINGER && !c->shut_wr &&
+        (!c->tls || tls_close_notify(c) == 0)) {
         c->shut_wr = 1;
         shutdown(c->fd, SHUT_WR);
     }
+    update_io(c);
+    /* Input OpenSSL took from the socket while reading was paused will not
+     * make the socket readable: have the loop read it. After update_io,
+     * which would forget the event. */
+    if (resumed && c->tls && c->state != CONN_DEAD && tls_pending(c->tls))
+        ev_feed_event(c->srv->loop, &c->io, EV_READ);
 }
 
 /* One watcher per socket: readable unless paused, writable while output
@@ -823,6 +977,16 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct conn *c = container_of(w, struct conn, io);
+    if (c->tls) {
+        /* Each direction goes on when the event OpenSSL asked for came. */
+        int write_ready = revents & (c->tls_write_wants_read ? EV_READ : EV_WRITE);
+        int read_ready = revents & (c->tls_read_wants_write ? EV_WRITE : EV_READ);
+        if (write_ready)
+            conn_flush(c);
+        if (read_ready && c->state != CONN_DEAD && !c->read_paused)
+            on_readable_tls(c);
+        return;
+    }
     if (revents & EV_WRITE)
         conn_flush(c);
     if ((revents & EV_READ) && c->state != CONN_DEAD && !c->read_paused)

@@ -1,5 +1,5 @@
-/* conn: the one connection state machine. A conn owns its socket, its
- * libev watcher, its output queue, its pending message, its
+/* conn: the one connection state machine. A conn owns its socket (and its
+ * TLS session, on a wss:// server), its libev watcher, its output queue, its pending message, its
  * frame parser state, the bytes of a frame that has not all arrived, and
  * its handshake while that lasts. Everything that ends a connection goes
  * through conn_fail (the peer broke a rule), conn_close (the server wants to
@@ -22,6 +22,7 @@ struct app;
 struct hs_request;
 struct snapshot;
 struct out_refs;
+struct ssl_st;
 
 enum conn_state {
     CONN_HANDSHAKE, /* reading the request head */
@@ -67,14 +68,15 @@ struct conn {
     struct buf msg;     /* a message arriving in pieces */
     struct buf out;     /* bytes queued for the socket */
     struct out_refs *refs; /* payloads queued by reference, in between; NULL if none */
+    struct ssl_st *tls;    /* the TLS session (tls.h) on a wss:// server; NULL: plain */
     struct ws_parser parser;
 
     /* The small fields last, together, so the struct has no padding holes:
      * every byte here is paid once per connection. */
     int fd;
     int lua_ref; /* registry ref of the ws userdata, or LUA_NOREF */
-    uint8_t state; /* enum conn_state */
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
+    uint8_t state; /* enum conn_state */
     uint8_t close_reason_len;
     uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */
     uint8_t io_events : 2;      /* what io is set to: EV_READ | EV_WRITE */
@@ -88,6 +90,9 @@ struct conn {
     uint8_t in_connect : 1;    /* inside on_connect */
     uint8_t shut_wr : 1;       /* our side is half-closed */
     uint8_t pinged : 1;        /* a keepalive ping went out since stamp */
+    /* TLS: OpenSSL can need the other direction's readiness to go on. */
+    uint8_t tls_read_wants_write : 1; /* the last read needs the socket writable */
+    uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
 };
 
 /* Take ownership of an accepted socket. */

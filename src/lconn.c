@@ -27,6 +27,7 @@ struct lconn {
                               until ws.request is built from it */
     uint8_t has_env;       /* the environment table exists */
     uint8_t has_request;   /* ws.request has been built */
+    uint8_t tls;           /* the connection is wss://: req.scheme */
 };
 
 /* The ws metatable's address. Tables do not move, and the registry holds
@@ -301,7 +302,7 @@ static void push_request(lua_State *L, int ud, struct lconn *box)
     const struct snapshot *s = box->c ? box->c->req : box->req;
     if (!box->has_request && s) {
         lua_pop(L, 1);
-        lrequest_push(L, s);
+        lrequest_push(L, s, box->tls ? "wss" : "ws");
         lua_pushvalue(L, -1);
         lua_setfield(L, -3, "request");
         box->has_request = 1;
@@ -411,6 +412,7 @@ int lconn_new(lua_State *L, struct conn *c)
 {
     struct lconn *box = lua_newuserdata(L, sizeof *box);
     box->c = c;
+    box->tls = c->tls != NULL;
     box->id = (double)c->id;
     box->req = NULL;
     box->has_env = 0;

@@ -83,7 +83,7 @@ static void push_list_item(const char *item, size_t len, void *ud)
     lua_rawseti(x->L, -2, ++x->n);
 }
 
-void lrequest_push(lua_State *L, const struct snapshot *s)
+void lrequest_push(lua_State *L, const struct snapshot *s, const char *scheme)
 {
     const char *p = snap_strings(s);
     const char *path = snap_next(&p);
@@ -136,7 +136,7 @@ void lrequest_push(lua_State *L, const struct snapshot *s)
     snap_server(s, host, &port);
     push_endpoint(L, host, port);
     lua_setfield(L, -2, "server");
-    lua_pushliteral(L, "ws");
+    lua_pushstring(L, scheme);
     lua_setfield(L, -2, "scheme");
     /* Offered subprotocols, in order, from every Sec-WebSocket-Protocol line. */
     lua_newtable(L);

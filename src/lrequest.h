@@ -8,7 +8,7 @@
 
 struct snapshot;
 
-/* Push the req table built from a snapshot. */
-void lrequest_push(lua_State *L, const struct snapshot *s);
+/* Push the req table built from a snapshot; scheme is "ws" or "wss". */
+void lrequest_push(lua_State *L, const struct snapshot *s, const char *scheme);
 
 #endif

@@ -17,6 +17,7 @@
 #include "reload.h"
 #include "router.h"
 #include "server.h"
+#include "tls.h"
 
 /* Each connection is a descriptor: take the hard limit, not the soft 1024
  * most shells start with, so thousands of clients fit. */
@@ -59,6 +60,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "moonport: out of memory\n");
         goto out;
     }
+    if (cfg.tls_cert && !(srv.tls = tls_ctx_new(cfg.tls_cert, cfg.tls_key, err, sizeof err))) {
+        fprintf(stderr, "moonport: %s\n", err);
+        goto out;
+    }
     if (reload_start(&srv, err, sizeof err) || server_listen(&srv, err, sizeof err)) {
         fprintf(stderr, "moonport: %s\n", err);
         goto out;
@@ -70,8 +75,8 @@ int main(int argc, char **argv)
     /* The one line every run prints, whatever the level: tools wait for it. */
     int level = log_threshold;
     log_threshold = LOG_INFO;
-    log_info("moonport %s listening on ws://%s/ (%zu routes)", MOONPORT_VERSION, srv.bound,
-             router_count(srv.router));
+    log_info("moonport %s listening on %s://%s/ (%zu routes)", MOONPORT_VERSION,
+             srv.tls ? "wss" : "ws", srv.bound, router_count(srv.router));
     log_threshold = level;
     rc = server_run(&srv);
 out:
@@ -79,6 +84,7 @@ out:
     lbridge_free(srv.lb);
     router_free(srv.router);
     compress_free(srv.z);
+    tls_ctx_free(srv.tls);
     buf_pool_drain();
     hs_pool_drain();
     config_free(&cfg);

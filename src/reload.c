@@ -23,6 +23,7 @@
 #include "log.h"
 #include "router.h"
 #include "server.h"
+#include "tls.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
@@ -335,6 +336,16 @@ static void reload_config(struct server *s)
     if ((fresh.apps_dir == NULL) != (c->apps_dir == NULL) ||
         (fresh.apps_dir && strcmp(fresh.apps_dir, c->apps_dir) != 0))
         log_warn("SIGHUP: the apps directory changed; it takes effect on restart");
+    if (!fresh.tls_cert != !c->tls_cert) {
+        log_warn("SIGHUP: TLS was turned %s; it takes effect on restart",
+                 fresh.tls_cert ? "on" : "off");
+    } else if (fresh.tls_cert) { /* reload_tls reads them */
+        free(c->tls_cert);
+        free(c->tls_key);
+        c->tls_cert = fresh.tls_cert;
+        c->tls_key = fresh.tls_key;
+        fresh.tls_cert = fresh.tls_key = NULL;
+    }
     c->log_level = fresh.log_level;
     c->log_access = fresh.log_access;
     log_threshold = c->log_level;
@@ -392,9 +403,28 @@ static void reload_config(struct server *s)
     log_info("SIGHUP: config %s reloaded", c->config_file);
 }
 
+/* Read the certificate and key again (renewed, say): connections from now
+ * on use them, open ones keep theirs. A broken pair keeps the old one. */
+static void reload_tls(struct server *s)
+{
+    const struct config *c = s->cfg;
+    if (!s->tls)
+        return;
+    char err[1024];
+    struct ssl_ctx_st *fresh = tls_ctx_new(c->tls_cert, c->tls_key, err, sizeof err);
+    if (!fresh) {
+        log_error("SIGHUP: TLS certificate not reloaded, the running one stays: %s", err);
+        return;
+    }
+    tls_ctx_free(s->tls);
+    s->tls = fresh;
+    log_info("SIGHUP: TLS certificate %s and key %s reloaded", c->tls_cert, c->tls_key);
+}
+
 void reload_all(struct server *s)
 {
     reload_config(s);
+    reload_tls(s);
     watching(s, s->cfg->reload);
     if (s->cfg->reload)
         watch_all(s);

@@ -4,8 +4,9 @@
  * those files live in with inotify, waits until a burst of writes settles,
  * and reloads what changed: a changed app, every app that requires a changed
  * module, a new file (a new route), a deleted file (its routes answer 404,
- * its connections are closed with 1001). SIGHUP reloads every app and the
- * config file. A version that fails to load changes nothing. */
+ * its connections are closed with 1001). SIGHUP reloads every app, the
+ * config file and the TLS certificate and key. A version that fails to load
+ * changes nothing. */
 #ifndef MOONPORT_RELOAD_H
 #define MOONPORT_RELOAD_H
 

@@ -27,6 +27,7 @@ struct lbridge;
 
 struct reload;
 struct compress;
+struct ssl_ctx_st;
 
 /* Connections in the order they entered a state. */
 struct conn_list {
@@ -40,6 +41,7 @@ struct server {
     struct lbridge *lb;
     struct reload *reload;
     struct compress *z; /* permessage-deflate contexts, shared */
+    struct ssl_ctx_st *tls; /* TLS for new connections (tls.h), or NULL: plain ws:// */
     int argc; /* kept for SIGHUP, which reads the options and config again */
     char **argv;
 

@@ -22,6 +22,8 @@ client.connect(host, port, path, opts) -> ws, response | nil, err, response
     raw       = send this exact request string instead of building one.
     extra     = bytes sent in the same write right after the request head
                 (frames pipelined behind the handshake).
+    tls       = { cafile = FILE }: speak TLS first (wss://), trusting the
+                certificates in FILE, through lua-sec (require "ssl").
   The 101 answer is checked: Upgrade, Connection and Sec-WebSocket-Accept
   (SHA-1 of the key and the RFC's GUID) must be right, else nil, err.
   response = { status = number, reason = string, headers = { lowercase
@@ -29,8 +31,8 @@ client.connect(host, port, path, opts) -> ws, response | nil, err, response
   head as received }. A status other than 101 gives nil, "status NNN",
   response, with body holding Content-Length bytes.
 
-client.request(host, port, raw_request, timeout) -> response | nil, err
-  Sends raw_request as is and reads one HTTP answer: its head, then
+client.request(host, port, raw_request, timeout, tls) -> response | nil, err
+  Sends raw_request (over TLS when tls = { cafile = FILE } is given) as is and reads one HTTP answer: its head, then
   Content-Length bytes of body or, without Content-Length, everything until
   the server closes. For plain HTTP tests (400, 404, 405, 426, 431...).
   err is "timeout", "closed" (no answer before the server closed) or a
@@ -436,7 +438,29 @@ function conn:read_body(response, deadline, read_to_eof)
     return true
 end
 
-local function tcp_connect(host, port, timeout)
+-- The TLS handshake on a connected socket: the lua-sec object, which
+-- receives, sends and closes as the luasocket one does.
+local function tls_wrap(sock, host, timeout, tls)
+    local ssl = require "ssl"
+    local s, err = ssl.wrap(sock, {mode = "client", protocol = "any", verify = "peer",
+        options = "all", cafile = tls.cafile})
+    if not s then
+        sock:close()
+        return nil, err
+    end
+    if s.sni then
+        s:sni(host)
+    end
+    s:settimeout(timeout)
+    local ok, herr = s:dohandshake()
+    if not ok then
+        s:close()
+        return nil, "TLS handshake: " .. tostring(herr)
+    end
+    return s
+end
+
+local function tcp_connect(host, port, timeout, tls)
     local sock, err = socket.tcp()
     if not sock then
         return nil, err
@@ -448,13 +472,19 @@ local function tcp_connect(host, port, timeout)
         return nil, cerr
     end
     sock:setoption("tcp-nodelay", true)
+    if tls then
+        sock, err = tls_wrap(sock, host, timeout, tls)
+        if not sock then
+            return nil, err
+        end
+    end
     return new_conn(sock)
 end
 
-function client.request(host, port, raw_request, timeout)
+function client.request(host, port, raw_request, timeout, tls)
     timeout = timeout or 5
     local deadline = deadline_of(timeout)
-    local c, err = tcp_connect(host, port, timeout)
+    local c, err = tcp_connect(host, port, timeout, tls)
     if not c then
         return nil, err
     end
@@ -546,7 +576,7 @@ function client.connect(host, port, path, opts)
     if opts.raw then
         key = request:match("\n[Ss][Ee][Cc]%-[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]%-[Kk][Ee][Yy]:%s*([^\r\n]-)%s*\r?\n")
     end
-    local c, err = tcp_connect(host, port, timeout)
+    local c, err = tcp_connect(host, port, timeout, opts.tls)
     if not c then
         return nil, err
     end

@@ -18,11 +18,14 @@ testing.start(opts) -> server | nil, err, stderr_text
                apps above are "apps/name.lua" for routes.
     files    = { relative_path = content }: more files to write under DIR.
     args     = { ... } extra command line arguments (before the apps dir).
+    tls      = { cert = FILE, key = FILE }: serve wss:// with this PEM
+               certificate chain and key (--tls-cert, --tls-key).
     bin      = the binary (default $MOONPORT_BIN, else "bin/moonport").
     env      = a prefix of shell assignments, like "FOO=1 BAR=2".
     host     = the --host value (default "127.0.0.1"; false: no --host).
     port     = the --port value (default 0, a free port; false: no --port).
-    timeout  = seconds to wait for "listening on ws://HOST:PORT" (default 10).
+    timeout  = seconds to wait for "listening on ws://HOST:PORT" (or wss://;
+               default 10).
   When neither apps nor apps_dir is given and there is no config, an empty
   DIR/apps is served. If the server exits, or does not say it listens
   within timeout (then it is killed), start returns nil, a reason, and what
@@ -30,6 +33,7 @@ testing.start(opts) -> server | nil, err, stderr_text
 
 The server object:
   .host .port .pid .dir (the temp dir) .apps_dir
+  .scheme                 "ws", or "wss" when the server said it serves TLS
   :stderr() :stdout()     what the server wrote so far (stdout is the
                           access log, stderr everything else).
   :alive()                true while the process runs.
@@ -44,8 +48,9 @@ The server object:
   :wait_log(pattern, timeout) -> the first match of a Lua pattern in stderr
                           or stdout, polled until timeout (default 5 s), or nil.
   :write_app(name, src)   writes APPS_DIR/name.lua.
-  :connect(path, opts)    client.connect to this server.
-  :request(raw, timeout)  client.request to this server.
+  :connect(path, opts)    client.connect to this server (over TLS, trusting
+                          opts.tls.cert, when it was started with tls).
+  :request(raw, timeout)  client.request to this server (the same).
   :cleanup()              stops the server if it runs, removes DIR.
 
 testing.sleep(seconds)
@@ -207,11 +212,19 @@ function server:write_app(name, source)
 end
 
 function server:connect(path, opts)
+    if self.tls and not (opts and opts.tls) then
+        local o = {tls = {cafile = self.tls.cert}}
+        for k, v in pairs(opts or {}) do
+            o[k] = v
+        end
+        opts = o
+    end
     return client.connect(self.host, self.port, path, opts)
 end
 
 function server:request(raw, timeout)
-    return client.request(self.host, self.port, raw, timeout)
+    return client.request(self.host, self.port, raw, timeout,
+        self.tls and {cafile = self.tls.cert} or nil)
 end
 
 function server:cleanup()
@@ -227,7 +240,8 @@ end
 function testing.start(opts)
     opts = opts or {}
     local dir = make_temp_dir()
-    local self = setmetatable({dir = dir, owns_dir = true, host = opts.host or "127.0.0.1"}, server)
+    local self = setmetatable({dir = dir, owns_dir = true, host = opts.host or "127.0.0.1",
+        tls = opts.tls}, server)
 
     local apps_dir = opts.apps_dir
     if not apps_dir and (opts.apps or not opts.config) then
@@ -253,6 +267,10 @@ function testing.start(opts)
     if opts.config then
         write_file(dir .. "/config.lua", opts.config)
         argv[#argv + 1] = "--config " .. quote(dir .. "/config.lua")
+    end
+    if opts.tls then
+        argv[#argv + 1] = "--tls-cert " .. quote(opts.tls.cert)
+        argv[#argv + 1] = "--tls-key " .. quote(opts.tls.key)
     end
     for _, arg in ipairs(opts.args or {}) do
         argv[#argv + 1] = quote(arg)
@@ -287,8 +305,9 @@ function testing.start(opts)
 
     while true do
         local err = self:stderr()
-        local host, port = err:match("listening on ws://(%S+):(%d+)")
+        local scheme, host, port = err:match("listening on (wss?)://(%S+):(%d+)")
         if port then
+            self.scheme = scheme
             self.port = tonumber(port)
             if opts.host ~= false then
                 self.host = opts.host or "127.0.0.1"

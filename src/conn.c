@@ -143,6 +143,11 @@ void conn_free(struct conn *c)
     free(c);
 }
 
+struct conn_reply *conn_reply(const struct conn *c)
+{
+    return c->in_connect ? c->srv->connect_reply : NULL;
+}
+
 int conn_can_send(const struct conn *c)
 {
     return c->state == CONN_OPEN || (c->state == CONN_HANDSHAKE && c->in_connect);
@@ -558,11 +563,11 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
                (unsigned long long)c->id);
 
     struct conn_reply reply = {0};
-    c->reply = &reply;
+    c->srv->connect_reply = &reply;
     c->in_connect = 1;
     int rc = lbridge_connect(c->srv->lb, c);
     c->in_connect = 0;
-    c->reply = NULL;
+    c->srv->connect_reply = NULL;
     if (c->state != CONN_HANDSHAKE) { /* dropped while on_connect ran */
         reply_free(&reply);
         return;

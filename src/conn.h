@@ -52,7 +52,6 @@ struct conn {
     ev_tstamp stamp;
 
     struct hs_request *hs;    /* while the handshake lasts */
-    struct conn_reply *reply; /* only during on_connect */
     struct app *app;          /* the app of the route, NULL before routing */
     /* The client's address and when it connected, from accept; the whole
      * request once the handshake is done. Never NULL. When the connection
@@ -94,6 +93,10 @@ struct conn {
     uint8_t tls_read_wants_write : 1; /* the last read needs the socket writable */
     uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
 };
+
+/* What on_connect has decided so far, while it runs on c (NULL otherwise).
+ * One on_connect runs at a time, so the server holds it, not the conn. */
+struct conn_reply *conn_reply(const struct conn *c);
 
 /* Take ownership of an accepted socket. */
 struct conn *conn_new(struct server *srv, int fd);

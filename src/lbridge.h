@@ -96,7 +96,7 @@ int file_sig_read(const char *path, struct file_sig *sig);
 int file_sig_equal(const struct file_sig *a, const struct file_sig *b);
 
 /* Handshake done and routed (c->req holds the request): create the ws
- * object and run on_connect. Afterwards c->reply says accept or reject.
+ * object and run on_connect. Afterwards conn_reply(c) says accept or reject.
  * Returns 0, or -1 if the app raised (answer 500). */
 int lbridge_connect(struct lbridge *lb, struct conn *c);
 

@@ -120,8 +120,8 @@ static int lconn_close(lua_State *L)
         return luaL_argerror(L, 3, "a close reason must be UTF-8");
     struct conn *c = box->c;
     if (c && c->in_connect) { /* closing before the 101 is a rejection */
-        if (!c->reply->status)
-            c->reply->status = 403;
+        if (!conn_reply(c)->status)
+            conn_reply(c)->status = 403;
         lua_pushboolean(L, 1);
         return 1;
     }
@@ -195,13 +195,13 @@ static int lconn_reject(lua_State *L)
     }
     struct conn *c = connecting(L, box, "reject");
     /* Everything is checked: only now change the reply. */
-    c->reply->status = (int)status;
-    buf_reset(&c->reply->headers);
-    buf_reset(&c->reply->body);
+    conn_reply(c)->status = (int)status;
+    buf_reset(&conn_reply(c)->headers);
+    buf_reset(&conn_reply(c)->body);
     if (!lua_isnoneornil(L, 4))
-        add_headers(L, 4, &c->reply->headers);
+        add_headers(L, 4, &conn_reply(c)->headers);
     if (body)
-        buf_append(&c->reply->body, body, blen);
+        buf_append(&conn_reply(c)->body, body, blen);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -254,12 +254,12 @@ static int lconn_accept(lua_State *L)
             return luaL_argerror(
                 L, 2, lua_pushfstring(L, "protocol \"%s\" was not offered by the client", protocol));
     }
-    c->reply->status = 0;
-    free(c->reply->protocol);
-    c->reply->protocol = protocol ? strdup(protocol) : NULL;
-    buf_reset(&c->reply->headers);
+    conn_reply(c)->status = 0;
+    free(conn_reply(c)->protocol);
+    conn_reply(c)->protocol = protocol ? strdup(protocol) : NULL;
+    buf_reset(&conn_reply(c)->headers);
     if (headers)
-        add_headers(L, headers, &c->reply->headers);
+        add_headers(L, headers, &conn_reply(c)->headers);
     lua_pushboolean(L, 1);
     return 1;
 }

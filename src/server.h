@@ -41,6 +41,7 @@ struct server {
     struct lbridge *lb;
     struct reload *reload;
     struct compress *z; /* permessage-deflate contexts, shared */
+    struct conn_reply *connect_reply; /* the decision of the on_connect running now */
     struct ssl_ctx_st *tls; /* TLS for new connections (tls.h), or NULL: plain ws:// */
     int argc; /* kept for SIGHUP, which reads the options and config again */
     char **argv;

@@ -70,23 +70,27 @@ union conn_addr {
     struct sockaddr_in6 in6;
 };
 
-static void get_addr(int fd, int peer, union conn_addr *a)
+/* The server's end of the connection: the listening address, unless that
+ * is a wildcard (0.0.0.0 or ::), which only the socket can resolve. */
+static void local_addr(const struct conn *c, union conn_addr *a)
 {
     socklen_t len = sizeof *a;
+    if (c->srv->local_known) {
+        memcpy(a, &c->srv->local, sizeof *a);
+        return;
+    }
     memset(a, 0, sizeof *a);
-    if ((peer ? getpeername : getsockname)(fd, &a->sa, &len) != 0)
+    if (getsockname(c->fd, &a->sa, &len) != 0)
         a->sa.sa_family = AF_UNSPEC;
 }
 
-struct conn *conn_new(struct server *srv, int fd)
+struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
 {
     const struct config *cfg = srv->cfg;
     struct conn *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
-    union conn_addr client;
-    get_addr(fd, 1, &client);
-    c->req = snap_new(&client.sa, ev_now(srv->loop));
+    c->req = snap_new(peer, ev_now(srv->loop));
     c->hs = hs_new(cfg->max_head, cfg->max_headers);
     if (!c->hs || !c->req) {
         hs_free(c->hs);
@@ -528,7 +532,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     struct route_match m;
     int routed = router_match(c->srv->router, target, strcspn(target, "?#"), &m);
     union conn_addr local;
-    get_addr(c->fd, 0, &local);
+    local_addr(c, &local);
     if (!routed)
         m.nparams = 0;
     if (snap_complete(&c->req, &local.sa, target, &m, c->hs)) {

@@ -98,8 +98,8 @@ struct conn {
  * One on_connect runs at a time, so the server holds it, not the conn. */
 struct conn_reply *conn_reply(const struct conn *c);
 
-/* Take ownership of an accepted socket. */
-struct conn *conn_new(struct server *srv, int fd);
+/* Take ownership of an accepted socket; peer is the address accept gave. */
+struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer);
 
 /* Queue a frame (fin + opcode, payload). Returns 0, or -1 if the
  * connection cannot take it (not open, or over max_send_buffer: then the

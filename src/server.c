@@ -60,6 +60,14 @@ int server_listen(struct server *s, char *err, size_t errlen)
     getsockname(fd, (struct sockaddr *)&sa, &len);
     int bound_port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
                                                     : ((struct sockaddr_in *)&sa)->sin_port);
+    static const struct in6_addr any6 = IN6ADDR_ANY_INIT;
+    if (sa.ss_family == AF_INET6 && len <= sizeof s->local) {
+        memcpy(&s->local, &sa, len);
+        s->local_known = memcmp(&s->local.sin6_addr, &any6, sizeof any6) != 0;
+    } else if (sa.ss_family == AF_INET && len <= sizeof s->local) {
+        memcpy(&s->local, &sa, len);
+        s->local_known = ((struct sockaddr_in *)&sa)->sin_addr.s_addr != htonl(INADDR_ANY);
+    }
     if (strchr(cfg->host, ':'))
         snprintf(s->bound, sizeof s->bound, "[%s]:%d", cfg->host, bound_port);
     else
@@ -73,7 +81,9 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     (void)revents;
     struct server *s = container_of(w, struct server, accept_w);
     for (int i = 0; i < 256; i++) { /* bounded: let other watchers run too */
-        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        int fd = accept4(s->lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
                 errno == ECONNABORTED)
@@ -104,7 +114,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (!conn_new(s, fd)) {
+        if (!conn_new(s, fd, (struct sockaddr *)&peer)) {
             log_error("out of memory for a new connection");
             close(fd);
         }

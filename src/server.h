@@ -14,6 +14,7 @@
 #define MOONPORT_SERVER_H
 
 #include <ev.h>
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,6 +66,8 @@ struct server {
     ev_tstamp refused_logged; /* when that line was written */
     int shutting_down;
     char bound[80]; /* "host:port" actually bound */
+    struct sockaddr_in6 local; /* the bound address (IPv4 or IPv6), when ... */
+    int local_known;           /* ...it is not a wildcard: every conn's server end */
 
     /* One read buffer for every connection: bytes are parsed as soon as
      * they are read, so a connection keeps none of them. */

@@ -26,10 +26,7 @@ return {
 }
 
 local function run(cmd)
-  local p = assert(io.popen("timeout -s KILL 60 " .. cmd .. " 2>&1; echo \"exit=$?\""))
-  local out = p:read("*a")
-  p:close()
-  return tonumber(out:match("exit=(%d+)%s*$")), out
+    return testing.capture(cmd, 60)
 end
 
 describe("permessage-deflate", function()

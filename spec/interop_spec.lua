@@ -11,14 +11,8 @@ function app.on_message(ws, data, kind) ws:send(data, kind) end
 return app
 ]]
 
--- Runs a shell command (killed after 90 s) and returns its exit status and
--- everything it printed, stdout and stderr together.
 local function run(cmd)
-    local p = assert(io.popen("timeout -s KILL 90 " .. cmd .. " 2>&1; echo \"exit=$?\""))
-    local out = p:read("*a")
-    p:close()
-    local status = tonumber(out:match("exit=(%d+)%s*$"))
-    return status, out:gsub("exit=%d+%s*$", "")
+    return testing.capture(cmd, 90)
 end
 
 local function count(haystack, pattern)

@@ -20,23 +20,10 @@ end
 return app
 ]]
 
--- Runs a shell command (killed after 120 s) and returns its exit status and
--- everything it printed, stdout and stderr together.
 local function run(cmd)
-    local p = assert(io.popen("timeout -s KILL 120 " .. cmd .. " 2>&1; echo \"exit=$?\""))
-    local out = p:read("*a")
-    p:close()
-    local status = tonumber(out:match("exit=(%d+)%s*$"))
-    return status, out:gsub("exit=%d+%s*$", "")
+    return testing.capture(cmd, 120)
 end
 
-local function temp_dir()
-    local p = assert(io.popen("mktemp -d \"${TMPDIR:-/tmp}/moonport-tls.XXXXXX\""))
-    local dir = p:read("*l")
-    p:close()
-    assert(dir and dir ~= "", "no temp dir")
-    return dir
-end
 
 -- A self-signed certificate for localhost and 127.0.0.1, valid one day:
 -- dir/NAME-cert.pem and dir/NAME-key.pem.
@@ -79,7 +66,7 @@ describe("wss://", function()
     local dir, cert, key, server
 
     setup(function()
-        dir = temp_dir()
+        dir = testing.temp_dir()
         cert, key = make_cert(dir, "a")
         local err, stderr
         server, err, stderr = testing.start {
@@ -259,7 +246,7 @@ describe("starting with TLS", function()
     local dir, cert, key
 
     setup(function()
-        dir = temp_dir()
+        dir = testing.temp_dir()
         cert, key = make_cert(dir, "a")
     end)
 

@@ -58,6 +58,9 @@ testing.read_file(path) -> contents, or nil if it cannot be read
 testing.write_file(path, content)
 testing.quote(s) -> s quoted for sh
 testing.run(cmd) -> true if the shell command exited 0 (on Lua 5.1 to 5.4)
+testing.capture(cmd, seconds) -> exit status, everything the command printed
+                          (stdout and stderr); killed after seconds (default 90)
+testing.temp_dir() -> a new private directory (the caller removes it)
 ]]
 
 local socket = require "socket"
@@ -100,11 +103,14 @@ local function write_file(path, content)
     f:close()
 end
 
--- Small file and shell helpers, shared with the specs.
-testing.read_file = read_file
-testing.write_file = write_file
-testing.quote = quote
-testing.run = run
+local function capture(cmd, seconds)
+    local p = assert(io.popen("timeout -s KILL " .. (seconds or 90) .. " " .. cmd ..
+                              " 2>&1; echo \"exit=$?\""))
+    local out = p:read("*a")
+    p:close()
+    local status = tonumber(out:match("exit=(%d+)%s*$"))
+    return status, (out:gsub("exit=%d+%s*$", ""))
+end
 
 local function dirname(path)
     return path:match("^(.*)/[^/]*$") or "."
@@ -125,6 +131,14 @@ local function make_temp_dir()
     assert(run("mkdir -m 700 " .. quote(dir)), "cannot create a temp dir")
     return dir
 end
+
+-- Small file and shell helpers, shared with the specs.
+testing.read_file = read_file
+testing.write_file = write_file
+testing.quote = quote
+testing.run = run
+testing.capture = capture
+testing.temp_dir = make_temp_dir
 
 local server = {}
 server.__index = server

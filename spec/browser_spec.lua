@@ -69,13 +69,13 @@ browser.__index = browser
 -- own process group, whose id is its pid, so its helper processes can be
 -- swept too; the wrapping shell waits for it and records its exit status, so
 -- a browser that died is never mistaken for a live zombie.
-function browser.start(bin, dir, url)
+function browser.start(bin, dir, url, flags)
     local self = setmetatable({dir = dir, profile = dir .. "/chromium-profile"}, browser)
     local d = quote(dir)
-    local inner = string.format("setsid %s %s --user-data-dir=%s %s >%s/chromium.log 2>&1 " ..
+    local inner = string.format("setsid %s %s %s --user-data-dir=%s %s >%s/chromium.log 2>&1 " ..
         "</dev/null & echo $! >%s/chromium.pid.tmp; mv %s/chromium.pid.tmp %s/chromium.pid; " ..
         "wait $!; echo $? >%s/chromium.rc.tmp; mv %s/chromium.rc.tmp %s/chromium.rc",
-        quote(bin), FLAGS, quote(self.profile), quote(url), d, d, d, d, d, d, d)
+        quote(bin), FLAGS, flags or "", quote(self.profile), quote(url), d, d, d, d, d, d, d)
     assert(run("mkdir " .. quote(self.profile)), "cannot create " .. self.profile)
     assert(run("sh -c " .. quote(inner) .. " >/dev/null 2>&1 </dev/null &"), "cannot run sh")
     local deadline = socket.gettime() + 5
@@ -127,7 +127,7 @@ function browser:stop()
 end
 
 describe("interop with a browser", function()
-    local server, chromium
+    local server, chromium, certs
 
     after_each(function()
         if chromium then
@@ -138,10 +138,15 @@ describe("interop with a browser", function()
             server:cleanup()
             server = nil
         end
+        if certs then
+            run("rm -rf " .. quote(certs))
+            certs = nil
+        end
     end)
 
-    it("headless Chromium: the shipped echo app returns UTF-8, empty, 100 KiB and binary " ..
-        "messages identical and closes with 4000; chat relays b's message to a", function()
+    -- Serves the shipped apps (over TLS with tls = {cert, key}), opens the
+    -- page in headless Chromium, and checks its verdict and the server's log.
+    local function page_test(tls)
         local want = os.getenv("CHROMIUM") or "chromium"
         local bin = capture("command -v " .. quote(want) .. " 2>/dev/null")
         assert(bin ~= "", "chromium is not installed (no `" .. want .. "` on PATH): this " ..
@@ -157,11 +162,13 @@ describe("interop with a browser", function()
                 report = REPORT,
             },
             files = {["interop.html"] = assert(read_file("spec/browser/interop.html"))},
+            tls = tls,
         }
         assert(server, tostring(err) .. "\n" .. tostring(stderr))
 
         chromium = browser.start(bin, server.dir,
-            file_url(server.dir .. "/interop.html") .. "?port=" .. server.port)
+            file_url(server.dir .. "/interop.html") .. "?port=" .. server.port ..
+            (tls and "&scheme=wss" or ""), tls and "--ignore-certificate-errors" or "")
         local verdict, rest
         wait_until(function()
             verdict, rest = server:wait_log("REPORT RESULT (%w+)([^\n]*)", 0)
@@ -192,5 +199,16 @@ describe("interop with a browser", function()
         assert.is_nil(log:find("failing the connection", 1, true), log)
         assert.is_nil(log:find("error ", 1, true), log)
         assert.is_true(server:alive(), "the server died")
+    end
+
+    it("headless Chromium: the shipped echo app returns UTF-8, empty, 100 KiB and binary " ..
+        "messages identical and closes with 4000; chat relays b's message to a", function()
+        page_test(nil)
+    end)
+
+    it("headless Chromium over wss:// (a throwaway self-signed certificate): the same", function()
+        certs = testing.temp_dir()
+        local cert, key = testing.make_cert(certs, "browser")
+        page_test({cert = cert, key = key})
     end)
 end)

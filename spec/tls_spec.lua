@@ -25,16 +25,7 @@ local function run(cmd)
 end
 
 
--- A self-signed certificate for localhost and 127.0.0.1, valid one day:
--- dir/NAME-cert.pem and dir/NAME-key.pem.
-local function make_cert(dir, name)
-    local cert, key = dir .. "/" .. name .. "-cert.pem", dir .. "/" .. name .. "-key.pem"
-    local status, out = run("openssl req -x509 -newkey rsa:2048 -nodes -days 1" ..
-        " -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1" ..
-        " -keyout " .. quote(key) .. " -out " .. quote(cert))
-    assert(status == 0, "openssl req failed:\n" .. out)
-    return cert, key
-end
+local make_cert = testing.make_cert
 
 local function count(haystack, pattern)
     local n = 0

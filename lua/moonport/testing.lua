@@ -61,6 +61,10 @@ testing.run(cmd) -> true if the shell command exited 0 (on Lua 5.1 to 5.4)
 testing.capture(cmd, seconds) -> exit status, everything the command printed
                           (stdout and stderr); killed after seconds (default 90)
 testing.temp_dir() -> a new private directory (the caller removes it)
+testing.make_cert(dir, name) -> cert, key: a throwaway self-signed PEM pair
+                          for localhost and 127.0.0.1, valid one day, made
+                          with the openssl command as dir/NAME-cert.pem and
+                          dir/NAME-key.pem (for start's tls option)
 ]]
 
 local socket = require "socket"
@@ -112,6 +116,15 @@ local function capture(cmd, seconds)
     return status, (out:gsub("exit=%d+%s*$", ""))
 end
 
+local function make_cert(dir, name)
+    local cert, key = dir .. "/" .. name .. "-cert.pem", dir .. "/" .. name .. "-key.pem"
+    local status, out = capture("openssl req -x509 -newkey rsa:2048 -nodes -days 1" ..
+        " -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1" ..
+        " -keyout " .. quote(key) .. " -out " .. quote(cert))
+    assert(status == 0, "openssl req failed:\n" .. out)
+    return cert, key
+end
+
 local function dirname(path)
     return path:match("^(.*)/[^/]*$") or "."
 end
@@ -139,6 +152,7 @@ testing.quote = quote
 testing.run = run
 testing.capture = capture
 testing.temp_dir = make_temp_dir
+testing.make_cert = make_cert
 
 local server = {}
 server.__index = server

@@ -36,13 +36,7 @@ local function capture(cmd)
     return (out:gsub("%s+$", ""))
 end
 
-local function count(haystack, pattern)
-    local n = 0
-    for _ in haystack:gmatch(pattern) do
-        n = n + 1
-    end
-    return n
-end
+local count = testing.count
 
 local function file_url(path)
     return "file://" .. path:gsub("[^%w/%-%._~]", function(c)

@@ -15,13 +15,7 @@ local function run(cmd)
     return testing.capture(cmd, 90)
 end
 
-local function count(haystack, pattern)
-    local n = 0
-    for _ in haystack:gmatch(pattern) do
-        n = n + 1
-    end
-    return n
-end
+local count = testing.count
 
 local CLIENTS = {
     {

@@ -23,11 +23,7 @@ end
 return app
 ]]
 
-local function count(text, pattern)
-  local n = 0
-  for _ in text:gmatch(pattern) do n = n + 1 end
-  return n
-end
+local count = testing.count
 
 describe("resources", function()
   it("serves 3000 concurrent connections on one loop, and closes them all", function()

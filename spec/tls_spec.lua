@@ -27,13 +27,7 @@ end
 
 local make_cert = testing.make_cert
 
-local function count(haystack, pattern)
-    local n = 0
-    for _ in haystack:gmatch(pattern) do
-        n = n + 1
-    end
-    return n
-end
+local count = testing.count
 
 -- A raw TCP connection to the TLS port, without TLS.
 local function tcp(server)

@@ -61,6 +61,7 @@ testing.run(cmd) -> true if the shell command exited 0 (on Lua 5.1 to 5.4)
 testing.capture(cmd, seconds) -> exit status, everything the command printed
                           (stdout and stderr); killed after seconds (default 90)
 testing.temp_dir() -> a new private directory (the caller removes it)
+testing.count(text, pattern) -> how many times a Lua pattern matches text
 testing.make_cert(dir, name) -> cert, key: a throwaway self-signed PEM pair
                           for localhost and 127.0.0.1, valid one day, made
                           with the openssl command as dir/NAME-cert.pem and
@@ -125,6 +126,14 @@ local function make_cert(dir, name)
     return cert, key
 end
 
+local function count(text, pattern)
+    local n = 0
+    for _ in text:gmatch(pattern) do
+        n = n + 1
+    end
+    return n
+end
+
 local function dirname(path)
     return path:match("^(.*)/[^/]*$") or "."
 end
@@ -153,6 +162,7 @@ testing.run = run
 testing.capture = capture
 testing.temp_dir = make_temp_dir
 testing.make_cert = make_cert
+testing.count = count
 
 local server = {}
 server.__index = server

@@ -81,12 +81,18 @@ struct snapshot *snap_new(const struct sockaddr *client, double started)
     return s;
 }
 
-static size_t stored_name_len(const char *name)
+/* The code of a common header name, or 0. */
+static char common_code(const char *name)
 {
     for (size_t i = 1; i < NCOMMON; i++)
         if (strcmp(name, common[i]) == 0)
-            return 1;
-    return strlen(name);
+            return (char)i;
+    return 0;
+}
+
+static size_t stored_name_len(const char *name)
+{
+    return common_code(name) ? 1 : strlen(name);
 }
 
 static char *put(char *w, const char *s, size_t n)
@@ -98,13 +104,8 @@ static char *put(char *w, const char *s, size_t n)
 
 static char *put_name(char *w, const char *name)
 {
-    for (size_t i = 1; i < NCOMMON; i++) {
-        if (strcmp(name, common[i]) == 0) {
-            char code = (char)i;
-            return put(w, &code, 1);
-        }
-    }
-    return put(w, name, strlen(name));
+    char code = common_code(name);
+    return code ? put(w, &code, 1) : put(w, name, strlen(name));
 }
 
 int snap_complete(struct snapshot **sp, const struct sockaddr *server, const char *target,

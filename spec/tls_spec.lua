@@ -284,9 +284,23 @@ describe("starting with TLS", function()
         local status, line = start_fails("--tls-cert " .. quote(dir .. "/junk.pem") ..
             " --tls-key " .. quote(key))
         assert.equal(1, status)
-        assert.truthy(line:find("cannot load the certificate " .. dir .. "/junk.pem", 1, true),
-            line)
+        assert.truthy(line:find("cannot load the certificate " .. dir .. "/junk.pem: not a PEM file",
+            1, true), line)
     end)
+
+    it("a certificate and key given the wrong way round: one line saying which is which",
+        function()
+            local status, line = start_fails("--tls-cert " .. quote(key) .. " --tls-key " ..
+                quote(cert))
+            assert.equal(1, status)
+            assert.truthy(line:find("cannot load the certificate " .. key ..
+                ": it holds a private key, not a certificate", 1, true), line)
+            status, line = start_fails("--tls-cert " .. quote(cert) .. " --tls-key " .. quote(cert))
+            assert.equal(1, status)
+            assert.truthy(line:find("cannot load the key " .. cert ..
+                ": it holds a certificate, not a private key", 1, true), line)
+            assert.is_nil(line:find("PEM lib", 1, true), line)
+        end)
 
     it("an encrypted key: exit 1 at once, one line (no passphrase prompt)", function()
         local enc = dir .. "/enc-key.pem"
@@ -296,7 +310,8 @@ describe("starting with TLS", function()
         local t0 = socket.gettime()
         local rc, line = start_fails("--tls-cert " .. quote(cert) .. " --tls-key " .. quote(enc))
         assert.equal(1, rc)
-        assert.truthy(line:find("cannot load the key " .. enc, 1, true), line)
+        assert.truthy(line:find("cannot load the key " .. enc .. ": the key is encrypted", 1, true),
+            line)
         assert.is_true(socket.gettime() - t0 < 5, "it waited")
     end)
 

@@ -60,7 +60,20 @@ const char *conn_peer(const struct conn *c)
 const char *conn_path(const struct conn *c)
 {
     const char *path = c->req ? snap_path(c->req) : "";
-    return *path ? path : "-";
+    if (*path)
+        return path;
+    /* A handshake that failed or timed out after its request line arrived:
+     * the path from that line, without its query, cut for the log. */
+    const char *target = c->hs ? hs_target_read(c->hs) : NULL;
+    if (!target || !*target)
+        return "-";
+    static char cut[256];
+    size_t n = strcspn(target, "?#");
+    if (n >= sizeof cut)
+        n = sizeof cut - 1;
+    memcpy(cut, target, n);
+    cut[n] = '\0';
+    return cut;
 }
 
 /* An IPv4 or IPv6 socket address, without the room sockaddr_storage takes. */
@@ -164,9 +177,11 @@ static void finish(struct conn *c)
         return;
     c->on_close_done = 1;
     uint16_t code = c->close_code ? c->close_code : WS_CLOSE_ABNORMAL;
-    log_access("%s \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs", conn_peer(c),
-               conn_path(c), (unsigned long long)c->id, code,
-               ev_now(c->srv->loop) - c->req->started);
+    log_access("%s \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs msgs_in=%u bytes_in=%llu "
+               "msgs_out=%u bytes_out=%llu",
+               conn_peer(c), conn_path(c), (unsigned long long)c->id, code,
+               ev_now(c->srv->loop) - c->req->started, c->msgs_in,
+               (unsigned long long)c->bytes_in, c->msgs_out, (unsigned long long)c->bytes_out);
     lbridge_close(c->srv->lb, c, code, c->close_reason, c->close_reason_len);
 }
 
@@ -313,14 +328,24 @@ static int send_compressed(struct conn *c, uint8_t opcode, const void *data, siz
     return 1;
 }
 
+/* A text or binary message was queued: count it for the access log. */
+static int count_out(struct conn *c, uint8_t opcode, size_t len, int rc)
+{
+    if (rc == 0 && (opcode == WS_OP_TEXT || opcode == WS_OP_BINARY)) {
+        c->msgs_out++;
+        c->bytes_out += len;
+    }
+    return rc;
+}
+
 int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len)
 {
     int rc;
     if (!conn_can_send(c))
         return -1;
-    if (send_compressed(c, opcode, data, len, &rc))
-        return rc;
-    return queue_frame(c, (uint8_t)(0x80 | opcode), data, len);
+    if (!send_compressed(c, opcode, data, len, &rc))
+        rc = queue_frame(c, (uint8_t)(0x80 | opcode), data, len);
+    return count_out(c, opcode, len, rc);
 }
 
 int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t len, int ref)
@@ -328,9 +353,9 @@ int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t
     int rc = -1;
     if (!conn_can_send(c) || send_compressed(c, opcode, data, len, &rc)) {
         lbridge_unref(c->srv->lb, ref); /* not needed: refused, or compressed into a copy */
-        return rc;
+        return count_out(c, opcode, len, rc);
     }
-    return queue_frame_ref(c, (uint8_t)(0x80 | opcode), data, len, ref);
+    return count_out(c, opcode, len, queue_frame_ref(c, (uint8_t)(0x80 | opcode), data, len, ref));
 }
 
 static void queue_close(struct conn *c, uint16_t code, const char *reason, size_t rlen)
@@ -419,9 +444,11 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
                        size_t headers_len, const void *body, size_t body_len)
 {
     char head[512];
-    char dflt[128];
-    if (!body) {
-        body_len = (size_t)snprintf(dflt, sizeof dflt, "%d %s\n", status, hs_reason(status));
+    char dflt[256];
+    if (!body) { /* the status and the short reason: fixed strings, never the client's bytes */
+        int m = snprintf(dflt, sizeof dflt, "%d %s%s%s\n", status, hs_reason(status),
+                         why ? ": " : "", why ? why : "");
+        body_len = m < 0 ? 0 : (size_t)m < sizeof dflt ? (size_t)m : sizeof dflt - 1;
         body = dflt;
     }
     int n = snprintf(head, sizeof head,
@@ -601,6 +628,8 @@ static void deliver(struct conn *c, uint8_t op, const uint8_t *data, size_t len)
 {
     if (!data) /* an empty message that never needed a buffer */
         data = (const uint8_t *)"";
+    c->msgs_in++;
+    c->bytes_in += len;
     lbridge_message(c->srv->lb, c, data, len, op == WS_OP_BINARY);
 }
 
@@ -1008,6 +1037,9 @@ void conn_timeout(struct conn *c)
     case CONN_HANDSHAKE:
         log_info("conn %llu from %s: handshake not complete after %gs: closing",
                  (unsigned long long)c->id, conn_peer(c), c->srv->cfg->handshake_timeout);
+        log_access("%s \"WSTIMEOUT %s\" id=%llu reason=handshake not complete after %gs",
+                   conn_peer(c), conn_path(c), (unsigned long long)c->id,
+                   c->srv->cfg->handshake_timeout);
         conn_abort(c, "handshake timeout");
         break;
     case CONN_CLOSING:

@@ -50,6 +50,10 @@ struct conn {
     /* Open: when the client last sent anything (for ping and idle). Other
      * states: when the state began; its timeout runs from then. */
     ev_tstamp stamp;
+    /* For the access log's WSDISCONNECT: text and binary messages, and
+     * their payload bytes as the app sees them (before compression). */
+    uint64_t bytes_in, bytes_out;
+    uint32_t msgs_in, msgs_out;
 
     struct hs_request *hs;    /* while the handshake lasts */
     struct app *app;          /* the app of the route, NULL before routing */

@@ -8,6 +8,7 @@
 #include <llhttp.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -31,6 +32,9 @@ struct hs_request {
     size_t len, cap;
     size_t target_off;
     int have_target;
+    int target_done; /* the request line's target has all arrived */
+    char last;       /* the last byte of the previous feed */
+    char why[96];    /* the error, when it is llhttp's */
 
     struct hs_slot *slots;
     size_t nslots, slots_cap;
@@ -94,6 +98,7 @@ static int on_url(llhttp_t *h, const char *at, size_t n)
 
 static int on_url_complete(llhttp_t *h)
 {
+    req_of(h)->target_done = 1;
     return end_string(req_of(h));
 }
 
@@ -324,6 +329,26 @@ static size_t find_fold(struct hs_request *r, const char *data, size_t len)
     return len;
 }
 
+/* Why llhttp refused the head, in words a client's author can act on. A
+ * line that ends in LF alone is the usual mistake of a hand-written client;
+ * llhttp reports it as whatever it was parsing ("Invalid header value
+ * char"), so look at the byte it stopped at. Only fixed strings: nothing
+ * the client sent is ever quoted back. */
+static const char *parse_error(struct hs_request *r, const char *data, size_t n)
+{
+    const char *pos = llhttp_get_error_pos(&r->http);
+    if (pos && pos >= data && pos < data + n && *pos == '\n') {
+        char before = pos > data ? pos[-1] : r->last;
+        if (before != '\r')
+            return "a line ends in a bare LF; HTTP lines end with CRLF";
+    }
+    /* llhttp's reasons are its own fixed strings ("Invalid header value
+     * char"); kept whole so the log says what llhttp saw. */
+    snprintf(r->why, sizeof r->why, "malformed request head: %s",
+             llhttp_get_error_reason(&r->http));
+    return r->why;
+}
+
 int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed)
 {
     *consumed = 0;
@@ -342,6 +367,8 @@ int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed
     if (err == HPE_OK && fold < n)
         return fail(r, 400, "obsolete line folding in a header"), HS_ERROR;
     if (err == HPE_OK) {
+        if (n)
+            r->last = data[n - 1];
         *consumed = n;
         r->head_bytes += n;
         if (r->head_bytes >= r->max_head)
@@ -354,7 +381,7 @@ int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed
         return finish(r) ? HS_ERROR : HS_DONE;
     }
     if (!r->status)
-        fail(r, 400, llhttp_get_error_reason(&r->http));
+        fail(r, 400, parse_error(r, data, fold));
     return HS_ERROR;
 }
 
@@ -376,6 +403,11 @@ const char *hs_method(const struct hs_request *r)
 const char *hs_target(const struct hs_request *r)
 {
     return r->have_target ? r->buf + r->target_off : "";
+}
+
+const char *hs_target_read(const struct hs_request *r)
+{
+    return r->target_done ? r->buf + r->target_off : NULL;
 }
 
 size_t hs_header_count(const struct hs_request *r)

@@ -45,6 +45,10 @@ int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed
 int hs_status(const struct hs_request *r);
 const char *hs_error(const struct hs_request *r);
 
+/* The target of the request line once it has all arrived, also when the
+ * head then failed or never finished (for log lines); else NULL. */
+const char *hs_target_read(const struct hs_request *r);
+
 /* After HS_DONE. */
 const char *hs_method(const struct hs_request *r); /* "GET" */
 const char *hs_target(const struct hs_request *r); /* "/path?query" as sent */

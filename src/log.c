@@ -68,7 +68,7 @@ void log_msg(int level, const char *fmt, ...)
 
 void log_access(const char *fmt, ...)
 {
-    if (!log_access_on || log_threshold < LOG_INFO)
+    if (!log_access_on) /* on or off by itself, whatever the level */
         return;
     va_list ap;
     va_start(ap, fmt);

@@ -8,7 +8,7 @@
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 
 extern int log_threshold;    /* lines above this level are not written */
-extern int log_access_on;    /* 0 turns the access log off */
+extern int log_access_on;    /* 0 turns the access log off; the level does not */
 
 /* "error", "warn", "info", "debug" -> level, or -1. */
 int log_level_parse(const char *name);

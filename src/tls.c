@@ -47,6 +47,37 @@ static int no_passphrase(char *buf, int size, int rwflag, void *userdata)
     return 0;
 }
 
+/* What is wrong with a PEM file OpenSSL would not load, in words: OpenSSL's
+ * own reason for most of these is "PEM lib" or "no start line". NULL when
+ * the file looks right and only OpenSSL can say more. */
+static const char *pem_trouble(const char *file, int want_key)
+{
+    char text[16384];
+    FILE *f = fopen(file, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    if (!strstr(text, "-----BEGIN "))
+        return n == 0 ? "the file is empty"
+                      : "not a PEM file (no -----BEGIN line; a DER file needs converting to PEM)";
+    int has_cert = strstr(text, "-----BEGIN CERTIFICATE-----") != NULL;
+    int has_key = strstr(text, "PRIVATE KEY-----") != NULL;
+    if (want_key) {
+        if (strstr(text, "-----BEGIN ENCRYPTED PRIVATE KEY-----") || strstr(text, "ENCRYPTED\n"))
+            return "the key is encrypted, and moonport asks for no passphrase: decrypt it "
+                   "(openssl pkey -in KEY -out PLAIN) and keep the file readable only by the server";
+        if (!has_key)
+            return has_cert ? "it holds a certificate, not a private key"
+                            : "it holds no private key (no -----BEGIN ... PRIVATE KEY----- line)";
+    } else if (!has_cert) {
+        return has_key ? "it holds a private key, not a certificate"
+                       : "it holds no certificate (no -----BEGIN CERTIFICATE----- line)";
+    }
+    return NULL;
+}
+
 SSL_CTX *tls_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen)
 {
     /* Name the file that is missing: OpenSSL's message for it is vague. */
@@ -111,7 +142,9 @@ mismatch:
     return NULL;
 fail:
     keep_error("no reason given");
-    snprintf(err, errlen, "tls: cannot load the %s %s: %s", what, file, last_error);
+    const char *trouble = pem_trouble(file, strcmp(what, "key") == 0);
+    snprintf(err, errlen, "tls: cannot load the %s %s: %s%s%s", what, file,
+             trouble ? trouble : "", trouble ? "" : "OpenSSL says: ", trouble ? "" : last_error);
     SSL_CTX_free(ctx);
     return NULL;
 }

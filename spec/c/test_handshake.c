@@ -360,6 +360,42 @@ static void test_our_checks(void)
     }
 }
 
+/* A line that ends in a bare LF is named as such, however the bytes are
+ * split (the LF first in a feed looks back at the previous one), and a
+ * well-formed CRLF split between feeds is not mistaken for one. */
+static void test_bare_lf(void)
+{
+    static const char req[] = "GET /a HTTP/1.1\r\nHost: x\nUpgrade: websocket\r\n\r\n";
+    const char *want = "a line ends in a bare LF; HTTP lines end with CRLF";
+    for (size_t split = 1; split < sizeof req - 1; split++) {
+        struct hs_request *r = hs_new(BIG, MANY);
+        size_t used;
+        int rc = hs_feed(r, req, split, &used);
+        if (rc == HS_NEED_MORE)
+            rc = hs_feed(r, req + split, sizeof req - 1 - split, &used);
+        CHECK_EQ(rc, HS_ERROR);
+        CHECK_EQ(hs_status(r), 400);
+        if (strcmp(hs_error(r), want) != 0) {
+            fprintf(stderr, "  split at %zu: %s\n", split, hs_error(r));
+            CHECK(0);
+        }
+        /* The target was read before the mistake, for the log. */
+        CHECK(hs_target_read(r) && strcmp(hs_target_read(r), "/a") == 0);
+        hs_free(r);
+    }
+    /* Another llhttp error keeps llhttp's reason behind a prefix. */
+    struct hs_request *r = hs_new(BIG, MANY);
+    size_t used;
+    CHECK_EQ(hs_feed(r, LIT("GET /a HTTP/1.1\r\nX: a\x01b\r\n\r\n"), &used), HS_ERROR);
+    CHECK(strncmp(hs_error(r), "malformed request head: ", 24) == 0 && strlen(hs_error(r)) > 24);
+    hs_free(r);
+    /* Nothing read yet: no target. */
+    r = hs_new(BIG, MANY);
+    CHECK_EQ(hs_feed(r, LIT("GET /a"), &used), HS_NEED_MORE);
+    CHECK(hs_target_read(r) == NULL);
+    hs_free(r);
+}
+
 /* A request whose head is exactly len bytes: pad one header to size. */
 static size_t padded(char *buf, size_t len)
 {
@@ -662,6 +698,7 @@ int main(void)
     test_header_forms();
     test_bad_requests();
     test_our_checks();
+    test_bare_lf();
     test_too_large();
     test_check_upgrade();
     test_key_valid();

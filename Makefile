@@ -113,8 +113,9 @@ deps-test:
 # run and test install the packages first and only then build, in a new
 # make: this one has already looked for llhttp and libllhttp.pc (and cached
 # what it saw) when it read this file, before the packages were there, so on
-# a fresh machine it would find no rule for the llhttp objects.
-ARGS       ?= apps
+# a fresh machine it would find no rule for the llhttp objects. ARGS is set
+# with := so that an ARGS in the environment does not reach the server.
+ARGS       := apps
 TEST_BUILD ?= all asan $(UNIT_TESTS) $(FUZZERS) build/bench/loadgen build/bench/codec_bench
 TEST_CMD   ?= bash spec/run
 run: deps

@@ -1,4 +1,5 @@
-# moonport's build. `make` builds bin/moonport; `make run` serves apps/;
+# moonport's build. `make` builds bin/moonport; `make run` serves apps/
+# (`make run ARGS="--port 9000 myapps"` passes other arguments);
 # `make test` runs every test (unit, fuzz, specs, specs under ASan+UBSan).
 
 PREFIX     ?= /usr/local
@@ -23,7 +24,8 @@ LLHTTP_LIBS   := $(shell pkg-config --libs libllhttp)
 LLHTTP_SRC    :=
 else
 LLHTTP_DIR    ?= /usr/share/llhttp
-LLHTTP_CFLAGS := -I$(firstword $(wildcard /usr/share/include/llhttp /usr/include/llhttp) /usr/share/include/llhttp)
+LLHTTP_INCDIR ?= $(firstword $(wildcard /usr/share/include/llhttp /usr/include/llhttp) /usr/share/include/llhttp)
+LLHTTP_CFLAGS := -I$(LLHTTP_INCDIR)
 LLHTTP_LIBS   :=
 LLHTTP_SRC    := $(LLHTTP_DIR)/llhttp.c $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c
 endif
@@ -61,9 +63,10 @@ build/asan/%.o: src/%.c $(wildcard src/*.h)
 	$(CC) $(CFLAGS_ALL) $(SAN) -c -o $@ $<
 
 # llhttp is not our code: build it with its own warnings off.
+LLHTTP_OPT ?= -O2 -g
 build/rel/llhttp_%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(@D)
-	$(CC) -O2 -g -w $(LLHTTP_CFLAGS) -c -o $@ $<
+	$(CC) $(LLHTTP_OPT) -w $(LLHTTP_CFLAGS) -c -o $@ $<
 
 build/asan/llhttp_%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(@D)
@@ -98,16 +101,30 @@ fuzz: $(FUZZERS)
 
 # Install what building needs (and, for deps-test, what the tests need):
 # apt-get when root on Debian/Ubuntu, otherwise the exact command to run.
+# The commands are variables so that spec/setup_spec.lua can stand in a
+# step that creates the llhttp sources, as a first install does.
+DEPS_CMD      ?= sh .ci/deps build
+DEPS_TEST_CMD ?= sh .ci/deps test
 deps:
-	@sh .ci/deps build
+	@$(DEPS_CMD)
 deps-test:
-	@sh .ci/deps test
+	@$(DEPS_TEST_CMD)
 
-run: deps all
-	bin/moonport apps
+# run and test install the packages first and only then build, in a new
+# make: this one has already looked for llhttp and libllhttp.pc (and cached
+# what it saw) when it read this file, before the packages were there, so on
+# a fresh machine it would find no rule for the llhttp objects. ARGS is set
+# with := so that an ARGS in the environment does not reach the server.
+ARGS       := apps
+TEST_BUILD ?= all asan $(UNIT_TESTS) $(FUZZERS) build/bench/loadgen build/bench/codec_bench
+TEST_CMD   ?= bash spec/run
+run: deps
+	@$(MAKE) --no-print-directory all
+	bin/moonport $(ARGS)
 
-test: deps-test all asan $(UNIT_TESTS) $(FUZZERS) build/bench/loadgen build/bench/codec_bench
-	@bash spec/run
+test: deps-test
+	@$(MAKE) --no-print-directory $(TEST_BUILD)
+	@$(TEST_CMD)
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUADIR)/moonport

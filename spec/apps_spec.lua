@@ -163,6 +163,56 @@ describe("shipped apps", function()
             end)
         end)
 
+        describe("rpc (JSON through lua-cjson)", function()
+            -- Answers are compared decoded: JSON does not fix key order.
+            local cjson = require "cjson"
+
+            local function call(ws, text)
+                assert(ws:send(text))
+                local data, kind = recv(ws)
+                assert.equal("text", kind)
+                return cjson.decode(data), data
+            end
+
+            it("answers calls with their ids and results", function()
+                local ws = connect("/rpc")
+                assert.same({id = 1, result = 5},
+                    call(ws, '{"id": 1, "method": "add", "params": [2, 3]}'))
+                assert.same({id = "b", result = {k = {"v", 2}, ["é"] = true}},
+                    call(ws, '{"id": "b", "method": "echo", "params": [{"k": ["v", 2], "é": true}]}'))
+                assert.same({id = 3, result = 3}, call(ws, '{"id": 3, "method": "count"}'))
+                bye(ws)
+            end)
+
+            it("answers a bad call with an error and keeps the connection", function()
+                local ws = connect("/rpc")
+                local answer, raw = call(ws, '{"id": 7, "method": "nope"}')
+                assert.equal(7, answer.id)
+                assert.truthy(answer.error:match("unknown method nope"), raw)
+                answer, raw = call(ws, '{"id": 8, "method": "add", "params": [1, "x"]}')
+                assert.equal(8, answer.id)
+                assert.truthy(answer.error:match("param 2 is not a number"), raw)
+                answer, raw = call(ws, "{not json")
+                assert.equal(cjson.null, answer.id, raw)
+                assert.equal("not a JSON object", answer.error)
+                -- Every message counts, the bad ones too.
+                assert.same({id = 9, result = 4}, call(ws, '{"id": 9, "method": "count"}'))
+                bye(ws)
+            end)
+
+            it("closes a client that sends binary with 1003", function()
+                local ws = connect("/rpc")
+                assert(ws:send("{}", "binary"))
+                local f = ws:receive(5)
+                assert(f, "no close frame")
+                assert.equal(8, f.opcode)
+                assert.equal(1003, f.code)
+                assert(ws:close(1003))
+                assert.is_true(ws:is_closed(5))
+                ws:shutdown()
+            end)
+        end)
+
         it("still serves after these cases", function()
             assert.is_true(server:alive())
             local ws = connect("/echo")

@@ -20,7 +20,11 @@ testing.start(opts) -> server | nil, err, stderr_text
     args     = { ... } extra command line arguments (before the apps dir).
     tls      = { cert = FILE, key = FILE }: serve wss:// with this PEM
                certificate chain and key (--tls-cert, --tls-key).
-    bin      = the binary (default $MOONPORT_BIN, else "bin/moonport").
+    bin      = the binary (default $MOONPORT_BIN; else the moonport installed
+               next to this module: bin/moonport in the repository for
+               lua/moonport/testing.lua, PREFIX/bin/moonport for
+               PREFIX/share/lua/5.x/moonport/testing.lua, as luarocks and
+               make install lay them out; else "moonport" from PATH).
     env      = a prefix of shell assignments, like "FOO=1 BAR=2".
     host     = the --host value (default "127.0.0.1"; false: no --host).
     port     = the --port value (default 0, a free port; false: no --port).
@@ -136,6 +140,27 @@ end
 
 local function dirname(path)
     return path:match("^(.*)/[^/]*$") or "."
+end
+
+-- The moonport that goes with this copy of the harness. A spec may run from
+-- any directory (an app author's own), so a path relative to the current
+-- directory will not do: look beside this file, where the repository and
+-- both installs put the binary, then fall back to PATH.
+local function default_bin()
+    local source = debug.getinfo(1, "S").source
+    if source:sub(1, 1) == "@" then
+        -- lua/moonport/testing.lua -> lua; PREFIX/share/lua/5.x/moonport/testing.lua -> 5.x
+        local lua_dir = dirname(dirname(source:sub(2)))
+        for _, up in ipairs {"/..", "/../../.."} do
+            local bin = lua_dir .. up .. "/bin/moonport"
+            local f = io.open(bin, "rb")
+            if f then
+                f:close()
+                return bin
+            end
+        end
+    end
+    return "moonport"
 end
 
 local function make_temp_dir()
@@ -295,7 +320,7 @@ function testing.start(opts)
         write_file(dir .. "/" .. path, content)
     end
 
-    local argv = {quote(opts.bin or os.getenv("MOONPORT_BIN") or "bin/moonport")}
+    local argv = {quote(opts.bin or os.getenv("MOONPORT_BIN") or default_bin())}
     if opts.port ~= false then
         argv[#argv + 1] = "--port " .. quote(opts.port or 0)
     end
@@ -358,7 +383,12 @@ function testing.start(opts)
         if status then
             err = self:stderr()
             self:cleanup()
-            return nil, "the server exited with status " .. status, err
+            local why = "the server exited with status " .. status
+            if status == 127 then -- the shell found no such command: say which
+                why = why .. " (" .. argv[1] .. ": " ..
+                    ((err:match("[^\n]*not found[^\n]*")) or "not found") .. ")"
+            end
+            return nil, why, err
         end
         if socket.gettime() > deadline then
             err = self:stderr()

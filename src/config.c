@@ -40,7 +40,7 @@ void config_init(struct config *c)
     c->log_access = 1;
     c->reload = 1;
     c->max_message = 16u << 20;
-    c->max_fragments = 65536;
+    c->max_fragments = 131072; /* Autobahn 9.3.1, 9.4.1: 65,537 frames */
     c->max_head = 16384;
     c->max_headers = 100;
     c->send_buffer = 1u << 20;

@@ -141,6 +141,18 @@ static int add_route(struct config *c, const char *pattern, const char *file, ch
         snprintf(err, errlen, "route \"%s\" must start with /", pattern);
         return -1;
     }
+    /* Routes match the request path as sent, so a character a client must
+     * percent-encode ("/sp ace" arrives as "/sp%20ace") makes a route no
+     * request can reach. ':' starts a capture. */
+    for (const char *p = pattern; *p; p++) {
+        if (*p == '/' || (*p == ':' && p[-1] == '/') || route_char(*p))
+            continue;
+        snprintf(err, errlen, "route \"%s\": '%c' (0x%02X) would be percent-encoded in a request "
+                 "path, so no request could reach it; use letters, digits, - . _ ~",
+                 pattern, (unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f ? *p : '?',
+                 (unsigned char)*p);
+        return -1;
+    }
     struct route_spec *r = realloc(c->routes, (c->nroutes + 1) * sizeof *r);
     if (!r) {
         snprintf(err, errlen, "out of memory");

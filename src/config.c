@@ -16,7 +16,8 @@
 static const char usage[] =
     "usage: moonport [options] [APPS_DIR]\n"
     "\n"
-    "Serve every APPS_DIR/NAME.lua as a WebSocket app at /NAME (index.lua at /).\n"
+    "Serve every APPS_DIR/NAME.lua as a WebSocket app at /NAME (index.lua at /);\n"
+    "a file that defines no handler, or that apps require, is a module, not a route.\n"
     "\n"
     "options:\n"
     "  --host ADDR        address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"

@@ -263,7 +263,8 @@ static void settle(struct server *s, struct dir_file *f)
                  "on_close)", f->file);
 }
 
-/* The first look at a file of the apps directory. Returns 0, or -1 with err
+/* The first look at a file of the apps directory: refused, a module an app
+ * has required already, or run as a possible app. Returns 0, or -1 with err
  * set if it is a possible app that fails to load. */
 static int examine(struct server *s, struct dir_file *f, char *err, size_t errlen)
 {
@@ -287,8 +288,7 @@ static int examine(struct server *s, struct dir_file *f, char *err, size_t errle
     if (!f->app)
         return -1;
     lbridge_provide(s->lb, f->app, f->name);
-    settle(s, f);
-    return 0;
+    return 0; /* the caller settles it, once every file has been looked at */
 }
 
 static struct dir_file *dir_file_new(struct server *s, const char *name)
@@ -328,6 +328,7 @@ static void sync_dir(struct server *s)
             }
             f->next = r->files;
             r->files = f;
+            settle(s, f);
             if (f->state == DIR_ROUTE)
                 log_info("new app %s (%s) at %s", f->app->name, f->file, f->route);
             continue;

@@ -7,8 +7,8 @@
 #include "reload.h"
 
 #include <dirent.h>
-#include <lauxlib.h>
 #include <errno.h>
+#include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -684,8 +684,8 @@ static int load_initial(struct server *s, char *err, size_t errlen)
     for (struct dir_file *f = s->reload->files; f; f = f->next)
         settle(s, f);
     if (router_count(s->router) == 0) {
-        snprintf(err, errlen, "no apps to serve: %s has no .lua file that defines a handler",
-                 cfg->apps_dir ? cfg->apps_dir : "the config");
+        snprintf(err, errlen, "no apps to serve: %s has no app (a .lua file that defines a "
+                 "handler and that no app requires)", cfg->apps_dir ? cfg->apps_dir : "the config");
         return -1;
     }
     return 0;

@@ -463,7 +463,7 @@ describe("framing", function()
 
         -- n one-byte fragments of one text message, final or not.
         local function fragments(n, final)
-            local zero = "\0\0\0\0" -- no masking work: 65536 frames stay cheap
+            local zero = "\0\0\0\0" -- no masking work: 131072 frames stay cheap
             local out = {client.encode_frame {opcode = "text", fin = false, payload = "f", key = zero}}
             local middle = client.encode_frame {opcode = "continuation", fin = false, payload = "f",
                 key = zero}
@@ -475,16 +475,16 @@ describe("framing", function()
             return table.concat(out)
         end
 
-        it("a message in 65536 fragments (the default max_fragments) is echoed", function()
+        it("a message in 131072 fragments (the default max_fragments) is echoed", function()
             local ws = open(server)
-            assert(ws:send_raw(fragments(65536, true)))
-            assert_echo(ws, string.rep("f", 65536))
+            assert(ws:send_raw(fragments(131072, true)))
+            assert_echo(ws, string.rep("f", 131072))
             ws:shutdown()
         end)
 
-        it("a message in 65537 fragments fails with 1009", function()
+        it("a message in 131073 fragments fails with 1009", function()
             local ws = open(server)
-            assert(ws:send_raw(fragments(65537, false)))
+            assert(ws:send_raw(fragments(131073, false)))
             assert_fails_with(ws, 1009)
         end)
     end)

@@ -16,7 +16,8 @@
 static const char usage[] =
     "usage: moonport [options] [APPS_DIR]\n"
     "\n"
-    "Serve every APPS_DIR/NAME.lua as a WebSocket app at /NAME (index.lua at /).\n"
+    "Serve every APPS_DIR/NAME.lua as a WebSocket app at /NAME (index.lua at /);\n"
+    "a file that defines no handler, or that apps require, is a module, not a route.\n"
     "\n"
     "options:\n"
     "  --host ADDR        address to listen on (default 127.0.0.1; 0.0.0.0 or :: for all)\n"
@@ -41,7 +42,7 @@ void config_init(struct config *c)
     c->log_access = 1;
     c->reload = 1;
     c->max_message = 16u << 20;
-    c->max_fragments = 65536;
+    c->max_fragments = 131072; /* Autobahn 9.3.1, 9.4.1: 65,537 frames */
     c->max_head = 16384;
     c->max_headers = 100;
     c->send_buffer = 1u << 20;
@@ -142,6 +143,18 @@ static int add_route(struct config *c, const char *pattern, const char *file, ch
         snprintf(err, errlen, "route \"%s\" must start with /", pattern);
         return -1;
     }
+    /* Routes match the request path as sent, so a character a client must
+     * percent-encode ("/sp ace" arrives as "/sp%20ace") makes a route no
+     * request can reach. ':' starts a capture. */
+    for (const char *p = pattern; *p; p++) {
+        if (*p == '/' || (*p == ':' && p[-1] == '/') || route_char(*p))
+            continue;
+        snprintf(err, errlen, "route \"%s\": '%c' (0x%02X) would be percent-encoded in a request "
+                 "path, so no request could reach it; use letters, digits, - . _ ~",
+                 pattern, (unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f ? *p : '?',
+                 (unsigned char)*p);
+        return -1;
+    }
     struct route_spec *r = realloc(c->routes, (c->nroutes + 1) * sizeof *r);
     if (!r) {
         snprintf(err, errlen, "out of memory");
@@ -152,6 +165,19 @@ static int add_route(struct config *c, const char *pattern, const char *file, ch
     r[c->nroutes].file = relative_to(c->config_file, file);
     c->nroutes++;
     return 0;
+}
+
+/* How many entries the table at index t holds, of any key. */
+static size_t entries(lua_State *L, int t)
+{
+    size_t n = 0;
+    t = t < 0 ? lua_gettop(L) + t + 1 : t;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        n++;
+    }
+    return n;
 }
 
 static int load_routes(struct config *c, lua_State *L, int t, char *err, size_t errlen)
@@ -176,6 +202,10 @@ static int load_routes(struct config *c, lua_State *L, int t, char *err, size_t 
         }
         lua_rawgeti(L, -1, 1);
         lua_rawgeti(L, -2, 2);
+        if (entries(L, -3) > 2) { /* a misplaced key, or a route split wrong */
+            snprintf(err, errlen, "routes[%zu] has more than {\"/path\", \"file.lua\"}", i);
+            return -1;
+        }
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
             snprintf(err, errlen, "routes[%zu] must be {\"/path\", \"file.lua\"}", i);
             return -1;
@@ -204,6 +234,141 @@ static int load_routes(struct config *c, lua_State *L, int t, char *err, size_t 
     return 0;
 }
 
+/* Every key the file may set, by section ("" is the top level). A key not
+ * listed is a mistake (a typo such as "prot" or "limits.max_mesage"), and
+ * silently ignoring it would leave the default in force unnoticed. */
+struct known_keys {
+    const char *section;
+    const char *const *keys;
+};
+
+static const char *const top_keys[] = {"host", "port", "apps", "routes", "limits", "timeouts",
+                                       "compression", "log", "tls", "reload", NULL};
+static const char *const limits_keys[] = {"max_message", "max_fragments", "max_head",
+                                          "max_headers", "send_buffer", "max_send_buffer",
+                                          "max_connections", NULL};
+static const char *const timeouts_keys[] = {"handshake", "close", "ping", "idle", NULL};
+static const char *const compression_keys[] = {"enabled", "threshold", "level", "window_bits",
+                                               "mem_level", NULL};
+static const char *const log_keys[] = {"level", "access", NULL};
+static const char *const tls_keys[] = {"cert", "key", NULL};
+
+static const struct known_keys sections[] = {
+    {"", top_keys},
+    {"limits", limits_keys},
+    {"timeouts", timeouts_keys},
+    {"compression", compression_keys},
+    {"log", log_keys},
+    {"tls", tls_keys},
+};
+
+/* Edit distance counting a swap of two neighbours as one edit ("prot" is
+ * one from "port"). Keys are short; longer strings are simply far. */
+static size_t key_distance(const char *a, const char *b)
+{
+    enum { MAXK = 40 };
+    size_t la = strlen(a), lb = strlen(b);
+    if (la >= MAXK || lb >= MAXK)
+        return (size_t)-1;
+    size_t d[MAXK + 1][MAXK + 1];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        for (size_t j = 1; j <= lb; j++) {
+            size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    }
+    return d[la][lb];
+}
+
+/* The known key closest to key, as a full path, or "" if none is close: in
+ * the same section first, then a key of another section spelled (almost)
+ * the same ("max_message" at the top level is "limits.max_message"). */
+static void suggest_key(const struct known_keys *in, const char *key, char *out, size_t len)
+{
+    size_t best = (size_t)-1, limit = strlen(key) / 3 > 2 ? strlen(key) / 3 : 2;
+    const struct known_keys *best_sec = NULL;
+    const char *best_key = NULL;
+    for (const char *const *k = in->keys; *k; k++) {
+        size_t d = key_distance(key, *k);
+        if (d < best)
+            best = d, best_key = *k, best_sec = in;
+    }
+    if (best > limit) {
+        best = (size_t)-1;
+        for (size_t s = 0; s < sizeof sections / sizeof *sections; s++) {
+            for (const char *const *k = sections[s].keys; *k && &sections[s] != in; k++) {
+                size_t d = key_distance(key, *k);
+                if (d < best)
+                    best = d, best_key = *k, best_sec = &sections[s];
+            }
+        }
+        limit = 1;
+    }
+    if (best > limit)
+        snprintf(out, len, "%s", "");
+    else
+        snprintf(out, len, "%s%s%s", best_sec->section, best_sec->section[0] ? "." : "",
+                 best_key);
+}
+
+/* Refuse a key of the table at index t that the section does not know. */
+static int check_keys(lua_State *L, int t, const char *section, char *err, size_t errlen)
+{
+    const struct known_keys *in = NULL;
+    for (size_t s = 0; s < sizeof sections / sizeof *sections; s++)
+        if (strcmp(sections[s].section, section) == 0)
+            in = &sections[s];
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1); /* the value */
+        char path[200], hint[200];
+        const char *dot = section[0] ? "." : "";
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            /* lua_tostring would turn a number key into a string in place
+             * and break lua_next: format a copy. */
+            lua_pushvalue(L, -1);
+            const char *k = lua_tostring(L, -1);
+            snprintf(err, errlen, "unknown key [%s]%s%s: settings have names (see README)",
+                     k ? k : luaL_typename(L, -1), section[0] ? " in " : "", section);
+            lua_pop(L, 3);
+            return -1;
+        }
+        const char *key = lua_tostring(L, -1);
+        const char *const *k = in->keys;
+        while (*k && strcmp(*k, key) != 0)
+            k++;
+        if (*k)
+            continue;
+        snprintf(path, sizeof path, "%s%s%s", section, dot, key);
+        suggest_key(in, key, hint, sizeof hint);
+        if (hint[0])
+            snprintf(err, errlen, "unknown key \"%s\" (did you mean \"%s\"?)", path, hint);
+        else {
+            char known[400];
+            size_t n = 0;
+            known[0] = '\0';
+            for (k = in->keys; *k && n < sizeof known; k++)
+                n += (size_t)snprintf(known + n, sizeof known - n, "%s%s", n ? ", " : "", *k);
+            snprintf(err, errlen, "unknown key \"%s\" (the known keys%s%s are %s)", path,
+                     section[0] ? " of " : "", section, known);
+        }
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
 static int load_file(struct config *c, const char *file, char *err, size_t errlen)
 {
     lua_State *L = luaL_newstate();
@@ -222,7 +387,7 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         goto out;
     }
     int t = lua_gettop(L);
-    char msg[400];
+    char msg[700];
     msg[0] = '\0';
     const char *s;
     double v;
@@ -236,6 +401,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
             dst = v;                                                                     \
     } while (0)
 
+    if (check_keys(L, t, "", msg, sizeof msg))
+        goto bad;
     if ((r = field_string(L, t, "host", &s, msg, sizeof msg)) < 0)
         goto bad;
     if (r)
@@ -257,6 +424,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     lua_getfield(L, t, "limits");
     if (lua_istable(L, -1)) {
         int l = lua_gettop(L);
+        if (check_keys(L, l, "limits", msg, sizeof msg))
+            goto bad;
         NUM(l, "limits.", "max_message", 1, 1ull << 40, c->max_message);
         NUM(l, "limits.", "max_fragments", 1, 1u << 31, c->max_fragments);
         NUM(l, "limits.", "max_head", 512, 1 << 24, c->max_head);
@@ -273,6 +442,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     lua_getfield(L, t, "compression");
     if (lua_istable(L, -1)) {
         int l = lua_gettop(L);
+        if (check_keys(L, l, "compression", msg, sizeof msg))
+            goto bad;
         lua_getfield(L, l, "enabled");
         if (!lua_isnil(L, -1))
             c->compression = lua_toboolean(L, -1);
@@ -292,6 +463,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     lua_getfield(L, t, "timeouts");
     if (lua_istable(L, -1)) {
         int l = lua_gettop(L);
+        if (check_keys(L, l, "timeouts", msg, sizeof msg))
+            goto bad;
         NUM(l, "timeouts.", "handshake", 0.001, 86400, c->handshake_timeout);
         NUM(l, "timeouts.", "close", 0.001, 3600, c->close_timeout);
         NUM(l, "timeouts.", "ping", 0, 86400, c->ping_interval);
@@ -305,6 +478,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     lua_getfield(L, t, "tls");
     if (lua_istable(L, -1)) {
         int l = lua_gettop(L);
+        if (check_keys(L, l, "tls", msg, sizeof msg))
+            goto bad;
         const char *cert, *key;
         int has_cert = field_string(L, l, "cert", &cert, msg, sizeof msg);
         int has_key = has_cert < 0 ? -1 : field_string(L, l, "key", &key, msg, sizeof msg);
@@ -327,6 +502,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     lua_getfield(L, t, "log");
     if (lua_istable(L, -1)) {
         int l = lua_gettop(L);
+        if (check_keys(L, l, "log", msg, sizeof msg))
+            goto bad;
         if ((r = field_string(L, l, "level", &s, msg, sizeof msg)) < 0)
             goto bad;
         if (r && (c->log_level = log_level_parse(s)) < 0) {

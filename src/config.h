@@ -50,6 +50,14 @@ struct config {
 /* CONFIG_ERROR: a bad command line; CONFIG_FILE_ERROR: a bad config file. */
 enum { CONFIG_OK = 0, CONFIG_EXIT_OK = 1, CONFIG_ERROR = -1, CONFIG_FILE_ERROR = -2 };
 
+/* Whether ch may appear in a route as is: RFC 3986's unreserved characters
+ * (letters, digits, - . _ ~). Anything else arrives percent-encoded. */
+static inline int route_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '.' || ch == '_' || ch == '~';
+}
+
 void config_init(struct config *c);
 void config_free(struct config *c);
 

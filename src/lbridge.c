@@ -322,6 +322,26 @@ void lbridge_forget_module(struct lbridge *lb, const char *name)
     lua_pop(L, 2);
 }
 
+void lbridge_provide(struct lbridge *lb, const struct app *a, const char *name)
+{
+    lua_State *L = lb->L;
+    int top = lua_gettop(L);
+    lua_getglobal(L, "package");
+    lua_getfield(L, top + 1, "searchpath");
+    if (lua_isfunction(L, -1)) {
+        lua_pushstring(L, name);
+        lua_getfield(L, top + 1, "path");
+        /* searchpath(name, package.path): the file require would run */
+        if (lua_pcall(L, 2, 1, 0) == 0 && lua_isstring(L, -1) &&
+            strcmp(lua_tostring(L, -1), a->file) == 0) {
+            lua_getfield(L, top + 1, "loaded");
+            lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+            lua_setfield(L, -2, name);
+        }
+    }
+    lua_settop(L, top);
+}
+
 struct app *lbridge_find(struct lbridge *lb, const char *file)
 {
     for (struct app *a = lb->apps; a; a = a->next)

@@ -82,6 +82,11 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
  * nothing changes. Returns 0, or -1 with err set to file:line and why. */
 int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen);
 
+/* Make require(name) return the app's current table, if name leads to the
+ * app's file: a file of the apps directory then runs once per version, not
+ * once as an app and again through require. */
+void lbridge_provide(struct lbridge *lb, const struct app *a, const char *name);
+
 /* Drop a module from package.loaded, so the next require runs its file. */
 void lbridge_forget_module(struct lbridge *lb, const char *name);
 

@@ -8,6 +8,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,8 +31,29 @@
 #define SETTLE_SECONDS 0.1 /* quiet time after the last event */
 #define SETTLE_MAX 0.8     /* never wait longer than this after the first */
 
+/* A NAME.lua of the apps directory and what became of it. Only a file that
+ * defines a handler, and that no app or module requires, is a route: a
+ * helper module next to the apps must never answer a handshake. */
+enum dir_state {
+    DIR_NEW,      /* not looked at yet */
+    DIR_ROUTE,    /* an app, served at /NAME */
+    DIR_HELPER,   /* loaded, defines no handler: not a route */
+    DIR_REQUIRED, /* required by an app: not a route; it lives through require */
+    DIR_REFUSED,  /* /NAME would need percent-encoding: not served */
+};
+
+struct dir_file {
+    char *name; /* NAME */
+    char *file; /* APPS_DIR/NAME.lua */
+    char *route;
+    struct app *app; /* NULL if it never ran as a possible app */
+    enum dir_state state;
+    struct dir_file *next;
+};
+
 struct reload {
     struct server *srv;
+    struct dir_file *files;
     int ifd; /* inotify, or -1 */
     ev_io inotify_w;
     ev_timer settle_w;
@@ -65,6 +87,19 @@ static int serve(struct server *s, struct app *a, const char *pattern, char *err
     a->patterns = p;
     a->npatterns++;
     return 0;
+}
+
+/* Take a route back from an app: the inverse of serve(). */
+static void unserve(struct server *s, struct app *a, const char *pattern)
+{
+    router_remove(s->router, pattern);
+    for (size_t i = 0; i < a->npatterns; i++) {
+        if (strcmp(a->patterns[i], pattern) == 0) {
+            free(a->patterns[i]);
+            a->patterns[i] = a->patterns[--a->npatterns];
+            return;
+        }
+    }
 }
 
 static int is_app_file(const char *name)
@@ -110,9 +145,55 @@ static void free_list(char **names)
     free(names);
 }
 
-static void dir_route(const char *name, char *route, size_t len)
+/* The first character of NAME that a request path would percent-encode,
+ * or NULL: /NAME is only reachable when there is none. */
+static const char *unroutable_char(const char *name)
 {
-    snprintf(route, len, "/%s", strcmp(name, "index") ? name : "");
+    for (const char *p = name; *p; p++)
+        if (!route_char(*p))
+            return p;
+    return NULL;
+}
+
+/* The record of a module that an app or another module requires from
+ * file, or NULL. */
+static const struct module *required(const struct lbridge *lb, const char *file)
+{
+    for (const struct module *m = lb->modules; m; m = m->next)
+        if ((m->nusers || m->nparents) && strcmp(m->file, file) == 0)
+            return m;
+    return NULL;
+}
+
+static const char *required_by(const struct module *m)
+{
+    return m->nusers ? m->users[0]->file : m->parents[0]->file;
+}
+
+static int has_handler(const struct app *a)
+{
+    for (int i = 0; i < 3; i++)
+        if (a->handler_ref[i] != LUA_NOREF)
+            return 1;
+    return 0;
+}
+
+static struct dir_file *dir_file_of_app(const struct reload *r, const struct app *a)
+{
+    for (struct dir_file *f = r->files; f; f = f->next)
+        if (f->app == a)
+            return f;
+    return NULL;
+}
+
+static void dir_file_free(struct dir_file *f)
+{
+    if (!f)
+        return;
+    free(f->name);
+    free(f->file);
+    free(f->route);
+    free(f);
 }
 
 static void close_app_conns(struct server *s, const struct app *a, const char *why)
@@ -125,8 +206,8 @@ static void close_app_conns(struct server *s, const struct app *a, const char *w
             n++;
         }
     }
-    log_info("app %s (%s) removed: its routes answer 404; %zu connection(s) closed with 1001",
-             a->name, a->file, n);
+    log_info("app %s (%s) %s: its routes answer 404; %zu connection(s) closed with 1001",
+             a->name, a->file, why, n);
 }
 
 static void reload_app(struct server *s, struct app *a, const char *why)
@@ -135,6 +216,9 @@ static void reload_app(struct server *s, struct app *a, const char *why)
     double t0 = now_ms();
     int rc = lbridge_reload(s->lb, a, err, sizeof err);
     double ms = now_ms() - t0;
+    struct dir_file *f = rc == 0 ? dir_file_of_app(s->reload, a) : NULL;
+    if (f) /* require(NAME) gets this version, without running it again */
+        lbridge_provide(s->lb, a, f->name);
     if (rc == 0)
         log_info("reload %s (%s) v%u ok in %.1f ms (%s)", a->name, a->file, a->version, ms, why);
     else
@@ -142,32 +226,132 @@ static void reload_app(struct server *s, struct app *a, const char *why)
                   a->version, err);
 }
 
-/* New files become routes; files that reappeared get theirs back; apps
- * whose file is gone lose their routes and their connections. */
+/* Put a file that ran as a possible app where it belongs now: a route if
+ * it defines a handler and nothing requires it, otherwise not (a file only
+ * ever gains requirers while the server runs: an app that stops requiring
+ * it leaves it a module until the next start). */
+static void settle(struct server *s, struct dir_file *f)
+{
+    struct app *a = f->app;
+    if (!a || a->removed || f->state == DIR_REFUSED)
+        return;
+    const struct module *m = required(s->lb, f->file);
+    enum dir_state want = m ? DIR_REQUIRED : has_handler(a) ? DIR_ROUTE : DIR_HELPER;
+    if (want == f->state)
+        return;
+    enum dir_state was = f->state;
+    f->state = want;
+    char err[1024];
+    if (want == DIR_ROUTE) {
+        if (serve(s, a, f->route, err, sizeof err)) {
+            log_error("%s: not served: %s", f->file, err);
+            f->state = DIR_HELPER;
+        } else if (was != DIR_NEW) {
+            log_info("%s: now an app at %s (it defines a handler)", f->file, f->route);
+        }
+        return;
+    }
+    if (was == DIR_ROUTE) {
+        unserve(s, a, f->route);
+        if (!a->npatterns)
+            close_app_conns(s, a, "is a module now");
+    }
+    if (m)
+        log_info("%s: a module, not a route (required by %s)", f->file, required_by(m));
+    else
+        log_info("%s: a module, not a route (it defines none of on_connect, on_message, "
+                 "on_close)", f->file);
+}
+
+/* The first look at a file of the apps directory: refused, a module an app
+ * has required already, or run as a possible app. Returns 0, or -1 with err
+ * set if it is a possible app that fails to load. */
+static int examine(struct server *s, struct dir_file *f, char *err, size_t errlen)
+{
+    const char *bad = unroutable_char(f->name);
+    if (bad) {
+        f->state = DIR_REFUSED;
+        log_warn("%s: not served: its route %s would need percent-encoding ('%c' is byte "
+                 "0x%02X), so no request could reach it; name apps with letters, digits, "
+                 "- . _ ~", f->file, f->route,
+                 (unsigned char)*bad >= 0x20 && (unsigned char)*bad < 0x7f ? *bad : '?',
+                 (unsigned char)*bad);
+        return 0;
+    }
+    const struct module *m = required(s->lb, f->file);
+    if (m) { /* an app required it first: it has run, through require */
+        f->state = DIR_REQUIRED;
+        log_info("%s: a module, not a route (required by %s)", f->file, required_by(m));
+        return 0;
+    }
+    f->app = lbridge_app(s->lb, f->file, f->name, err, errlen);
+    if (!f->app)
+        return -1;
+    lbridge_provide(s->lb, f->app, f->name);
+    return 0; /* the caller settles it, once every file has been looked at */
+}
+
+static struct dir_file *dir_file_new(struct server *s, const char *name)
+{
+    struct dir_file *f = calloc(1, sizeof *f);
+    const char *dir = s->cfg->apps_dir;
+    if (!f || !(f->name = strdup(name)) || !(f->file = malloc(strlen(dir) + strlen(name) + 6)) ||
+        !(f->route = malloc(strlen(name) + 2))) {
+        dir_file_free(f);
+        return NULL;
+    }
+    sprintf(f->file, "%s/%s.lua", dir, name);
+    sprintf(f->route, "/%s", strcmp(name, "index") ? name : "");
+    return f;
+}
+
+/* New files become routes (or not, see settle); files that reappeared get
+ * their routes back; apps whose file is gone lose their routes and their
+ * connections. */
 static void sync_dir(struct server *s)
 {
     const char *dir = s->cfg->apps_dir;
     char **names = dir ? list_dir(dir) : NULL;
+    struct reload *r = s->reload;
     for (char **p = names; p && *p; p++) {
-        char file[4096], route[512], err[1024];
-        snprintf(file, sizeof file, "%s/%s.lua", dir, *p);
-        dir_route(*p, route, sizeof route);
-        struct app *a = lbridge_find(s->lb, file);
-        if (!a) {
-            a = lbridge_app(s->lb, file, *p, err, sizeof err);
-            if (!a) {
-                log_error("new app %s not served: %s", file, err);
-            } else if (serve(s, a, route, err, sizeof err)) {
-                log_error("new app %s not served: %s", file, err);
-            } else {
-                log_info("new app %s (%s) at %s", a->name, a->file, route);
+        char err[1024];
+        struct dir_file *f = r->files;
+        while (f && strcmp(f->name, *p) != 0)
+            f = f->next;
+        if (!f) {
+            if (!(f = dir_file_new(s, *p)))
+                continue;
+            if (examine(s, f, err, sizeof err)) {
+                log_error("new app %s not served: %s", f->file, err);
+                dir_file_free(f); /* looked at again on the next change */
+                continue;
             }
-        } else if (a->removed) {
-            reload_app(s, a, "file is back");
+            f->next = r->files;
+            r->files = f;
+            settle(s, f);
+            if (f->state == DIR_ROUTE)
+                log_info("new app %s (%s) at %s", f->app->name, f->file, f->route);
+            continue;
+        }
+        struct app *a = f->app;
+        if (a && a->removed) {
+            if (f->state != DIR_REQUIRED) /* a module comes back through require */
+                reload_app(s, a, "file is back");
             a->removed = 0;
             for (size_t i = 0; i < a->npatterns; i++)
                 if (router_add(s->router, a->patterns[i], a, err, sizeof err))
                     log_error("app %s: %s", a->name, err);
+        }
+    }
+    /* A file that never ran as an app is forgotten when it goes, so that
+     * a new one of that name is looked at afresh. */
+    for (struct dir_file **pf = &r->files, *f; (f = *pf);) {
+        struct stat st;
+        if (!f->app && stat(f->file, &st) != 0 && errno == ENOENT) {
+            *pf = f->next;
+            dir_file_free(f);
+        } else {
+            pf = &f->next;
         }
     }
     free_list(names);
@@ -177,7 +361,8 @@ static void sync_dir(struct server *s)
             continue;
         a->removed = 1;
         router_remove_app(s->router, a);
-        close_app_conns(s, a, "app removed");
+        if (a->npatterns)
+            close_app_conns(s, a, "removed");
     }
 }
 
@@ -195,12 +380,23 @@ static void check_changes(struct server *s, int force)
         if (m->stale && !force)
             log_info("module %s (%s) changed", m->name, m->file);
     }
+    /* A module that ran first as a possible app (see examine) is recorded
+     * as an app by the modules it required: treat it as their parent. */
     for (int spread = 1; spread;) {
         spread = 0;
-        for (struct module *m = lb->modules; m; m = m->next)
+        for (struct module *m = lb->modules; m; m = m->next) {
             for (size_t i = 0; m->stale && i < m->nparents; i++)
                 if (!m->parents[i]->stale)
                     spread = m->parents[i]->stale = 1;
+            for (size_t i = 0; m->stale && i < m->nusers; i++) {
+                struct dir_file *f = dir_file_of_app(s->reload, m->users[i]);
+                if (!f || f->state != DIR_REQUIRED)
+                    continue;
+                for (struct module *p = lb->modules; p; p = p->next)
+                    if (!p->stale && strcmp(p->file, f->file) == 0)
+                        spread = p->stale = 1;
+            }
+        }
     }
     for (struct module *m = lb->modules; m; m = m->next) {
         if (!m->stale)
@@ -210,8 +406,9 @@ static void check_changes(struct server *s, int force)
             m->users[i]->dirty = 1;
     }
     for (struct app *a = lb->apps; a; a = a->next) {
-        if (a->removed)
-            continue;
+        struct dir_file *f = dir_file_of_app(s->reload, a);
+        if (a->removed || (f && f->state == DIR_REQUIRED))
+            continue; /* a required module reloads through require */
         struct file_sig sig;
         file_sig_read(a->file, &sig);
         int changed = !file_sig_equal(&sig, &a->sig);
@@ -219,6 +416,9 @@ static void check_changes(struct server *s, int force)
             reload_app(s, a, force ? "SIGHUP" : changed ? "file changed" : "a module changed");
         a->dirty = 0;
     }
+    /* A reload may have added or dropped handlers, or required a file. */
+    for (struct dir_file *f = s->reload->files; f; f = f->next)
+        settle(s, f);
 }
 
 static void watch_dir(struct reload *r, const char *dir)
@@ -454,12 +654,17 @@ static int load_initial(struct server *s, char *err, size_t errlen)
             return -1;
         }
         int rc = 0;
+        struct dir_file **tail = &s->reload->files;
         for (char **p = names; *p && !rc; p++) {
-            char file[4096], route[512];
-            snprintf(file, sizeof file, "%s/%s.lua", cfg->apps_dir, *p);
-            dir_route(*p, route, sizeof route);
-            struct app *a = lbridge_app(s->lb, file, *p, err, errlen);
-            rc = !a || serve(s, a, route, err, errlen);
+            struct dir_file *f = dir_file_new(s, *p);
+            if (!f) {
+                snprintf(err, errlen, "out of memory");
+                rc = -1;
+                break;
+            }
+            *tail = f; /* in name order, for the log */
+            tail = &f->next;
+            rc = examine(s, f, err, errlen);
         }
         free_list(names);
         if (rc)
@@ -475,9 +680,12 @@ static int load_initial(struct server *s, char *err, size_t errlen)
         if (!a || serve(s, a, cfg->routes[i].pattern, err, errlen))
             return -1;
     }
+    /* An app loaded after a file may have required it. */
+    for (struct dir_file *f = s->reload->files; f; f = f->next)
+        settle(s, f);
     if (router_count(s->router) == 0) {
-        snprintf(err, errlen, "no apps to serve: %s has no .lua files",
-                 cfg->apps_dir ? cfg->apps_dir : "the config");
+        snprintf(err, errlen, "no apps to serve: %s has no app (a .lua file that defines a "
+                 "handler and that no app requires)", cfg->apps_dir ? cfg->apps_dir : "the config");
         return -1;
     }
     return 0;
@@ -519,6 +727,10 @@ void reload_stop(struct server *s)
         return;
     watching(s, 0);
     ev_signal_stop(s->loop, &r->hup_w);
+    for (struct dir_file *f = r->files, *next; f; f = next) {
+        next = f->next;
+        dir_file_free(f);
+    }
     free(r);
     s->reload = NULL;
 }

@@ -3,8 +3,10 @@
  * index.lua at /) and the config's routes. Then it watches the directories
  * those files live in with inotify, waits until a burst of writes settles,
  * and reloads what changed: a changed app, every app that requires a changed
- * module, a new file (a new route), a deleted file (its routes answer 404,
- * its connections are closed with 1001). SIGHUP reloads every app, the
+ * module, a new file (a new route if it is an app), a deleted file (its
+ * routes answer 404, its connections are closed with 1001). A file of the
+ * apps directory is a route only if it defines a handler, no app requires
+ * it, and /NAME needs no percent-encoding. SIGHUP reloads every app, the
  * config file and the TLS certificate and key. A version that fails to load
  * changes nothing. */
 #ifndef MOONPORT_RELOAD_H

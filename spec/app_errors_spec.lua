@@ -87,6 +87,76 @@ end
 return app
 ]]
 
+-- Floods a connection with 1 MiB messages until a send fails: its own
+-- (?tag=... "self"), another one ("other TAG"), or another one from a timer
+-- ("timer TAG"). Every step logs "mark SEQ what", so the spec can check the
+-- order in which things ran.
+local DROP = [[
+local moonport = require "moonport"
+local app = {}
+local conns, seq = {}, 0
+local function mark(what)
+  seq = seq + 1
+  moonport.log("info", "mark " .. seq .. " " .. what)
+end
+local chunk = string.rep("y", 1024 * 1024)
+local function flood(target)
+  local first = target:send(chunk, "binary")
+  for i = 2, 100 do
+    local ok, err = target:send(chunk, "binary")
+    if not ok then
+      return string.format("first=%s sends=%d last=%s,%s", tostring(first), i, tostring(ok),
+                           tostring(err))
+    end
+  end
+  return "never failed"
+end
+function app.on_connect(ws, req)
+  ws.data.tag = req.args.tag
+  conns[ws.data.tag] = ws
+end
+function app.on_message(ws, data)
+  local what, tag = data:match("^(%a+) ?(.*)$")
+  if what == "self" then
+    mark(ws.data.tag .. " before send")
+    mark(ws.data.tag .. " send returned " .. flood(ws))
+    mark(ws.data.tag .. " handler end")
+  elseif what == "other" then
+    mark(ws.data.tag .. " sends to " .. tag)
+    mark(ws.data.tag .. " send returned " .. flood(conns[tag]))
+    ws:send("done")
+    mark(ws.data.tag .. " handler end")
+  elseif what == "timer" then
+    moonport.after(0, function()
+      mark("timer sends to " .. tag)
+      mark("timer send returned " .. flood(conns[tag]))
+      mark("timer callback end")
+    end)
+    ws:send("armed")
+  end
+end
+function app.on_close(ws, code)
+  local ok, err = ws:send("too late")
+  mark("on_close " .. ws.data.tag .. " id=" .. ws.id .. " code=" .. code .. " send=" ..
+       tostring(ok) .. "," .. tostring(err))
+end
+return app
+]]
+
+-- Logs from every kind of place an app's code runs.
+local LOGS = [[
+local moonport = require "moonport"
+moonport.log("info", "loaded at module level")
+local app = {}
+function app.on_connect(ws) moonport.log("info", "hello from on_connect of " .. ws.id) end
+function app.on_message(ws, data)
+  moonport.log("info", "message " .. data .. " on " .. ws.id)
+  moonport.after(0, function() moonport.log("info", "timer armed by " .. data) end)
+end
+function app.on_close(ws) moonport.log("info", "on_close of " .. ws.id) end
+return app
+]]
+
 describe("app errors", function()
     describe("argument errors", function()
         local server
@@ -195,6 +265,118 @@ describe("app errors", function()
             assert.is_nil(err:find("to '?'", 1, true), err)
             assert.is_nil(err:find("#2 to 'ws:accept'", 1, true), err)
             assert.is_true(server:alive())
+        end)
+    end)
+    describe("an on_close caused by a send", function()
+        local server
+        before_each(function()
+            server = assert(testing.start {
+                apps = {drop = DROP},
+                config = [[return { apps = "apps", limits = { send_buffer = 1048576, ]] ..
+                    [[max_send_buffer = 4194304 } }]],
+            })
+        end)
+        after_each(function()
+            assert.is_true(server:alive())
+            server:stop()
+            server:cleanup()
+        end)
+
+        -- The sequence number of the mark line that contains `what`.
+        local function seq_of(what)
+            local n = server:wait_log("mark (%d+) " .. lit(what), 5)
+            assert(n, "no mark " .. what .. " in:\n" .. server:stderr())
+            return tonumber(n)
+        end
+
+        local function assert_once(what)
+            local _, n = server:stderr():gsub(lit(what), "")
+            assert.equal(1, n, what .. " in:\n" .. server:stderr())
+        end
+
+        it("runs after the handler whose send dropped its own connection", function()
+            local a = assert(server:connect("/drop?tag=A"))
+            a:send("self") -- and never read: the queue grows
+            local closed = seq_of("on_close A id=")
+            assert.is_true(seq_of("A handler end") < closed, server:stderr())
+            -- Over send_buffer, a send is queued: true. The send that passes
+            -- max_send_buffer drops the connection and returns nil, "closed".
+            seq_of("A send returned first=true sends=4 last=nil,closed")
+            -- on_close gets the same ws (ws.data kept); its methods return
+            -- nil, "closed".
+            seq_of("on_close A id=")
+            assert.truthy(server:wait_log("on_close A id=%d+ code=1006 send=nil,closed", 5))
+            assert_once("on_close A id=")
+            a:shutdown()
+        end)
+
+        it("runs after the handler that sent to another connection", function()
+            local b = assert(server:connect("/drop?tag=B"))
+            local a = assert(server:connect("/drop?tag=A2"))
+            a:send("other B")
+            assert.equal("done", (a:receive_message(5)))
+            local closed = seq_of("on_close B id=")
+            local sent = seq_of("A2 send returned first=true sends=4 last=nil,closed")
+            local ended = seq_of("A2 handler end")
+            assert.is_true(sent < ended and ended < closed, server:stderr())
+            assert_once("on_close B id=")
+            a:close()
+            b:shutdown()
+        end)
+
+        it("runs after the timer callback that dropped the connection", function()
+            local c = assert(server:connect("/drop?tag=C"))
+            local a = assert(server:connect("/drop?tag=A3"))
+            a:send("timer C")
+            assert.equal("armed", (a:receive_message(5)))
+            local closed = seq_of("on_close C id=")
+            assert.is_true(seq_of("timer callback end") < closed, server:stderr())
+            assert_once("on_close C id=")
+            a:close()
+            c:shutdown()
+        end)
+    end)
+
+    describe("moonport.log", function()
+        local server
+        setup(function()
+            server = assert(testing.start {apps = {logs = LOGS}})
+        end)
+        teardown(function()
+            server:stop()
+            server:cleanup()
+        end)
+
+        local function logged(line)
+            local found = server:wait_log(lit(line), 5)
+            assert(found, "no line " .. line .. " in:\n" .. server:stderr())
+        end
+
+        it("names the app, and the connection when a handler of one logs", function()
+            logged("app logs: loaded at module level")
+            local ws = assert(server:connect("/logs"))
+            local id = server:wait_log("hello from on_connect of (%d+)", 5)
+            assert(id, server:stderr())
+            logged("app logs conn " .. id .. ": hello from on_connect of " .. id)
+            ws:send("m1")
+            logged("app logs conn " .. id .. ": message m1 on " .. id)
+            ws:close()
+            logged("app logs conn " .. id .. ": on_close of " .. id)
+        end)
+
+        it("a timer's lines name the app that armed it, and no connection", function()
+            local ws = assert(server:connect("/logs"))
+            ws:send("m2")
+            logged("app logs: timer armed by m2")
+            ws:close()
+        end)
+
+        it("on_reload's lines name the app", function()
+            -- The new version: the same handlers, and on_reload.
+            server:write_app("logs", (LOGS:gsub("return app\n$",
+                "function app.on_reload() moonport.log('info', 'reloaded') end\nreturn app\n")))
+            logged("app logs: reloaded")
+            assert.is_nil(server:stderr():find("%f[%w]app: "), server:stderr())
         end)
     end)
 end)

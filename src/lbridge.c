@@ -804,7 +804,8 @@ static int defer_close(struct lbridge *lb, struct conn *c, uint16_t code, const 
     d->path = strdup(conn_path(c));
     d->code = code;
     d->reason_len = (uint8_t)reason_len;
-    memcpy(d->reason, reason, reason_len);
+    if (reason_len) /* reason may be NULL then */
+        memcpy(d->reason, reason, reason_len);
     push_ws(lb->L, c);
     d->ws_ref = luaL_ref(lb->L, LUA_REGISTRYINDEX);
     lb->ndeferred++;

@@ -852,10 +852,11 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
         lb->checked_text = lua_tostring(L, base + 1);
         lb->checked_len = len;
     }
-    struct lb_call call = {app, c->id, app->handler_ref[H_MESSAGE], lb->call};
+    /* No call runs now: on_message is only ever called from the loop. */
+    struct lb_call call = {app, c->id, app->handler_ref[H_MESSAGE], NULL};
     lb->call = &call;
     int rc = lua_pcall(L, 3, 0, base + 2);
-    lb->call = call.prev;
+    lb->call = NULL;
     lb->checked_text = NULL;
     if (rc) {
         log_handler_error(L, app, conn_path(c), c->id, "on_message");

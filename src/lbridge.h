@@ -177,15 +177,19 @@ static inline const char *lb_checklstring(lua_State *L, int idx, const char *fna
     return s;
 }
 
+/* One API call when the argument is given (ws:send's kind is, on the hot
+ * path), a second only when it is not a string. */
 static inline const char *lb_optlstring(lua_State *L, int idx, const char *fname,
                                         const char *def, size_t *len)
 {
-    if (lua_isnoneornil(L, idx)) {
-        if (len)
-            *len = def ? strlen(def) : 0;
-        return def;
-    }
-    return lb_checklstring(L, idx, fname, len);
+    const char *s = lua_tolstring(L, idx, len);
+    if (s)
+        return s;
+    if (!lua_isnoneornil(L, idx))
+        lb_typeerror(L, idx, fname, "string");
+    if (len)
+        *len = def ? strlen(def) : 0;
+    return def;
 }
 
 static inline lua_Number lb_checknumber(lua_State *L, int idx, const char *fname)

@@ -36,18 +36,26 @@ struct lconn {
  * this one for the life of the process (one lua_State per process). */
 static const void *ws_mt;
 
+static __attribute__((noinline, cold)) void bad_self(lua_State *L, const char *fname)
+{
+    lb_typeerror(L, 1, fname, "ws");
+}
+
 /* Argument 1 of method fname must be a ws object: a userdata whose
  * metatable is ws_mt. Comparing addresses is a pointer test, where
- * luaL_checkudata would look the metatable up by name on every call. */
-static struct lconn *check_box(lua_State *L, const char *fname)
+ * luaL_checkudata would look the metatable up by name on every call.
+ * Inlined, so that fname stays a constant of the caller's error path
+ * rather than a register ws:send saves and restores. */
+static inline __attribute__((always_inline)) struct lconn *check_box(lua_State *L,
+                                                                    const char *fname)
 {
     struct lconn *box = lua_touserdata(L, 1);
     if (!box || !lua_getmetatable(L, 1))
-        lb_typeerror(L, 1, fname, "ws");
+        bad_self(L, fname);
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
     if (mt != ws_mt)
-        lb_typeerror(L, 1, fname, "ws");
+        bad_self(L, fname);
     return box;
 }
 

@@ -3,7 +3,10 @@
  * the shared globals, so one app's globals never leak into another's. Every
  * handler runs under lua_pcall with a traceback handler: an error is logged
  * with the app, the handler and the connection id, and then (for
- * on_message) closes that connection with 1011. */
+ * on_message) closes that connection with 1011. Every call is recorded
+ * (lb_call) while it runs: no handler starts inside another (an on_close
+ * it would cause waits until the outermost call returns), and the argument
+ * errors of the C functions apps call find the app's line from it. */
 #include "lbridge.h"
 
 #include <lauxlib.h>

@@ -59,7 +59,8 @@ struct module {
  * bridge called, and while one is set, no other handler may start (an
  * on_close it would cause waits: see lbridge_close). */
 struct lb_call {
-    struct app *app;     /* the app whose code runs: never NULL */
+    struct app *app;     /* the app whose code runs (NULL only for a timer
+                            made outside any app's code: none today) */
     uint64_t conn_id;    /* the connection whose handler runs; 0: none (module
                             level, on_reload, a timer callback) */
     int fn_ref;          /* registry ref of the function called */

@@ -54,10 +54,10 @@ static int lhost_log(lua_State *L)
     }
     lua_concat(L, parts);
     const struct lb_call *call = host_server(L)->lb->call;
-    if (call && call->conn_id)
+    if (call && call->app && call->conn_id)
         log_msg(level, "app %s conn %llu: %s", call->app->name,
                 (unsigned long long)call->conn_id, lua_tostring(L, -1));
-    else if (call)
+    else if (call && call->app)
         log_msg(level, "app %s: %s", call->app->name, lua_tostring(L, -1));
     else
         log_msg(level, "app: %s", lua_tostring(L, -1));

@@ -107,7 +107,8 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer);
 
 /* Queue a frame (fin + opcode, payload). Returns 0, or -1 if the
  * connection cannot take it (not open, or over max_send_buffer: then the
- * connection is dropped). */
+ * connection is dropped, and if Lua code is running its on_close waits
+ * until that returns: lbridge_close). */
 int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len);
 
 /* Payloads at least this long are queued by reference rather than copied. */

@@ -3,11 +3,15 @@
  * the shared globals, so one app's globals never leak into another's. Every
  * handler runs under lua_pcall with a traceback handler: an error is logged
  * with the app, the handler and the connection id, and then (for
- * on_message) closes that connection with 1011. */
+ * on_message) closes that connection with 1011. Every call is recorded
+ * (lb_call) while it runs: no handler starts inside another (an on_close
+ * it would cause waits until the outermost call returns), and the argument
+ * errors of the C functions apps call find the app's line from it. */
 #include "lbridge.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +25,275 @@
 #include "server.h"
 
 static int tracked_require(lua_State *L);
+static int run(struct lbridge *lb, struct lb_call *call, int nargs, int nresults);
+static void drain(struct lbridge *lb);
+
+/* An on_close that waits for the running call to return. It keeps its own
+ * ref to the ws object: the connection may let go of it meanwhile. */
+struct lb_deferred_close {
+    struct app *app;
+    uint64_t conn_id;
+    char *path; /* for the log line of an error */
+    int ws_ref;
+    uint16_t code;
+    uint8_t reason_len;
+    char reason[123];
+};
+
+/* The bridge, for the error path of the C functions apps call (they get
+ * only the lua_State). One lua_State per process, so one bridge. */
+static struct lbridge *bridge;
+
+/* Registry ref of where_tail (below), or LUA_NOREF without jit.util. */
+static int where_tail_ref = LUA_NOREF;
+
+/* where_tail(fn, name, ...): where did a tail call to method `name`, with
+ * the arguments `...`, come from, when fn is the function the bridge called
+ * and nothing of it is left on the stack? LuaJIT reuses the caller's frame
+ * for "return ws:send(x)" (CALLT/CALLMT), so only fn's bytecode can tell: a
+ * CALLT whose function register was last set by a TGETS of `name`. When
+ * several do, they are told apart by their constant arguments (KSTR,
+ * KSHORT, KNUM, KPRI): one that differs from the actual argument rules a
+ * call out, and the calls with the most equal constants win; if more than
+ * one line is left, all are named. The functions fn can reach (its
+ * closures, the functions in its upvalues) are searched too, for a handler
+ * that tail-calls a helper that tail-calls the method. The opcode numbers and
+ * the first argument's register are read off probe functions, not assumed.
+ * Returns "file:line: " to start the message with, and a note for its end.
+ * Without a match: the line where fn is defined, and a note saying so. */
+static const char where_tail_src[] =
+    "local util, getinfo, getupvalue, floor, concat = ...\n"
+    "local select, type, max, ipairs = select, type, math.max, ipairs\n"
+    "local funcbc, funck, funcinfo = util.funcbc, util.funck, util.funcinfo\n"
+    "local function op(i) return i % 256 end\n"
+    "local function ra(i) return floor(i / 256) % 256 end\n"
+    "local function rc(i) return floor(i / 65536) % 256 end\n"
+    "local function rd(i) return floor(i / 65536) % 65536 end\n"
+    "local function code(f)\n"
+    "  local list = {}\n"
+    "  while true do\n"
+    "    local i = funcbc(f, #list + 1)\n"
+    "    if not i then return list end\n"
+    "    list[#list + 1] = i\n"
+    "  end\n"
+    "end\n"
+    "local function setter(list, pc, reg, from)\n"
+    "  for back = pc - 1, from or 1, -1 do\n"
+    "    if ra(list[back]) == reg then return list[back], back end\n"
+    "  end\n"
+    "end\n"
+    "local p1 = code(function(t) return t:m(\"s\", 1, 1.5, true) end)\n"
+    "local p2 = code(function(t, ...) return t:m(...) end)\n"
+    "local CALLT, CALLMT = op(p1[#p1]), op(p2[#p2])\n"
+    "local base, top = ra(p1[#p1]), 0\n"
+    "for pc = 1, #p1 - 1 do top = max(top, ra(p1[pc])) end\n"
+    "local ARG0 = top - 4 - base\n"
+    "local TGETS = op(setter(p1, #p1, base) or 0)\n"
+    "local KSTR = op(setter(p1, #p1, base + ARG0 + 1) or 0)\n"
+    "local KSHORT = op(setter(p1, #p1, base + ARG0 + 2) or 0)\n"
+    "local KNUM = op(setter(p1, #p1, base + ARG0 + 3) or 0)\n"
+    "local KPRI = op(setter(p1, #p1, base + ARG0 + 4) or 0)\n"
+    "assert(CALLT ~= CALLMT and TGETS == op(setter(p2, #p2, ra(p2[#p2])) or 0) and\n"
+    "       KSTR ~= KSHORT and KNUM ~= KPRI and KSHORT ~= KPRI, \"uncalibrated\")\n"
+    "-- How well the call at pc fits the actual arguments: -1 if one of its\n"
+    "-- constant arguments differs, else how many of them are equal.\n"
+    "local function score(f, list, pc, from, args, nargs)\n"
+    "  local i, equal = list[pc], 0\n"
+    "  local fixed = op(i) == CALLT and rd(i) - 1 or rd(i)\n"
+    "  for j = 0, fixed - 1 do\n"
+    "    local s = setter(list, pc, ra(i) + ARG0 + j, from)\n"
+    "    if s and j < nargs then\n"
+    "      local o, d, v, k = op(s), rd(s), args[j + 1], nil\n"
+    "      if o == KSTR then k = funck(f, -d - 1)\n"
+    "      elseif o == KSHORT then k = d >= 32768 and d - 65536 or d\n"
+    "      elseif o == KNUM then k = funck(f, d)\n"
+    "      elseif o == KPRI then k = d == 2 or (d == 1 and false) or nil\n"
+    "      end\n"
+    "      if o == KSTR or o == KSHORT or o == KNUM or o == KPRI then\n"
+    "        if k ~= v then return -1 end\n"
+    "        equal = equal + 1\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  return equal\n"
+    "end\n"
+    "-- The tail calls of `name` in f: {line = , score = } each, one per line.\n"
+    "local function tail_calls(f, name, args, nargs)\n"
+    "  local list, calls, seen = code(f), {}, {}\n"
+    "  for pc = 1, #list do\n"
+    "    local o = op(list[pc])\n"
+    "    if o == CALLT or o == CALLMT then\n"
+    "      local s, at = setter(list, pc, ra(list[pc]))\n"
+    "      if s and op(s) == TGETS and funck(f, -rc(s) - 1) == name then\n"
+    "        local line = funcinfo(f, pc).currentline\n"
+    "        local sc = score(f, list, pc, at, args, nargs)\n"
+    "        if not seen[line] then\n"
+    "          seen[line] = {line = line, score = sc}\n"
+    "          calls[#calls + 1] = seen[line]\n"
+    "        elseif sc > seen[line].score then\n"
+    "          seen[line].score = sc\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  return calls\n"
+    "end\n"
+    "local function file(info) return (info.source:gsub('^[@=]', '')) end\n"
+    "-- The best-fitting calls win; among functions, the first searched that has\n"
+    "-- one. If every call has a differing constant, the first function's calls.\n"
+    "return function(fn, name, ...)\n"
+    "  local args, nargs = {...}, select('#', ...)\n"
+    "  local queue, seen, n, found = {fn}, {[fn] = true}, 1, {}\n"
+    "  while queue[n] and n <= 64 do\n"
+    "    local f = queue[n]\n"
+    "    n = n + 1\n"
+    "    local info = funcinfo(f)\n"
+    "    if info.source then\n"
+    "      local calls = tail_calls(f, name, args, nargs)\n"
+    "      if #calls > 0 then found[#found + 1] = {info = info, calls = calls} end\n"
+    "      for k = -1, -65536, -1 do\n"
+    "        local v = funck(f, k)\n"
+    "        if v == nil then break end\n"
+    "        if type(v) == 'proto' and not seen[v] then\n"
+    "          seen[v] = true\n"
+    "          queue[#queue + 1] = v\n"
+    "        end\n"
+    "      end\n"
+    "      if type(f) == 'function' then\n"
+    "        for u = 1, info.upvalues do\n"
+    "          local _, v = getupvalue(f, u)\n"
+    "          if type(v) == 'function' and not seen[v] then\n"
+    "            seen[v] = true\n"
+    "            queue[#queue + 1] = v\n"
+    "          end\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  local best = -1\n"
+    "  for _, fc in ipairs(found) do\n"
+    "    for _, c in ipairs(fc.calls) do best = max(best, c.score) end\n"
+    "  end\n"
+    "  for _, fc in ipairs(found) do\n"
+    "    local lines = {}\n"
+    "    for _, c in ipairs(fc.calls) do\n"
+    "      if c.score == best then lines[#lines + 1] = c.line end\n"
+    "    end\n"
+    "    if #lines > 0 then\n"
+    "      local note = ''\n"
+    "      if #lines > 1 then\n"
+    "        note = ' (a tail call from one of lines ' .. concat(lines, ', ') .. ')'\n"
+    "      end\n"
+    "      return file(fc.info) .. ':' .. lines[1] .. ': ', note\n"
+    "    end\n"
+    "  end\n"
+    "  local info = getinfo(fn, 'S')\n"
+    "  return info.short_src .. ':' .. info.linedefined .. ': ',\n"
+    "         ' (in a tail call from the function defined at line ' .. info.linedefined .. ')'\n"
+    "end\n";
+
+/* Build where_tail, if this LuaJIT has jit.util and the probes calibrate. */
+static void where_tail_open(lua_State *L)
+{
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "jit.util");
+    if (lua_pcall(L, 1, 1, 0) || !lua_istable(L, -1) ||
+        luaL_loadbuffer(L, where_tail_src, sizeof where_tail_src - 1, "=moonport.where")) {
+        lua_settop(L, top);
+        return;
+    }
+    lua_insert(L, -2);
+    lua_getglobal(L, "debug");
+    lua_getfield(L, -1, "getinfo");
+    lua_getfield(L, -2, "getupvalue");
+    lua_remove(L, -3);
+    lua_getglobal(L, "math");
+    lua_getfield(L, -1, "floor");
+    lua_remove(L, -2);
+    lua_getglobal(L, "table");
+    lua_getfield(L, -1, "concat");
+    lua_remove(L, -2);
+    if (lua_pcall(L, 5, 1, 0) == 0 && lua_isfunction(L, -1))
+        where_tail_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    else
+        log_debug("argument errors after a tail call will name the handler's line: %s",
+                  lua_tostring(L, -1));
+    lua_settop(L, top);
+}
+
+/* Push "file:line: " for the app code that called the running C function
+ * (fname), and the note to end the message with. */
+static void push_where(lua_State *L, const char *fname)
+{
+    lua_Debug ar;
+    /* A Lua caller: its current line is the call. Past C frames too, for
+     * pcall(ws.send, ws, x). */
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+            lua_pushliteral(L, "");
+            return;
+        }
+    }
+    /* None: a tail call from the function the bridge called replaced it. */
+    if (fname && bridge && bridge->call && where_tail_ref != LUA_NOREF) {
+        /* The call's arguments are at the bottom of the stack; whatever the
+         * C function pushed since sits above them and only ever rules out
+         * a call with more constant arguments than this one had. */
+        int nargs = lua_gettop(L) < 8 ? lua_gettop(L) : 8;
+        const char *method = strpbrk(fname, ":.");
+        lua_rawgeti(L, LUA_REGISTRYINDEX, where_tail_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, bridge->call->fn_ref);
+        lua_pushstring(L, method ? method + 1 : fname);
+        for (int i = 1; i <= nargs; i++)
+            lua_pushvalue(L, i);
+        if (lua_pcall(L, 2 + nargs, 2, 0) == 0 && lua_isstring(L, -2) && lua_isstring(L, -1))
+            return;
+        lua_pop(L, 1);
+    }
+    lua_pushliteral(L, "");
+    lua_pushliteral(L, "");
+}
+
+/* Raise where .. msg .. note. */
+static int raise_at(lua_State *L, const char *fname, const char *msg)
+{
+    push_where(L, fname);
+    lua_pushstring(L, msg);
+    lua_insert(L, -2);
+    lua_concat(L, 3);
+    return lua_error(L);
+}
+
+int lb_argerror(lua_State *L, int idx, const char *fname, const char *msg)
+{
+    /* A method's self is at index 1 and is not one of the arguments the app
+     * wrote between the parentheses. */
+    int shown = strchr(fname, ':') ? idx - 1 : idx;
+    if (shown == 0)
+        return raise_at(L, fname,
+                        lua_pushfstring(L, "calling '%s' on bad self (%s; call it as %s(...))",
+                                        fname, msg, fname));
+    return raise_at(L, fname,
+                    lua_pushfstring(L, "bad argument #%d to '%s' (%s)", shown, fname, msg));
+}
+
+int lb_typeerror(lua_State *L, int idx, const char *fname, const char *expected)
+{
+    return lb_argerror(L, idx, fname,
+                       lua_pushfstring(L, "%s expected, got %s", expected,
+                                       luaL_typename(L, idx)));
+}
+
+int lb_error(lua_State *L, const char *fname, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const char *msg = lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    return raise_at(L, fname, msg);
+}
 
 static int traceback(lua_State *L)
 {
@@ -93,12 +366,14 @@ struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err,
     lua_pushliteral(L, "binary");
     lb->binary_str = lua_tostring(L, -1);
     lb->binary_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    where_tail_open(L);
     lua_getglobal(L, "require");
     lua_pushlightuserdata(L, lb);
     lua_pushcclosure(L, tracked_require, 2);
     lua_setglobal(L, "require");
     lconn_open(L);
     lhost_open(L, srv);
+    bridge = lb;
     return lb;
 }
 
@@ -121,6 +396,9 @@ void lbridge_free(struct lbridge *lb)
         free(m->parents);
         free(m);
     }
+    for (size_t i = 0; i < lb->ndeferred; i++) /* none: every call drains them */
+        free(lb->deferred[i].path);
+    free(lb->deferred);
     for (size_t i = 0; i < lb->nwatched; i++)
         free(lb->watched[i]);
     free(lb->watched);
@@ -279,9 +557,8 @@ static int load_app_table(struct lbridge *lb, struct app *a, char *err, size_t e
     lua_setfield(L, -2, "__index");
     lua_setmetatable(L, -2);
     lua_setfenv(L, -2);
-    lua_pushcfunction(L, traceback);
-    lua_insert(L, -2);
-    if (lua_pcall(L, 0, 1, -2)) {
+    struct lb_call call = {a, 0, LUA_NOREF, NULL}; /* module level */
+    if (run(lb, &call, 0, 1)) {
         char msg[400];
         first_line(lua_tostring(L, -1), msg, sizeof msg);
         snprintf(err, errlen, "%s (while loading %s)", msg, a->file);
@@ -304,8 +581,6 @@ static int load_app_table(struct lbridge *lb, struct app *a, char *err, size_t e
             goto fail;
         }
     }
-    lua_replace(L, top + 1); /* the table, where the traceback function was */
-    lua_settop(L, top + 1);
     return 0;
 fail:
     lua_settop(L, top);
@@ -403,15 +678,17 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
                 if (m->users[i] == a)
                     m->users[i--] = m->users[--m->nusers];
         app_free(a);
+        drain(lb);
         return NULL;
     }
     take_handlers(lb->L, a);
     a->ref = luaL_ref(lb->L, LUA_REGISTRYINDEX);
     a->version = 1;
+    drain(lb);
     return a;
 }
 
-int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen)
+static int reload(struct lbridge *lb, struct app *a, char *err, size_t errlen)
 {
     lua_State *L = lb->L;
     int top = lua_gettop(L);
@@ -424,7 +701,8 @@ int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen)
         /* Before any event reaches the new version, it may adopt the old
          * one's state. */
         lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
-        if (lb_pcall(L, 1, 0, NULL)) {
+        struct lb_call call = {a, 0, LUA_NOREF, NULL};
+        if (run(lb, &call, 1, 0)) {
             char msg[400];
             first_line(lua_tostring(L, -1), msg, sizeof msg);
             snprintf(err, errlen, "%s (in on_reload of %s)", msg, a->file);
@@ -443,6 +721,13 @@ int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen)
     return 0;
 }
 
+int lbridge_reload(struct lbridge *lb, struct app *a, char *err, size_t errlen)
+{
+    int rc = reload(lb, a, err, errlen);
+    drain(lb); /* the on_close calls the new code's loading caused */
+    return rc;
+}
+
 /* Push one of the app's handlers; returns 0 (nothing pushed) if it has none. */
 static int push_handler(lua_State *L, const struct app *app, int which)
 {
@@ -452,10 +737,11 @@ static int push_handler(lua_State *L, const struct app *app, int which)
     return 1;
 }
 
-static void log_handler_error(lua_State *L, const struct conn *c, const char *handler)
+static void log_handler_error(lua_State *L, const struct app *app, const char *path,
+                              uint64_t conn_id, const char *handler)
 {
-    log_error("app %s (%s) conn %llu: error in %s: %s", c->app->name, conn_path(c),
-              (unsigned long long)c->id, handler, lua_tostring(L, -1));
+    log_error("app %s (%s) conn %llu: error in %s: %s", app->name, path,
+              (unsigned long long)conn_id, handler, lua_tostring(L, -1));
     lua_pop(L, 1);
 }
 
@@ -470,6 +756,85 @@ static void push_ws(lua_State *L, struct conn *c)
     lconn_new(L, c);
 }
 
+/* Call the function below its nargs arguments as call says (fn_ref
+ * LUA_NOREF: this takes a ref of the function for as long as it runs).
+ * Returns 0, or -1 with the error message on the stack. */
+static int run(struct lbridge *lb, struct lb_call *call, int nargs, int nresults)
+{
+    lua_State *L = lb->L;
+    int temp_ref = LUA_NOREF;
+    if (call->fn_ref == LUA_NOREF) {
+        lua_pushvalue(L, -nargs - 1);
+        call->fn_ref = temp_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    call->prev = lb->call;
+    lb->call = call;
+    int rc = lb_pcall(L, nargs, nresults, NULL);
+    lb->call = call->prev;
+    luaL_unref(L, LUA_REGISTRYINDEX, temp_ref);
+    return rc;
+}
+
+static void call_on_close(struct lbridge *lb, struct lb_deferred_close *d)
+{
+    lua_State *L = lb->L;
+    if (push_handler(L, d->app, H_CLOSE)) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, d->ws_ref);
+        lua_pushinteger(L, d->code);
+        lua_pushlstring(L, d->reason, d->reason_len);
+        struct lb_call call = {d->app, d->conn_id, d->app->handler_ref[H_CLOSE], NULL};
+        if (run(lb, &call, 3, 0))
+            log_handler_error(L, d->app, d->path ? d->path : "-", d->conn_id, "on_close");
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, d->ws_ref);
+    free(d->path);
+}
+
+/* Once the outermost call has returned: run the on_close calls that waited
+ * for it, in the order they were owed, and those they cause in turn. */
+static void drain(struct lbridge *lb)
+{
+    static int draining;
+    if (lb->call || draining)
+        return;
+    draining = 1;
+    for (size_t i = 0; i < lb->ndeferred; i++) {
+        struct lb_deferred_close d = lb->deferred[i]; /* the array may move */
+        call_on_close(lb, &d);
+    }
+    lb->ndeferred = 0;
+    draining = 0;
+}
+
+/* Queue c's on_close until the running call returns; 0, or -1 if out of
+ * memory. */
+static int defer_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
+                       size_t reason_len)
+{
+    if (lb->ndeferred == lb->deferred_cap) {
+        size_t cap = lb->deferred_cap ? lb->deferred_cap * 2 : 4;
+        struct lb_deferred_close *d = realloc(lb->deferred, cap * sizeof *d);
+        if (!d)
+            return -1;
+        lb->deferred = d;
+        lb->deferred_cap = cap;
+    }
+    struct lb_deferred_close *d = &lb->deferred[lb->ndeferred];
+    if (reason_len > sizeof d->reason)
+        reason_len = sizeof d->reason;
+    d->app = c->app;
+    d->conn_id = c->id;
+    d->path = strdup(conn_path(c));
+    d->code = code;
+    d->reason_len = (uint8_t)reason_len;
+    if (reason_len) /* reason may be NULL then */
+        memcpy(d->reason, reason, reason_len);
+    push_ws(lb->L, c);
+    d->ws_ref = luaL_ref(lb->L, LUA_REGISTRYINDEX);
+    lb->ndeferred++;
+    return 0;
+}
+
 int lbridge_connect(struct lbridge *lb, struct conn *c)
 {
     lua_State *L = lb->L;
@@ -477,18 +842,22 @@ int lbridge_connect(struct lbridge *lb, struct conn *c)
         return 0;
     push_ws(L, c);
     lconn_push_request(L, lua_gettop(L));
-    if (lb_pcall(L, 2, 0, NULL)) {
-        log_handler_error(L, c, "on_connect");
-        return -1;
+    struct lb_call call = {c->app, c->id, c->app->handler_ref[H_CONNECT], NULL};
+    int rc = 0;
+    if (run(lb, &call, 2, 0)) {
+        log_handler_error(L, c->app, conn_path(c), c->id, "on_connect");
+        rc = -1;
     }
-    return 0;
+    drain(lb);
+    return rc;
 }
 
 void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
                      int binary)
 {
     lua_State *L = lb->L;
-    if (c->app->handler_ref[H_MESSAGE] == LUA_NOREF)
+    struct app *app = c->app;
+    if (app->handler_ref[H_MESSAGE] == LUA_NOREF)
         return;
     /* The hot path, so the stack is built in call order rather than through
      * lb_pcall's inserts:
@@ -498,7 +867,7 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
     int base = lua_gettop(L);
     lua_pushlstring(L, (const char *)data, len);
     lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
-    push_handler(L, c->app, H_MESSAGE);
+    push_handler(L, app, H_MESSAGE);
     push_ws(L, c);
     lua_pushvalue(L, base + 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, binary ? lb->binary_ref : lb->text_ref);
@@ -506,26 +875,51 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
         lb->checked_text = lua_tostring(L, base + 1);
         lb->checked_len = len;
     }
+    /* No call runs now: on_message is only ever called from the loop. */
+    struct lb_call call = {app, c->id, app->handler_ref[H_MESSAGE], NULL};
+    lb->call = &call;
     int rc = lua_pcall(L, 3, 0, base + 2);
+    lb->call = NULL;
     lb->checked_text = NULL;
     if (rc) {
-        log_handler_error(L, c, "on_message");
+        log_handler_error(L, app, conn_path(c), c->id, "on_message");
         conn_close(c, WS_CLOSE_INTERNAL, "internal error");
     }
     lua_settop(L, base);
+    if (lb->ndeferred)
+        drain(lb);
 }
 
 void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
                    size_t reason_len)
 {
     lua_State *L = lb->L;
-    if (!push_handler(L, c->app, H_CLOSE))
+    if (c->app->handler_ref[H_CLOSE] == LUA_NOREF)
         return;
+    /* Inside a call (a ws:send that overflowed c's queue, say): the running
+     * handler must not be re-entered, so on_close waits for it. */
+    if (lb->call && defer_close(lb, c, code, reason, reason_len) == 0)
+        return;
+    push_handler(L, c->app, H_CLOSE);
     push_ws(L, c);
     lua_pushinteger(L, code);
     lua_pushlstring(L, reason, reason_len);
-    if (lb_pcall(L, 3, 0, NULL))
-        log_handler_error(L, c, "on_close");
+    struct lb_call call = {c->app, c->id, c->app->handler_ref[H_CLOSE], NULL};
+    if (run(lb, &call, 3, 0))
+        log_handler_error(L, c->app, conn_path(c), c->id, "on_close");
+    drain(lb);
+}
+
+void lbridge_timer(struct lbridge *lb, struct app *app, int nargs)
+{
+    lua_State *L = lb->L;
+    struct lb_call call = {app, 0, LUA_NOREF, NULL};
+    if (run(lb, &call, nargs, 0)) {
+        log_error("app %s: error in a timer callback: %s", app ? app->name : "?",
+                  lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    drain(lb);
 }
 
 void lbridge_unref(struct lbridge *lb, int ref)

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <lua.h>
 
@@ -51,8 +52,29 @@ struct module {
     struct module *next;
 };
 
+/* What Lua code is running, and for whom: the bridge sets it around every
+ * call into Lua. moonport.log names the app and connection from it, a timer
+ * belongs to the app whose code created it, an argument error that a tail
+ * call has left without a Lua caller is traced back to the function the
+ * bridge called, and while one is set, no other handler may start (an
+ * on_close it would cause waits: see lbridge_close). */
+struct lb_call {
+    struct app *app;     /* the app whose code runs (NULL only for a timer
+                            made outside any app's code: none today) */
+    uint64_t conn_id;    /* the connection whose handler runs; 0: none (module
+                            level, on_reload, a timer callback) */
+    int fn_ref;          /* registry ref of the function called */
+    struct lb_call *prev;
+};
+
+struct lb_deferred_close; /* lbridge.c */
+
 struct lbridge {
     lua_State *L;
+    struct lb_call *call; /* NULL between calls */
+    struct lb_deferred_close *deferred; /* on_close calls waiting for the
+                                           running call to return */
+    size_t ndeferred, deferred_cap;
     /* The text message being handed to on_message, already checked as
      * UTF-8: ws:send of this very string need not check it again. */
     const char *checked_text;
@@ -107,8 +129,19 @@ int lbridge_connect(struct lbridge *lb, struct conn *c);
 
 void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
                      int binary);
+
+/* Run c's on_close. A handler is never entered from inside another call into
+ * Lua: when Lua code is running (a ws:send of its overflowed c's queue, say),
+ * the call waits, with the ws object, code and reason, until the outermost
+ * running call returns, and runs then. By that time the ws object may be
+ * detached from c (its methods return nil, "closed"); ws.id, ws.data and
+ * ws.request are as they were. */
 void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
                    size_t reason_len);
+
+/* Run a timer's callback, on the stack below its nargs arguments, as app's
+ * code. An error is logged ("app NAME: error in a timer callback: ..."). */
+void lbridge_timer(struct lbridge *lb, struct app *app, int nargs);
 
 /* Once per event-loop iteration: keep the garbage collector's pause in
  * step with the size of the Lua heap (see lbridge.c). */
@@ -127,6 +160,66 @@ void lbridge_unref(struct lbridge *lb, int ref);
  * with what NULL, the message (with its traceback) is left on the stack for
  * the caller to log and pop. */
 int lb_pcall(lua_State *L, int nargs, int nresults, const char *what);
+
+/* Argument errors, for the C functions apps call. fname is the name as the
+ * app writes it: "ws:send" (a method: its self is not counted, so the
+ * argument at stack index 2 is #1) or "moonport.after". The message starts
+ * with the file:line of the app's code that made the call, also when a tail
+ * call ("return ws:reject(...)") has left no Lua caller on the stack: then
+ * the function the bridge called (and the functions it can reach) is
+ * searched for a tail call of that method. Only this error path pays.
+ * Each raises and never returns. */
+int lb_argerror(lua_State *L, int idx, const char *fname, const char *msg);
+int lb_typeerror(lua_State *L, int idx, const char *fname, const char *expected);
+/* Raise "file:line: msg" located as lb_argerror does; fname may be NULL. */
+int lb_error(lua_State *L, const char *fname, const char *fmt, ...);
+
+/* luaL_check* and luaL_opt* that name fname in their errors. */
+static inline const char *lb_checklstring(lua_State *L, int idx, const char *fname, size_t *len)
+{
+    const char *s = lua_tolstring(L, idx, len);
+    if (!s)
+        lb_typeerror(L, idx, fname, "string");
+    return s;
+}
+
+/* One API call when the argument is given (ws:send's kind is, on the hot
+ * path), a second only when it is not a string. */
+static inline const char *lb_optlstring(lua_State *L, int idx, const char *fname,
+                                        const char *def, size_t *len)
+{
+    const char *s = lua_tolstring(L, idx, len);
+    if (s)
+        return s;
+    if (!lua_isnoneornil(L, idx))
+        lb_typeerror(L, idx, fname, "string");
+    if (len)
+        *len = def ? strlen(def) : 0;
+    return def;
+}
+
+static inline lua_Number lb_checknumber(lua_State *L, int idx, const char *fname)
+{
+    if (!lua_isnumber(L, idx))
+        lb_typeerror(L, idx, fname, "number");
+    return lua_tonumber(L, idx);
+}
+
+static inline lua_Integer lb_optinteger(lua_State *L, int idx, const char *fname,
+                                        lua_Integer def)
+{
+    if (lua_isnoneornil(L, idx))
+        return def;
+    if (!lua_isnumber(L, idx))
+        lb_typeerror(L, idx, fname, "number");
+    return lua_tointeger(L, idx);
+}
+
+static inline void lb_checktype(lua_State *L, int idx, const char *fname, int type)
+{
+    if (lua_type(L, idx) != type)
+        lb_typeerror(L, idx, fname, lua_typename(L, type));
+}
 
 /* lconn.c */
 void lconn_open(lua_State *L);

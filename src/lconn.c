@@ -5,7 +5,9 @@
  * the pointer (lconn_detach) and every method returns nil, "closed" from
  * then on; if the app never read ws.request, the box takes the request
  * snapshot then, and __gc frees it. Misuse (a wrong argument)
- * raises; a runtime failure returns nil and a reason. */
+ * raises, through lb_argerror: the error names the method as the app writes
+ * it ("ws:accept"), counts arguments without self, and says where in the
+ * app the call was; a runtime failure returns nil and a reason. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,18 +36,26 @@ struct lconn {
  * this one for the life of the process (one lua_State per process). */
 static const void *ws_mt;
 
-/* Argument 1 must be a ws object: a userdata whose metatable is ws_mt.
- * Comparing addresses is a pointer test, where luaL_checkudata would look
- * the metatable up by name on every call. */
-static struct lconn *check_box(lua_State *L)
+static __attribute__((noinline, cold)) void bad_self(lua_State *L, const char *fname)
+{
+    lb_typeerror(L, 1, fname, "ws");
+}
+
+/* Argument 1 of method fname must be a ws object: a userdata whose
+ * metatable is ws_mt. Comparing addresses is a pointer test, where
+ * luaL_checkudata would look the metatable up by name on every call.
+ * Inlined, so that fname stays a constant of the caller's error path
+ * rather than a register ws:send saves and restores. */
+static inline __attribute__((always_inline)) struct lconn *check_box(lua_State *L,
+                                                                    const char *fname)
 {
     struct lconn *box = lua_touserdata(L, 1);
     if (!box || !lua_getmetatable(L, 1))
-        luaL_typerror(L, 1, "ws");
+        bad_self(L, fname);
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
     if (mt != ws_mt)
-        luaL_typerror(L, 1, "ws");
+        bad_self(L, fname);
     return box;
 }
 
@@ -59,22 +69,22 @@ static int closed(lua_State *L)
 /* ws:send(data [, kind]) */
 static int lconn_send(lua_State *L)
 {
-    struct lconn *box = check_box(L);
+    struct lconn *box = check_box(L, "ws:send");
     size_t len;
-    const char *data = luaL_checklstring(L, 2, &len);
-    const char *kind = luaL_optstring(L, 3, "text");
+    const char *data = lb_checklstring(L, 2, "ws:send", &len);
+    const char *kind = lb_optlstring(L, 3, "ws:send", "text", NULL);
     const struct lbridge *lb = box->c ? box->c->srv->lb : NULL;
     int binary = lb && kind == lb->binary_str; /* the usual case: the same string */
     if (!binary && !(lb && kind == lb->text_str)) {
         binary = strcmp(kind, "binary") == 0;
         if (!binary && strcmp(kind, "text") != 0)
-            return luaL_argerror(L, 3, "kind must be \"text\" or \"binary\"");
+            return lb_argerror(L, 3, "ws:send", "kind must be \"text\" or \"binary\"");
     }
     if (!box->c || !conn_can_send(box->c))
         return closed(L);
     if (!binary && !(data == lb->checked_text && len == lb->checked_len) &&
         !ws_utf8_valid((const uint8_t *)data, len))
-        return luaL_argerror(L, 2, "text is not valid UTF-8 (send it as \"binary\")");
+        return lb_argerror(L, 2, "ws:send", "text is not valid UTF-8 (send it as \"binary\")");
     uint8_t op = binary ? WS_OP_BINARY : WS_OP_TEXT;
     int rc;
     if (len >= CONN_REF_MIN) { /* the string itself goes out: no copy */
@@ -92,11 +102,11 @@ static int lconn_send(lua_State *L)
 /* ws:ping([data]) */
 static int lconn_ping(lua_State *L)
 {
-    struct lconn *box = check_box(L);
+    struct lconn *box = check_box(L, "ws:ping");
     size_t len = 0;
-    const char *data = luaL_optlstring(L, 2, "", &len);
+    const char *data = lb_optlstring(L, 2, "ws:ping", "", &len);
     if (len > 125)
-        return luaL_argerror(L, 2, "a ping carries at most 125 bytes");
+        return lb_argerror(L, 2, "ws:ping", "a ping carries at most 125 bytes");
     if (!box->c || !conn_can_send(box->c))
         return closed(L);
     if (conn_send_frame(box->c, WS_OP_PING, data, len))
@@ -108,16 +118,16 @@ static int lconn_ping(lua_State *L)
 /* ws:close([code [, reason]]) */
 static int lconn_close(lua_State *L)
 {
-    struct lconn *box = check_box(L);
-    lua_Integer code = luaL_optinteger(L, 2, WS_CLOSE_NORMAL);
+    struct lconn *box = check_box(L, "ws:close");
+    lua_Integer code = lb_optinteger(L, 2, "ws:close", WS_CLOSE_NORMAL);
     size_t rlen = 0;
-    const char *reason = luaL_optlstring(L, 3, "", &rlen);
+    const char *reason = lb_optlstring(L, 3, "ws:close", "", &rlen);
     if (!ws_close_code_valid((unsigned)code) || code > 65535)
-        return luaL_argerror(L, 2, "not a close code an endpoint may send");
+        return lb_argerror(L, 2, "ws:close", "not a close code an endpoint may send");
     if (rlen > 123)
-        return luaL_argerror(L, 3, "a close reason is at most 123 bytes");
+        return lb_argerror(L, 3, "ws:close", "a close reason is at most 123 bytes");
     if (!ws_utf8_valid((const uint8_t *)reason, rlen))
-        return luaL_argerror(L, 3, "a close reason must be UTF-8");
+        return lb_argerror(L, 3, "ws:close", "a close reason must be UTF-8");
     struct conn *c = box->c;
     if (c && c->in_connect) { /* closing before the 101 is a rejection */
         if (!conn_reply(c)->status)
@@ -134,25 +144,25 @@ static int lconn_close(lua_State *L)
 
 /* Header names must be tokens and values must not hold control characters:
  * an app must not be able to split the response. */
-static void check_headers(lua_State *L, int idx, int argn)
+static void check_headers(lua_State *L, int idx, int argn, const char *fname)
 {
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-            luaL_argerror(L, argn, "headers must map names to string values");
+            lb_argerror(L, argn, fname, "headers must map names to string values");
         const char *name = lua_tostring(L, -2);
         for (const char *p = name; *p; p++)
             if (!(((*p | 32) >= 'a' && (*p | 32) <= 'z') || (*p >= '0' && *p <= '9') ||
                   strchr("!#$%&'*+-.^_`|~", *p)))
-                luaL_argerror(L, argn, lua_pushfstring(L, "bad header name \"%s\"", name));
+                lb_argerror(L, argn, fname, lua_pushfstring(L, "bad header name \"%s\"", name));
         if (!*name)
-            luaL_argerror(L, argn, "empty header name");
+            lb_argerror(L, argn, fname, "empty header name");
         size_t vl;
         const char *v = lua_tolstring(L, -1, &vl);
         for (size_t i = 0; i < vl; i++)
             if (((unsigned char)v[i] < 0x20 && v[i] != '\t') || v[i] == 0x7f)
-                luaL_argerror(L, argn,
-                              lua_pushfstring(L, "control character in header \"%s\"", name));
+                lb_argerror(L, argn, fname,
+                            lua_pushfstring(L, "control character in header \"%s\"", name));
         lua_pop(L, 1);
     }
 }
@@ -173,27 +183,27 @@ static void add_headers(lua_State *L, int idx, struct buf *out)
     }
 }
 
-static struct conn *connecting(lua_State *L, struct lconn *box, const char *method)
+static struct conn *connecting(lua_State *L, struct lconn *box, const char *fname)
 {
     if (!box->c || !box->c->in_connect)
-        luaL_error(L, "ws:%s can only be called in on_connect", method);
+        lb_error(L, fname, "%s can only be called in on_connect", fname);
     return box->c;
 }
 
 /* ws:reject([status [, body [, headers]]]) */
 static int lconn_reject(lua_State *L)
 {
-    struct lconn *box = check_box(L);
-    lua_Integer status = luaL_optinteger(L, 2, 403);
+    struct lconn *box = check_box(L, "ws:reject");
+    lua_Integer status = lb_optinteger(L, 2, "ws:reject", 403);
     size_t blen = 0;
-    const char *body = luaL_optlstring(L, 3, NULL, &blen);
+    const char *body = lb_optlstring(L, 3, "ws:reject", NULL, &blen);
     if (status < 400 || status > 599)
-        return luaL_argerror(L, 2, "status must be from 400 to 599");
+        return lb_argerror(L, 2, "ws:reject", "status must be from 400 to 599");
     if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TTABLE);
-        check_headers(L, 4, 4);
+        lb_checktype(L, 4, "ws:reject", LUA_TTABLE);
+        check_headers(L, 4, 4, "ws:reject");
     }
-    struct conn *c = connecting(L, box, "reject");
+    struct conn *c = connecting(L, box, "ws:reject");
     /* Everything is checked: only now change the reply. */
     conn_reply(c)->status = (int)status;
     buf_reset(&conn_reply(c)->headers);
@@ -222,27 +232,27 @@ static void match_offered(const char *item, size_t len, void *ud)
 /* ws:accept{protocol = "chat.v2", headers = {...}} */
 static int lconn_accept(lua_State *L)
 {
-    struct lconn *box = check_box(L);
+    struct lconn *box = check_box(L, "ws:accept");
     const char *protocol = NULL;
     size_t plen = 0;
     int headers = 0;
     if (!lua_isnoneornil(L, 2)) {
-        luaL_checktype(L, 2, LUA_TTABLE);
+        lb_checktype(L, 2, "ws:accept", LUA_TTABLE);
         lua_getfield(L, 2, "protocol");
         if (!lua_isnil(L, -1)) {
             if (lua_type(L, -1) != LUA_TSTRING)
-                return luaL_argerror(L, 2, "protocol must be a string");
+                return lb_argerror(L, 2, "ws:accept", "protocol must be a string");
             protocol = lua_tolstring(L, -1, &plen);
         }
         lua_getfield(L, 2, "headers");
         if (!lua_isnil(L, -1)) {
             if (!lua_istable(L, -1))
-                return luaL_argerror(L, 2, "headers must be a table");
+                return lb_argerror(L, 2, "ws:accept", "headers must be a table");
             headers = lua_gettop(L);
-            check_headers(L, headers, 2);
+            check_headers(L, headers, 2, "ws:accept");
         }
     }
-    struct conn *c = connecting(L, box, "accept");
+    struct conn *c = connecting(L, box, "ws:accept");
     if (protocol) {
         struct offered o = {protocol, plen, 0};
         for (size_t i = 0; i < hs_header_count(c->hs); i++) {
@@ -251,8 +261,9 @@ static int lconn_accept(lua_State *L)
                 hs_list_each(h->value, match_offered, &o);
         }
         if (!o.found)
-            return luaL_argerror(
-                L, 2, lua_pushfstring(L, "protocol \"%s\" was not offered by the client", protocol));
+            return lb_argerror(
+                L, 2, "ws:accept",
+                lua_pushfstring(L, "protocol \"%s\" was not offered by the client", protocol));
     }
     conn_reply(c)->status = 0;
     free(conn_reply(c)->protocol);
@@ -267,7 +278,7 @@ static int lconn_accept(lua_State *L)
 /* ws:buffered(): bytes queued for this connection and not yet sent. */
 static int lconn_buffered(lua_State *L)
 {
-    struct lconn *box = check_box(L);
+    struct lconn *box = check_box(L, "ws:buffered");
     if (!box->c)
         return closed(L);
     lua_pushinteger(L, (lua_Integer)conn_out_pending(box->c));
@@ -346,8 +357,8 @@ static int lconn_newindex(lua_State *L)
 {
     const char *key = lua_tostring(L, 2);
     if (!key || strcmp(key, "data") != 0)
-        return luaL_error(L, "ws.%s cannot be set: keep per-connection state in ws.data",
-                          key ? key : "?");
+        return lb_error(L, NULL, "ws.%s cannot be set: keep per-connection state in ws.data",
+                        key ? key : "?");
     push_env(L, 1, lua_touserdata(L, 1));
     lua_pushvalue(L, 3);
     lua_setfield(L, -2, "data");
@@ -364,7 +375,7 @@ static int lconn_gc(lua_State *L)
 
 static int lconn_tostring(lua_State *L)
 {
-    struct lconn *box = check_box(L);
+    struct lconn *box = check_box(L, "tostring");
     lua_pushnumber(L, box->id);
     lua_pushfstring(L, "ws#%s%s", lua_tostring(L, -1), box->c ? "" : " (closed)");
     return 1;

@@ -1,8 +1,11 @@
 /* lhost: the moonport module apps require: log, now, after, every. A timer
  * is a userdata holding its ev_timer; while it is armed, the registry holds
  * the timer and its callback, and those refs are dropped when it fires for
- * the last time or is cancelled. A timer callback's error is logged, never
- * fatal; an `every` timer keeps running after an error. */
+ * the last time or is cancelled. A timer belongs to the app whose code
+ * created it: its callback runs as that app's code (lbridge_timer), and its
+ * error is logged with that app's name, never fatal; an `every` timer keeps
+ * running after an error. A log line names the app, and the connection
+ * whose handler wrote it. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +21,7 @@ struct ltimer {
     ev_timer w;
     lua_State *L;
     struct server *srv;
+    struct app *app; /* whose code created it (apps are never freed) */
     int self_ref, fn_ref; /* LUA_NOREF when not armed */
 };
 
@@ -29,10 +33,10 @@ static struct server *host_server(lua_State *L)
 /* moonport.log(level, ...) */
 static int lhost_log(lua_State *L)
 {
-    const char *name = luaL_checkstring(L, 1);
+    const char *name = lb_checklstring(L, 1, "moonport.log", NULL);
     int level = log_level_parse(name);
     if (level < 0)
-        return luaL_argerror(L, 1, "level must be error, warn, info or debug");
+        return lb_argerror(L, 1, "moonport.log", "level must be error, warn, info or debug");
     if (level > log_threshold)
         return 0;
     int n = lua_gettop(L);
@@ -49,7 +53,14 @@ static int lhost_log(lua_State *L)
         parts++;
     }
     lua_concat(L, parts);
-    log_msg(level, "app: %s", lua_tostring(L, -1));
+    const struct lb_call *call = host_server(L)->lb->call;
+    if (call && call->app && call->conn_id)
+        log_msg(level, "app %s conn %llu: %s", call->app->name,
+                (unsigned long long)call->conn_id, lua_tostring(L, -1));
+    else if (call && call->app)
+        log_msg(level, "app %s: %s", call->app->name, lua_tostring(L, -1));
+    else
+        log_msg(level, "app: %s", lua_tostring(L, -1));
     return 0;
 }
 
@@ -83,22 +94,24 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         timer_disarm(t); /* a one-shot is done before its callback runs */
     lua_pushvalue(L, self - 1);
     lua_pushvalue(L, self);
-    lb_pcall(L, 1, 0, "timer callback");
+    lbridge_timer(t->srv->lb, t->app, 1);
     lua_pop(L, 2);
 }
 
 static int start_timer(lua_State *L, int repeat)
 {
-    double after = luaL_checknumber(L, 1);
-    luaL_checktype(L, 2, LUA_TFUNCTION);
+    const char *fname = repeat ? "moonport.every" : "moonport.after";
+    double after = lb_checknumber(L, 1, fname);
+    lb_checktype(L, 2, fname, LUA_TFUNCTION);
     if (!(after >= 0))
-        return luaL_argerror(L, 1, "seconds must be 0 or more");
+        return lb_argerror(L, 1, fname, "seconds must be 0 or more");
     if (repeat && !(after > 0))
-        return luaL_argerror(L, 1, "an every() interval must be more than 0");
+        return lb_argerror(L, 1, fname, "an every() interval must be more than 0");
     struct ltimer *t = lua_newuserdata(L, sizeof *t);
     memset(t, 0, sizeof *t);
     t->L = L;
     t->srv = host_server(L);
+    t->app = t->srv->lb->call ? t->srv->lb->call->app : NULL;
     t->fn_ref = t->self_ref = LUA_NOREF;
     luaL_getmetatable(L, LTIMER_MT);
     lua_setmetatable(L, -2);
@@ -124,7 +137,9 @@ static int lhost_every(lua_State *L)
 /* timer:cancel(): true if it was armed. */
 static int ltimer_cancel(lua_State *L)
 {
-    struct ltimer *t = luaL_checkudata(L, 1, LTIMER_MT);
+    struct ltimer *t = luaL_testudata(L, 1, LTIMER_MT);
+    if (!t)
+        return lb_typeerror(L, 1, "timer:cancel", "timer");
     int armed = t->self_ref != LUA_NOREF;
     if (armed)
         timer_disarm(t);

@@ -26,14 +26,15 @@ struct hs_request {
     const char *error;
     int done;
     int field; /* 0 none, 1 in a header name, 2 in a header value */
-    int lines; /* where the obs-fold scan is: see find_fold() */
+    int lines; /* where the line scan is: see find_refused() */
 
     char *buf; /* target and header strings, NUL-separated */
     size_t len, cap;
     size_t target_off;
     int have_target;
     int target_done; /* the request line's target has all arrived */
-    char last;       /* the last byte of the previous feed */
+    char last;       /* the last byte find_refused looked at */
+    const char *refused; /* why find_refused stopped */
     char why[96];    /* the error, when it is llhttp's */
 
     struct hs_slot *slots;
@@ -302,48 +303,51 @@ static int finish(struct hs_request *r)
 
 enum { LINES_START, LINES_IN, LINES_AT_START, LINES_END };
 
-/* The offset of the first obs-fold in data (a header line that begins with
- * SP or HTAB), or len. llhttp 8.1 accepts folds silently and hands the
- * continuation on as more of the value, so "X: a\r\n b" would read as
- * "a b" and "X:\r\n b" as "b"; RFC 9112 5.2 lets a server refuse them
- * instead, and a proxy in front may have joined them differently. The scan
- * only follows line starts and stops at the blank line that ends the head;
- * it refuses, never accepts, so llhttp still decides what the request says. */
-static size_t find_fold(struct hs_request *r, const char *data, size_t len)
+/* The offset in data of the first byte the head is refused at, or len.
+ * Two things llhttp would let through or misname are refused here:
+ * - an obs-fold (a header line that begins with SP or HTAB): llhttp 8.1
+ *   accepts folds silently and hands the continuation on as more of the
+ *   value, so "X: a\r\n b" would read as "a b" and "X:\r\n b" as "b"; RFC
+ *   9112 5.2 lets a server refuse them instead, and a proxy in front may
+ *   have joined them differently;
+ * - a line that ends in LF alone, the usual mistake of a hand-written
+ *   client, which RFC 9112 2.2 lets a server refuse; llhttp refuses most of
+ *   them, but names them after whatever it was parsing ("Invalid header
+ *   value char").
+ * The scan only follows line starts and line ends, and stops at the blank
+ * line that ends the head; it refuses, never accepts, so llhttp still
+ * decides what the request says, and whatever llhttp rejects before the
+ * refused byte is still the error, however the input is split. */
+static size_t find_refused(struct hs_request *r, const char *data, size_t len)
 {
     for (size_t i = 0; i < len && r->lines != LINES_END; i++) {
-        char c = data[i];
+        char c = data[i], prev = r->last;
+        r->last = c;
         if (r->lines == LINES_START) {
             /* llhttp skips empty lines before the request line. */
             if (c != '\r' && c != '\n')
                 r->lines = LINES_IN;
+        } else if (c == '\n' && prev != '\r') {
+            r->refused = "a line ends in a bare LF; HTTP lines end with CRLF";
+            return i;
         } else if (r->lines == LINES_IN) {
             if (c == '\n')
                 r->lines = LINES_AT_START;
         } else if (c == ' ' || c == '\t') {
+            r->refused = "obsolete line folding in a header";
             return i;
         } else {
-            r->lines = c == '\r' || c == '\n' ? LINES_END : LINES_IN;
+            r->lines = c == '\r' ? LINES_END : LINES_IN;
         }
     }
     return len;
 }
 
-/* Why llhttp refused the head, in words a client's author can act on. A
- * line that ends in LF alone is the usual mistake of a hand-written client;
- * llhttp reports it as whatever it was parsing ("Invalid header value
- * char"), so look at the byte it stopped at. Only fixed strings: nothing
- * the client sent is ever quoted back. */
-static const char *parse_error(struct hs_request *r, const char *data, size_t n)
+/* Why llhttp refused the head: its reasons are its own fixed strings
+ * ("Invalid header value char"), kept whole so the log says what llhttp
+ * saw; nothing the client sent is ever quoted back. */
+static const char *parse_error(struct hs_request *r)
 {
-    const char *pos = llhttp_get_error_pos(&r->http);
-    if (pos && pos >= data && pos < data + n && *pos == '\n') {
-        char before = pos > data ? pos[-1] : r->last;
-        if (before != '\r')
-            return "a line ends in a bare LF; HTTP lines end with CRLF";
-    }
-    /* llhttp's reasons are its own fixed strings ("Invalid header value
-     * char"); kept whole so the log says what llhttp saw. */
     snprintf(r->why, sizeof r->why, "malformed request head: %s",
              llhttp_get_error_reason(&r->http));
     return r->why;
@@ -360,15 +364,13 @@ int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed
      * when a client sends megabytes in one write. */
     size_t room = r->max_head - r->head_bytes;
     size_t n = len < room ? len : room;
-    /* Parse up to a fold, not past it: whatever llhttp rejects before it is
-     * still the error, whichever way the bytes were split. */
-    size_t fold = find_fold(r, data, n);
-    llhttp_errno_t err = llhttp_execute(&r->http, data, fold);
-    if (err == HPE_OK && fold < n)
-        return fail(r, 400, "obsolete line folding in a header"), HS_ERROR;
+    /* Parse up to a refused byte, not past it: whatever llhttp rejects
+     * before it is still the error, whichever way the bytes were split. */
+    size_t stop = find_refused(r, data, n);
+    llhttp_errno_t err = llhttp_execute(&r->http, data, stop);
+    if (err == HPE_OK && stop < n)
+        return fail(r, 400, r->refused), HS_ERROR;
     if (err == HPE_OK) {
-        if (n)
-            r->last = data[n - 1];
         *consumed = n;
         r->head_bytes += n;
         if (r->head_bytes >= r->max_head)
@@ -381,7 +383,7 @@ int hs_feed(struct hs_request *r, const char *data, size_t len, size_t *consumed
         return finish(r) ? HS_ERROR : HS_DONE;
     }
     if (!r->status)
-        fail(r, 400, parse_error(r, data, fold));
+        fail(r, 400, parse_error(r));
     return HS_ERROR;
 }
 

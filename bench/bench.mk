@@ -17,7 +17,7 @@ build/bench/codec_bench: bench/codec_bench.c src/ws_frame.c src/ws_utf8.c src/ws
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) -Isrc -o $@ bench/codec_bench.c src/ws_frame.c src/ws_utf8.c
 
-.PHONY: bench bench-peers bench-test bench-callgrind
+.PHONY: bench bench-peers bench-test bench-callgrind bench-compare
 bench: all $(BENCH_TOOLS)
 	@bash bench/run
 
@@ -29,3 +29,8 @@ bench-test: all $(BENCH_TOOLS)
 
 bench-callgrind: all build/bench/loadgen
 	@bash bench/callgrind
+
+# Instructions and system calls per echoed message, moonport next to a
+# uWebSockets echo server when UWS_BIN names one (see bench/README.md).
+bench-compare: all build/bench/loadgen
+	@bash bench/compare

@@ -110,7 +110,7 @@ function app.on_close(ws) members[ws] = nil end
 return app
 EOF
 
-bin/moonport --port 0 --log-level error "$apps" 2>"$tmp/server.log" &
+bin/moonport --port 0 --log-level error "$apps" >"$tmp/access.log" 2>"$tmp/server.log" &
 server_pid=$!
 port=
 for _ in $(seq 100); do

@@ -9,6 +9,18 @@ local function cwd()
     return d
 end
 
+-- A binary message to an app that speaks text: the server's close frame
+-- with 1003, then the closing handshake.
+local function expect_close_1003(ws)
+    local f = ws:receive(5)
+    assert(f, "no close frame")
+    assert.equal(8, f.opcode)
+    assert.equal(1003, f.code)
+    assert(ws:close(1003))
+    assert.is_true(ws:is_closed(5))
+    ws:shutdown()
+end
+
 describe("shipped apps", function()
     local server
 
@@ -116,13 +128,7 @@ describe("shipped apps", function()
                 local ws = connect("/chat?name=binary")
                 assert.equal("* binary joined", recv(ws))
                 assert(ws:send("\1\2", "binary"))
-                local f = ws:receive(5)
-                assert(f, "no close frame")
-                assert.equal(8, f.opcode)
-                assert.equal(1003, f.code)
-                assert(ws:close(1003))
-                assert.is_true(ws:is_closed(5))
-                ws:shutdown()
+                expect_close_1003(ws)
             end)
         end)
 
@@ -203,13 +209,7 @@ describe("shipped apps", function()
             it("closes a client that sends binary with 1003", function()
                 local ws = connect("/rpc")
                 assert(ws:send("{}", "binary"))
-                local f = ws:receive(5)
-                assert(f, "no close frame")
-                assert.equal(8, f.opcode)
-                assert.equal(1003, f.code)
-                assert(ws:close(1003))
-                assert.is_true(ws:is_closed(5))
-                ws:shutdown()
+                expect_close_1003(ws)
             end)
         end)
 

@@ -14,101 +14,18 @@ message must come back whole) or a close code (1009). Prints "ok: ..." or
 """
 import base64
 import os
-import socket
 import struct
 import sys
 import zlib
 
-TAIL = b"\x00\x00\xff\xff"
-ZERO_KEY = b"\x00\x00\x00\x00"  # masked, but the payload stays as it is: cheap
-failures = 0
+import rawws
+from rawws import TAIL, Conn, check
 
-
-def check(cond, what):
-    global failures
-    print(("ok: " if cond else "FAIL: ") + what)
-    if not cond:
-        failures += 1
+ZERO_KEY = b"\0\0\0\0"  # masked, but the payload stays as it is: cheap
 
 
 def frame(opcode, payload, fin, rsv1=False):
-    b1 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        hdr = struct.pack("!BB", b1, 0x80 | n)
-    elif n < 65536:
-        hdr = struct.pack("!BBH", b1, 0x80 | 126, n)
-    else:
-        hdr = struct.pack("!BBQ", b1, 0x80 | 127, n)
-    return hdr + ZERO_KEY + payload
-
-
-class Conn:
-    def __init__(self, port, path, offer):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        key = base64.b64encode(os.urandom(16)).decode()
-        head = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n")
-        if offer:
-            head += f"Sec-WebSocket-Extensions: {offer}\r\n"
-        self.s.sendall((head + "\r\n").encode())
-        self.buf = b""
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.s.recv(4096)
-            if not chunk:
-                break
-            self.buf += chunk
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        first = head.decode("latin-1").split("\r\n")[0].split()
-        self.status = int(first[1]) if len(first) > 1 else 0
-        self.extensions = None
-        for line in head.decode("latin-1").split("\r\n")[1:]:
-            k, _, v = line.partition(":")
-            if k.strip().lower() == "sec-websocket-extensions":
-                self.extensions = v.strip()
-
-    def need(self, n):
-        while len(self.buf) < n:
-            chunk = self.s.recv(1 << 20)
-            if not chunk:
-                raise EOFError("connection closed")
-            self.buf += chunk
-
-    def frame(self):
-        """-> (fin, rsv1, opcode, payload)"""
-        self.need(2)
-        b1, b2 = self.buf[0], self.buf[1]
-        n, off = b2 & 0x7F, 2
-        if n == 126:
-            self.need(4)
-            n, off = struct.unpack("!H", self.buf[2:4])[0], 4
-        elif n == 127:
-            self.need(10)
-            n, off = struct.unpack("!Q", self.buf[2:10])[0], 10
-        self.need(off + n)
-        payload = self.buf[off:off + n]
-        self.buf = self.buf[off + n:]
-        return bool(b1 & 0x80), bool(b1 & 0x40), b1 & 0x0F, payload
-
-    def message(self):
-        """-> (opcode, whole message) or (8, close payload); pings skipped."""
-        parts, first_op, compressed = [], None, False
-        while True:
-            fin, rsv1, op, payload = self.frame()
-            if op == 8:
-                return 8, payload
-            if op in (9, 10):
-                continue
-            if first_op is None:
-                first_op, compressed = op, rsv1
-            parts.append(payload)
-            if fin:
-                data = b"".join(parts)
-                if compressed:
-                    d = zlib.decompressobj(-15)
-                    data = d.decompress(data + TAIL) + d.flush()
-                return first_op, data
+    return rawws.frame(opcode, payload, fin, rsv1, mask=ZERO_KEY)
 
 
 def pieces(data, n):
@@ -124,7 +41,7 @@ def main():
     frames, size, compress = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
     expect = sys.argv[7]
     opcode = 1 if kind == "text" else 2
-    c = Conn(port, path, "permessage-deflate" if compress else None)
+    c = Conn(port, path, "permessage-deflate" if compress else None, timeout=30)
     check(c.status == 101, f"101 (got {c.status})")
     if compress:
         check(c.extensions is not None and c.extensions.startswith("permessage-deflate"),
@@ -172,8 +89,8 @@ def main():
         code = struct.unpack("!H", got[:2])[0] if op == 8 and len(got) >= 2 else None
         reason = got[2:].decode("utf-8", "replace") if op == 8 else ""
         check(code == int(expect), f"closed with {expect} (got {code} {reason!r})")
-    print(f"fragments_client {kind} {frames} {size} {int(compress)} {expect}: {failures} failed")
-    sys.exit(1 if failures else 0)
+    print(f"fragments_client {kind} {frames} {size} {int(compress)} {expect}: {rawws.failures} failed")
+    sys.exit(1 if rawws.failures else 0)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ static int lconn_send(lua_State *L)
     }
     if (!box->c || !conn_can_send(box->c))
         return closed(L);
-    if (!binary && !(data == lb->checked_text && len == lb->checked_len) &&
+    if (!binary && !lb_checked_text(lb, data, len) &&
         !ws_utf8_valid((const uint8_t *)data, len))
         return lb_argerror(L, 2, "ws:send", "text is not valid UTF-8 (send it as \"binary\")");
     uint8_t op = binary ? WS_OP_BINARY : WS_OP_TEXT;

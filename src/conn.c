@@ -349,6 +349,27 @@ int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len
     return count_out(c, opcode, len, rc);
 }
 
+int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size_t len)
+{
+    if (!conn_can_send(c))
+        return -1;
+    if (c->deflate || len >= CONN_REF_MIN)
+        return 1;
+    uint8_t hdr[10];
+    size_t hl = ws_frame_header(hdr, (uint8_t)(0x80 | opcode), len);
+    if (conn_out_pending(c) + hl + len > c->srv->cfg->max_send_buffer)
+        return 1; /* conn_send_frame drops the connection: on_close is owed */
+    uint8_t *w = buf_reserve(&c->out, hl + len);
+    if (!w)
+        return 1;
+    memcpy(w, hdr, hl);
+    if (len)
+        memcpy(w + hl, data, len);
+    buf_commit(&c->out, hl + len);
+    queued(c); /* within max_send_buffer: cannot fail */
+    return count_out(c, opcode, len, 0);
+}
+
 int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t len, int ref)
 {
     int rc = -1;

@@ -6,7 +6,9 @@
  * on_message) closes that connection with 1011. Every call is recorded
  * (lb_call) while it runs: no handler starts inside another (an on_close
  * it would cause waits until the outermost call returns), and the argument
- * errors of the C functions apps call find the app's line from it. */
+ * errors of the C functions apps call find the app's line from it. The
+ * messages of one read share one protected call (lbridge_dispatch): a small
+ * Lua loop that LuaJIT compiles together with the handler. */
 #include "lbridge.h"
 
 #include <lauxlib.h>

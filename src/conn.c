@@ -176,6 +176,7 @@ static void finish(struct conn *c)
     if (!c->accepted || c->on_close_done)
         return;
     c->on_close_done = 1;
+    lbridge_settle(c->srv->lb, c); /* a handler of its batch may be ending it */
     uint16_t code = c->close_code ? c->close_code : WS_CLOSE_ABNORMAL;
     log_access("%s \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs msgs_in=%u bytes_in=%llu "
                "msgs_out=%u bytes_out=%llu",
@@ -348,6 +349,27 @@ int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len
     return count_out(c, opcode, len, rc);
 }
 
+int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size_t len)
+{
+    if (!conn_can_send(c))
+        return -1;
+    if (c->deflate || len >= CONN_REF_MIN)
+        return 1;
+    uint8_t hdr[10];
+    size_t hl = ws_frame_header(hdr, (uint8_t)(0x80 | opcode), len);
+    if (conn_out_pending(c) + hl + len > c->srv->cfg->max_send_buffer)
+        return 1; /* conn_send_frame drops the connection: on_close is owed */
+    uint8_t *w = buf_reserve(&c->out, hl + len);
+    if (!w)
+        return 1;
+    memcpy(w, hdr, hl);
+    if (len)
+        memcpy(w + hl, data, len);
+    buf_commit(&c->out, hl + len);
+    queued(c); /* within max_send_buffer: cannot fail */
+    return count_out(c, opcode, len, 0);
+}
+
 int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t len, int ref)
 {
     int rc = -1;
@@ -409,6 +431,7 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
 /* The peer broke a rule: send the close code that says which, and close. */
 static void conn_fail(struct conn *c, uint16_t code, const char *why)
 {
+    lbridge_dispatch(c->srv->lb); /* the messages before the fault go first */
     log_info("conn %llu %s: failing the connection with %u: %s", (unsigned long long)c->id,
              conn_path(c), code, why);
     if (c->state == CONN_OPEN)
@@ -484,6 +507,7 @@ static void http_error(struct conn *c, int status, const char *why)
 }
 
 static void frames_input(struct conn *c, uint8_t *buf, size_t n);
+static void frames_parse(struct conn *c, uint8_t *buf, size_t n);
 
 void conn_keepalive(struct conn *c)
 {
@@ -624,13 +648,28 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     reply_free(&reply);
 }
 
+/* The message joins the read's batch; lbridge counts it in msgs_in when it
+ * reaches the app. */
 static void deliver(struct conn *c, uint8_t op, const uint8_t *data, size_t len)
 {
     if (!data) /* an empty message that never needed a buffer */
         data = (const uint8_t *)"";
-    c->msgs_in++;
-    c->bytes_in += len;
     lbridge_message(c->srv->lb, c, data, len, op == WS_OP_BINARY);
+}
+
+/* Run the batch waiting for the app; 1 if c is still open after it. */
+static int dispatch(struct conn *c)
+{
+    lbridge_dispatch(c->srv->lb);
+    return c->state == CONN_OPEN;
+}
+
+/* A data message cannot be delivered. Had the messages before it closed
+ * the connection, it would have been dropped unread: run them first. */
+static void fail_message(struct conn *c, uint16_t code, const char *why)
+{
+    if (dispatch(c))
+        conn_fail(c, code, why);
 }
 
 static void on_close_frame(struct conn *c, const struct ws_chunk *ch)
@@ -659,14 +698,14 @@ static void deliver_compressed(struct conn *c, uint8_t op, const uint8_t *data, 
     struct compress *z = c->srv->z;
     int r = compress_inflate(z, data, len, c->srv->cfg->max_message, &msg, &n);
     if (r) {
-        conn_fail(c, ws_deflate_close_code(r),
+        fail_message(c, ws_deflate_close_code(r),
                   r == WS_ERR_TOO_BIG      ? "inflated message over the size limit"
                   : r == WS_DEFLATE_ERR_DATA ? "invalid compressed data"
                                              : "out of memory inflating a message");
         return;
     }
     if (op == WS_OP_TEXT && !ws_utf8_valid(msg, n))
-        conn_fail(c, WS_CLOSE_INVALID_DATA, "invalid UTF-8 in text message");
+        fail_message(c, WS_CLOSE_INVALID_DATA, "invalid UTF-8 in text message");
     else
         deliver(c, op, msg, n);
     compress_inflated_done(z);
@@ -690,7 +729,7 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
             return;
         }
         if (buf_append(&c->msg, ch->data, ch->len)) {
-            conn_fail(c, WS_CLOSE_TOO_BIG, "out of memory for a message");
+            fail_message(c, WS_CLOSE_TOO_BIG, "out of memory for a message");
             return;
         }
         if (ch->flags & WS_CHUNK_MSG_END) {
@@ -702,12 +741,13 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
         }
         return;
     case WS_OP_PING:
-        if (c->state == CONN_OPEN)
+        if (dispatch(c))
             queue_frame(c, 0x80 | WS_OP_PONG, ch->data, ch->len);
         return;
     case WS_OP_PONG:
         return;
     case WS_OP_CLOSE:
+        lbridge_dispatch(c->srv->lb);
         on_close_frame(c, ch);
         return;
     }
@@ -727,7 +767,17 @@ static void partial_keep(struct conn *c, const uint8_t *p, size_t n)
     c->partial_len = (uint8_t)n;
 }
 
+/* The messages of one read are delivered together (lbridge_dispatch), at
+ * the latest when the read is used up; before that whenever a control
+ * frame or a fault comes, so that frames still go out in the order in
+ * which they were caused. */
 static void frames_input(struct conn *c, uint8_t *buf, size_t n)
+{
+    frames_parse(c, buf, n);
+    lbridge_dispatch(c->srv->lb);
+}
+
+static void frames_parse(struct conn *c, uint8_t *buf, size_t n)
 {
     size_t off = 0;
     /* Any bytes count as a sign of life; the keepalive sweep reads this.

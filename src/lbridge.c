@@ -6,7 +6,9 @@
  * on_message) closes that connection with 1011. Every call is recorded
  * (lb_call) while it runs: no handler starts inside another (an on_close
  * it would cause waits until the outermost call returns), and the argument
- * errors of the C functions apps call find the app's line from it. */
+ * errors of the C functions apps call find the app's line from it. The
+ * messages of one read share one protected call (lbridge_dispatch): a small
+ * Lua loop that LuaJIT compiles together with the handler. */
 #include "lbridge.h"
 
 #include <lauxlib.h>
@@ -27,6 +29,13 @@
 static int tracked_require(lua_State *L);
 static int run(struct lbridge *lb, struct lb_call *call, int nargs, int nresults);
 static void drain(struct lbridge *lb);
+static int dispatch_open(struct lbridge *lb);
+
+/* Is source (lua_Debug's) the bridge's own code, not the app's? */
+static int internal_chunk(const char *source)
+{
+    return strcmp(source, "=" LB_DISPATCH_CHUNK) == 0 || strcmp(source, "=" LB_SEND_CHUNK) == 0;
+}
 
 /* An on_close that waits for the running call to return. It keeps its own
  * ref to the ws object: the connection may let go of it meanwhile. */
@@ -228,9 +237,10 @@ static void push_where(lua_State *L, const char *fname)
 {
     lua_Debug ar;
     /* A Lua caller: its current line is the call. Past C frames too, for
-     * pcall(ws.send, ws, x). */
+     * pcall(ws.send, ws, x), and past the bridge's own Lua code (ws:send,
+     * the loop that called on_message): none of it is the app's. */
     for (int level = 1; lua_getstack(L, level, &ar); level++) {
-        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 && !internal_chunk(ar.source)) {
             lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
             lua_pushliteral(L, "");
             return;
@@ -305,6 +315,26 @@ static int traceback(lua_State *L)
             msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
     }
     luaL_traceback(L, L, msg, 1);
+    /* Leave out the bridge's own Lua code (internal_chunk): the app's
+     * code is what a traceback is for. */
+    const char *tb = lua_tostring(L, -1);
+    static const char *const own[] = {"\n\t" LB_DISPATCH_CHUNK ":", "\n\t" LB_SEND_CHUNK ":"};
+    for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) {
+        if (!strstr(tb, own[k]))
+            continue;
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (const char *p = tb, *hit;;) {
+            hit = strstr(p, own[k]);
+            luaL_addlstring(&b, p, hit ? (size_t)(hit - p) : strlen(p));
+            if (!hit)
+                break;
+            p = hit + 1;
+            p += strcspn(p, "\n"); /* the rest of that line; its \n starts the next */
+        }
+        luaL_pushresult(&b);
+        tb = lua_tostring(L, -1);
+    }
     return 1;
 }
 
@@ -367,6 +397,12 @@ struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err,
     lb->binary_str = lua_tostring(L, -1);
     lb->binary_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     where_tail_open(L);
+    if (dispatch_open(lb)) {
+        snprintf(err, errlen, "cannot build the message loop: LuaJIT's FFI is missing");
+        lua_close(L);
+        free(lb);
+        return NULL;
+    }
     lua_getglobal(L, "require");
     lua_pushlightuserdata(L, lb);
     lua_pushcclosure(L, tracked_require, 2);
@@ -856,34 +892,126 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
                      int binary)
 {
     lua_State *L = lb->L;
-    struct app *app = c->app;
-    if (app->handler_ref[H_MESSAGE] == LUA_NOREF)
+    struct lb_batch *b = &lb->batch;
+    if (c->app->handler_ref[H_MESSAGE] == LUA_NOREF) { /* counted, never delivered */
+        c->msgs_in++;
+        c->bytes_in += len;
         return;
-    /* The hot path, so the stack is built in call order rather than through
-     * lb_pcall's inserts:
-     *   [message] [traceback] [on_message] [ws] [message] [kind]
-     * The first copy of the message keeps it alive for the whole call, so
-     * its address cannot be reused while it counts as checked. */
-    int base = lua_gettop(L);
-    lua_pushlstring(L, (const char *)data, len);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
-    push_handler(L, app, H_MESSAGE);
-    push_ws(L, c);
-    lua_pushvalue(L, base + 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, binary ? lb->binary_ref : lb->text_ref);
-    if (!binary) {
-        lb->checked_text = lua_tostring(L, base + 1);
-        lb->checked_len = len;
     }
+    if (b->n && b->c != c) /* another connection's: the caller forgot to dispatch */
+        lbridge_dispatch(lb);
+    /* The table keeps the string alive until the loop takes it, so its
+     * address cannot be reused while it counts as checked. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lb->batch_ref);
+    lua_pushlstring(L, (const char *)data, len);
+    b->data[b->n] = lua_tostring(L, -1);
+    lua_rawseti(L, -2, b->n + 1);
+    lua_pop(L, 1);
+    b->len[b->n] = len;
+    b->shared.binary[b->n] = (uint8_t)(binary != 0);
+    b->c = c;
+    if (++b->n == LB_BATCH_MAX)
+        lbridge_dispatch(lb);
+}
+
+void lbridge_settle(struct lbridge *lb, struct conn *c)
+{
+    struct lb_batch *b = &lb->batch;
+    if (b->c != c)
+        return;
+    for (; b->counted < b->shared.cur; b->counted++) {
+        c->msgs_in++;
+        c->bytes_in += b->len[b->counted];
+    }
+}
+
+/* The Lua side of lbridge_dispatch, made once: on_message once per waiting
+ * message, taking each out of the table as it goes, stopping when the
+ * connection is no longer open. A plain loop, so LuaJIT compiles it, and the
+ * handler with it. Called as dispatch(on_message, ws, n). */
+static const char dispatch_src[] =
+    "local ffi, msgs, shared, text, binary, OPEN, max = ...\n"
+    "local b = ffi.cast(ffi.typeof('struct { const uint8_t *state; int32_t cur;'\n"
+    "                              .. ' uint8_t binary[$]; } *', max), shared)\n"
+    "return function(on_message, ws, n)\n"
+    "  for i = 1, n do\n"
+    "    b.cur = i\n"
+    "    local data = msgs[i]\n"
+    "    msgs[i] = nil\n"
+    "    on_message(ws, data, b.binary[i - 1] ~= 0 and binary or text)\n"
+    "    if b.state[0] ~= OPEN then return end\n"
+    "  end\n"
+    "end\n";
+
+/* Build the loop of dispatch_src; -1 if it cannot be (no FFI). */
+static int dispatch_open(struct lbridge *lb)
+{
+    lua_State *L = lb->L;
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "ffi");
+    if (lua_pcall(L, 1, 1, 0) ||
+        luaL_loadbuffer(L, dispatch_src, sizeof dispatch_src - 1, "=" LB_DISPATCH_CHUNK)) {
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_insert(L, -2);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lb->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, &lb->batch.shared);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lb->text_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lb->binary_ref);
+    lua_pushinteger(L, CONN_OPEN);
+    lua_pushinteger(L, LB_BATCH_MAX);
+    if (lua_pcall(L, 7, 1, 0) || !lua_isfunction(L, -1)) {
+        lua_settop(L, top);
+        return -1;
+    }
+    lb->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, top);
+    return 0;
+}
+
+void lbridge_dispatch(struct lbridge *lb)
+{
+    struct lb_batch *b = &lb->batch;
+    int n = b->n;
+    if (!n)
+        return;
+    b->n = 0; /* whatever the handlers cause, these are dispatched once */
+    lua_State *L = lb->L;
+    struct conn *c = b->c;
+    struct app *app = c->app;
+    /* [traceback] [dispatch] [on_message] [ws] [n] */
+    int base = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lb->dispatch_ref);
+    push_handler(L, app, H_MESSAGE); /* a batch is only made when there is one */
+    push_ws(L, c);
+    lua_pushinteger(L, n);
+    b->shared.state = &c->state;
     /* No call runs now: on_message is only ever called from the loop. */
     struct lb_call call = {app, c->id, app->handler_ref[H_MESSAGE], NULL};
     lb->call = &call;
-    int rc = lua_pcall(L, 3, 0, base + 2);
+    int rc = lua_pcall(L, 3, 0, base + 1);
     lb->call = NULL;
-    lb->checked_text = NULL;
+    lbridge_settle(lb, c);
+    int delivered = b->shared.cur;
+    b->shared.cur = 0;
+    b->shared.state = NULL;
+    b->counted = 0;
+    b->c = NULL;
     if (rc) {
         log_handler_error(L, app, conn_path(c), c->id, "on_message");
         conn_close(c, WS_CLOSE_INTERNAL, "internal error");
+    }
+    if (delivered < n) { /* dropped: let go of them */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lb->batch_ref);
+        for (int i = delivered + 1; i <= n; i++) {
+            lua_pushnil(L);
+            lua_rawseti(L, -2, i);
+        }
     }
     lua_settop(L, base);
     if (lb->ndeferred)

@@ -69,16 +69,41 @@ struct lb_call {
 
 struct lb_deferred_close; /* lbridge.c */
 
+/* Messages per protected call at most (see lbridge_message). */
+#define LB_BATCH_MAX 64
+
+/* The messages one read brought from one connection, waiting to be handed
+ * to on_message together: one protected call runs a small Lua loop that
+ * calls on_message once per message. The first part is read and written by
+ * that loop through LuaJIT's FFI, which declares the same layout
+ * (lbridge.c): keep the two in step. */
+struct lb_batch_shared {
+    const uint8_t *state; /* &conn->state: the loop stops once it is not CONN_OPEN */
+    int32_t cur;          /* the message on_message has now, from 1; 0 outside a batch */
+    uint8_t binary[LB_BATCH_MAX]; /* each message's kind */
+};
+
+struct lb_batch {
+    struct lb_batch_shared shared;
+    int n;                /* messages waiting */
+    int counted;          /* of those delivered, how many c->msgs_in counts */
+    struct conn *c;       /* whose they are; NULL when none wait */
+    const char *data[LB_BATCH_MAX]; /* the bytes of each message's Lua string */
+    size_t len[LB_BATCH_MAX];
+};
+
 struct lbridge {
     lua_State *L;
     struct lb_call *call; /* NULL between calls */
     struct lb_deferred_close *deferred; /* on_close calls waiting for the
                                            running call to return */
     size_t ndeferred, deferred_cap;
-    /* The text message being handed to on_message, already checked as
-     * UTF-8: ws:send of this very string need not check it again. */
-    const char *checked_text;
-    size_t checked_len;
+    /* The messages waiting for on_message, and the one it has now: a text
+     * message was checked as UTF-8 on its way in, so ws:send of this very
+     * string need not check it again (lb_checked_text). */
+    struct lb_batch batch;
+    int batch_ref;    /* registry ref of the table holding the waiting strings */
+    int dispatch_ref; /* registry ref of the Lua loop that hands them over */
     int text_ref, binary_ref; /* the kind strings, "text" and "binary" */
     const char *text_str, *binary_str; /* their bytes: Lua strings are interned,
                                           so a kind is recognised by address */
@@ -127,8 +152,35 @@ int file_sig_equal(const struct file_sig *a, const struct file_sig *b);
  * Returns 0, or -1 if the app raised (answer 500). */
 int lbridge_connect(struct lbridge *lb, struct conn *c);
 
+/* A whole message arrived on c: it becomes a Lua string now (data may be
+ * overwritten as soon as this returns) and waits, with the others of the
+ * same read, for lbridge_dispatch; when LB_BATCH_MAX wait, they are
+ * dispatched at once. The connection code must dispatch before anything
+ * else that writes to c or closes it (a control frame, a protocol error, the
+ * end of the read), so that frames go out in the order of today's one call
+ * per message. */
 void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
                      int binary);
+
+/* Hand the waiting messages to on_message, in order, in one protected call.
+ * After each, delivery stops if the connection is no longer open (the
+ * handler closed it, say): the rest are dropped, as data after our close
+ * frame is. An error in one is logged and closes the connection with 1011;
+ * no later message reaches the app. Does nothing if none wait. */
+void lbridge_dispatch(struct lbridge *lb);
+
+/* Count, in c->msgs_in and c->bytes_in, the messages of c's batch that have
+ * reached on_message so far (the access log reads them, and a connection
+ * can end inside a handler). */
+void lbridge_settle(struct lbridge *lb, struct conn *c);
+
+/* Is (data, len) the text message on_message has now: checked UTF-8? */
+static inline int lb_checked_text(const struct lbridge *lb, const char *data, size_t len)
+{
+    int i = lb->batch.shared.cur - 1;
+    return i >= 0 && !lb->batch.shared.binary[i] && data == lb->batch.data[i] &&
+           len == lb->batch.len[i];
+}
 
 /* Run c's on_close. A handler is never entered from inside another call into
  * Lua: when Lua code is running (a ws:send of its overflowed c's queue, say),
@@ -220,6 +272,12 @@ static inline void lb_checktype(lua_State *L, int idx, const char *fname, int ty
     if (lua_type(L, idx) != type)
         lb_typeerror(L, idx, fname, lua_typename(L, type));
 }
+
+/* The chunk names of the bridge's own Lua code that runs between the app's
+ * frames: on_message's loop (lbridge.c) and ws:send (lconn.c). Error
+ * locations and tracebacks leave their frames out. */
+#define LB_DISPATCH_CHUNK "moonport.batch"
+#define LB_SEND_CHUNK "moonport.send"
 
 /* lconn.c */
 void lconn_open(lua_State *L);

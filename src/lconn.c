@@ -7,7 +7,9 @@
  * snapshot then, and __gc frees it. Misuse (a wrong argument)
  * raises, through lb_argerror: the error names the method as the app writes
  * it ("ws:accept"), counts arguments without self, and says where in the
- * app the call was; a runtime failure returns nil and a reason. */
+ * app the call was; a runtime failure returns nil and a reason. ws:send
+ * is Lua code that reaches C through LuaJIT's FFI in the usual case, so a
+ * handler that sends compiles into one trace (send_src). */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,7 +84,7 @@ static int lconn_send(lua_State *L)
     }
     if (!box->c || !conn_can_send(box->c))
         return closed(L);
-    if (!binary && !(data == lb->checked_text && len == lb->checked_len) &&
+    if (!binary && !lb_checked_text(lb, data, len) &&
         !ws_utf8_valid((const uint8_t *)data, len))
         return lb_argerror(L, 2, "ws:send", "text is not valid UTF-8 (send it as \"binary\")");
     uint8_t op = binary ? WS_OP_BINARY : WS_OP_TEXT;
@@ -97,6 +99,71 @@ static int lconn_send(lua_State *L)
         return closed(L);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* ws:send's fast path, called by the Lua ws:send (send_src) through the FFI
+ * once its arguments are known to be a ws object, a string and a valid
+ * kind. It must not touch the lua_State: 0 sent, -1 closed, 1 when
+ * lconn_send must do it (raise an error, say, or drop the connection). */
+static int lconn_send_quick(struct lconn *box, const char *data, size_t len, int binary)
+{
+    struct conn *c = box->c;
+    if (!c)
+        return -1;
+    if (!binary && conn_can_send(c) && !lb_checked_text(c->srv->lb, data, len) &&
+        !ws_utf8_valid((const uint8_t *)data, len))
+        return 1;
+    return conn_send_frame_quick(c, binary ? WS_OP_BINARY : WS_OP_TEXT, data, len);
+}
+
+/* ws:send in Lua, so that LuaJIT compiles it into the handler's trace (a
+ * call of a C function through the Lua API ends a trace). It takes the
+ * usual case to lconn_send_quick and everything else, errors included, to
+ * lconn_send, with the arguments as the app gave them: the errors stay the
+ * same, and their location skips this frame (lbridge.c, push_where).
+ * A ws object is recognised by its metatable's __metatable field, which only
+ * the debug library could forge. */
+static const char send_src[] =
+    "local ffi, slow, quick = ...\n"
+    "quick = ffi.cast('int (*)(void *, const char *, size_t, int)', quick)\n"
+    "local type, getmetatable = type, getmetatable\n"
+    "return function(...)\n"
+    "  local ws, data, kind = ...\n"
+    "  if type(ws) == 'userdata' and getmetatable(ws) == 'moonport.ws'\n"
+    "     and type(data) == 'string' then\n"
+    "    local binary = kind == 'binary' and 1 or (kind == nil or kind == 'text') and 0\n"
+    "    if binary then\n"
+    "      local r = quick(ws, data, #data, binary)\n"
+    "      if r == 0 then return true end\n"
+    "      if r < 0 then return nil, 'closed' end\n"
+    "    end\n"
+    "  end\n"
+    "  return slow(...)\n"
+    "end\n";
+
+/* Replace methods.send (the table on top of the stack) with the Lua ws:send,
+ * if the FFI is there. */
+static void send_open(lua_State *L)
+{
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "ffi");
+    if (lua_pcall(L, 1, 1, 0) ||
+        luaL_loadbuffer(L, send_src, sizeof send_src - 1, "=" LB_SEND_CHUNK)) {
+        lua_settop(L, top);
+        return;
+    }
+    lua_insert(L, -2);
+    lua_pushcfunction(L, lconn_send);
+    /* A data pointer carries the function pointer: POSIX (dlsym) requires
+     * the two to convert both ways. */
+    lua_pushlightuserdata(L, (void *)lconn_send_quick);
+    if (lua_pcall(L, 3, 1, 0) || !lua_isfunction(L, -1)) {
+        lua_settop(L, top);
+        return;
+    }
+    lua_setfield(L, top, "send");
+    lua_settop(L, top);
 }
 
 /* ws:ping([data]) */
@@ -391,6 +458,7 @@ void lconn_open(lua_State *L)
         lua_pushcfunction(L, r->func);
         lua_setfield(L, -2, r->name);
     }
+    send_open(L);
     /* __index is a Lua function, so that the JIT compiles ws:send's
      * lookup into the caller's trace; only the fields that are not methods
      * reach C. */

@@ -5,9 +5,9 @@
  * crashing or reading past what it was given. */
 #include "handshake.h"
 
+#include "sha1.h"
+
 #include <llhttp.h>
-#include <openssl/evp.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -523,15 +523,23 @@ int hs_key_valid(const char *key)
 
 void hs_accept_key(const char *key, char out[29])
 {
-    unsigned char digest[SHA_DIGEST_LENGTH];
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint8_t d[SHA1_LEN];
     char input[64];
     size_t klen = strlen(key);
     if (klen > sizeof input - sizeof WS_GUID)
         klen = sizeof input - sizeof WS_GUID;
     memcpy(input, key, klen);
     memcpy(input + klen, WS_GUID, sizeof WS_GUID - 1);
-    SHA1((const unsigned char *)input, klen + sizeof WS_GUID - 1, digest);
-    EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH);
+    sha1(input, klen + sizeof WS_GUID - 1, d);
+    /* 20 bytes: six groups of 3, then 2 bytes and one '=' */
+    for (int i = 0, o = 0; i < SHA1_LEN; i += 3, o += 4) {
+        uint32_t v = (uint32_t)d[i] << 16 | (uint32_t)d[i + 1] << 8 | (i + 2 < SHA1_LEN ? d[i + 2] : 0);
+        out[o] = b64[v >> 18];
+        out[o + 1] = b64[(v >> 12) & 63];
+        out[o + 2] = b64[(v >> 6) & 63];
+        out[o + 3] = i + 2 < SHA1_LEN ? b64[v & 63] : '=';
+    }
     out[28] = '\0';
 }
 

@@ -620,6 +620,12 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         c->hs = NULL;
         if (used < n) /* the client's first frames came with the head */
             frames_input(c, buf + used, n - used);
+        /* Write the 101 now rather than before the loop blocks: a burst of
+         * handshakes then reuses one pooled output block instead of
+         * holding one per handshake in the iteration (each a 2 KiB block
+         * that the buffer pool keeps afterwards). */
+        if (c->state != CONN_DEAD)
+            conn_flush(c);
     }
     reply_free(&reply);
 }

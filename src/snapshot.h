@@ -2,9 +2,9 @@
  * accept it holds the client's address and the time; when the handshake is
  * done it grows to hold the server's address, the path and the rest of the
  * target, the route's captures and every header, all as NUL-terminated
- * strings. Common header names are stored as a one-byte code (as HPACK's
- * static table does), since a handshake's headers are mostly the same few
- * names. Logs read the peer and the path from it; lrequest builds the req
+ * strings. Common header names and values are stored as a one-byte code
+ * (as HPACK's static table does), since a handshake's headers are mostly
+ * the same few names and values ("Upgrade: websocket"). Logs read the peer and the path from it; lrequest builds the req
  * table from it only when an app asks. Pure: no sockets, no Lua. */
 #ifndef MOONPORT_SNAPSHOT_H
 #define MOONPORT_SNAPSHOT_H
@@ -60,5 +60,7 @@ const char *snap_next(const char **p);
 
 /* A header name as stored (a code or the name itself) as the name. */
 const char *snap_header_name(const char *stored);
+/* A header value as stored (a code or the value itself) as the value. */
+const char *snap_header_value(const char *stored);
 
 #endif

@@ -64,7 +64,7 @@ const char *conn_path(const struct conn *c)
         return path;
     /* A handshake that failed or timed out after its request line arrived:
      * the path from that line, without its query, cut for the log. */
-    const char *target = c->hs ? hs_target_read(c->hs) : NULL;
+    const char *target = !c->partial_len && c->hs ? hs_target_read(c->hs) : NULL;
     if (!target || !*target)
         return "-";
     static char cut[256];
@@ -93,7 +93,7 @@ static void local_addr(const struct conn *c, union conn_addr *a)
         return;
     }
     memset(a, 0, sizeof *a);
-    if (getsockname(c->fd, &a->sa, &len) != 0)
+    if (getsockname(c->io.fd, &a->sa, &len) != 0)
         a->sa.sa_family = AF_UNSPEC;
 }
 
@@ -118,7 +118,6 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
         return NULL;
     }
     c->srv = srv;
-    c->fd = fd;
     c->lua_ref = LUA_NOREF;
     c->id = ++srv->next_id;
     ws_parser_init(&c->parser, cfg->max_message, cfg->max_fragments);
@@ -150,8 +149,10 @@ void conn_free(struct conn *c)
 {
     if (!c)
         return;
-    hs_free(c->hs);
-    free(c->partial);
+    if (c->partial_len)
+        free(c->partial);
+    else
+        hs_free(c->hs);
     buf_reset(&c->msg);
     buf_reset(&c->out);
     free(c->close_reason);
@@ -195,8 +196,8 @@ void conn_abort(struct conn *c, const char *why)
     if (c->state == CONN_DEAD) /* on_close cannot kill it, but be sure */
         return;
     ev_io_stop(c->srv->loop, &c->io);
-    close(c->fd);
-    c->fd = -1;
+    close(c->io.fd);
+    ev_io_set(&c->io, -1, 0);
     buf_reset(&c->out);
     refs_drop(c);
     server_conn_dead(c->srv, c);
@@ -207,6 +208,8 @@ void conn_abort(struct conn *c, const char *why)
  * back into the read buffer, or will never be parsed. */
 static void partial_drop(struct conn *c)
 {
+    if (!c->partial_len) /* then the union holds hs, or nothing */
+        return;
     free(c->partial);
     c->partial = NULL;
     c->partial_len = 0;
@@ -236,7 +239,7 @@ static void update_io(struct conn *c)
         return;
     struct ev_loop *loop = c->srv->loop;
     ev_io_stop(loop, &c->io);
-    ev_io_set(&c->io, c->fd, events);
+    ev_io_set(&c->io, c->io.fd, events);
     if (events)
         ev_io_start(loop, &c->io);
     c->io_events = (uint8_t)events;
@@ -845,7 +848,7 @@ static void on_readable(struct conn *c)
     }
     uint8_t *buf = c->srv->rbuf;
     size_t kept = take_partial(c, buf);
-    ssize_t n = recv(c->fd, buf + kept, SERVER_READ_BUF - kept, 0);
+    ssize_t n = recv(c->io.fd, buf + kept, SERVER_READ_BUF - kept, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -977,11 +980,11 @@ void conn_flush(struct conn *c)
             if (n == 0)
                 break;
         } else if (!c->refs) {
-            n = send(c->fd, buf_head(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
+            n = send(c->io.fd, buf_head(&c->out), buf_pending(&c->out), MSG_NOSIGNAL);
         } else {
             struct iovec iov[64];
             struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)out_iov(c, iov, 64)};
-            n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+            n = sendmsg(c->io.fd, &mh, MSG_NOSIGNAL);
         }
         if (n < 0) {
             if (errno == EINTR)
@@ -1005,7 +1008,7 @@ void conn_flush(struct conn *c)
     if (!pending && c->state == CONN_LINGER && !c->shut_wr &&
         (!c->tls || tls_close_notify(c) == 0)) {
         c->shut_wr = 1;
-        shutdown(c->fd, SHUT_WR);
+        shutdown(c->io.fd, SHUT_WR);
     }
     update_io(c);
     /* Input OpenSSL took from the socket while reading was paused will not

@@ -44,8 +44,7 @@ struct conn {
     struct server *srv;
     struct conn *prev, *next; /* the server's list for its state (server.h);
                                  once dead, next links srv->dead_list */
-    struct conn *flush_next;  /* srv->flush_list while output is pending */
-    ev_io io;       /* the socket: EV_READ unless paused, EV_WRITE while output waits */
+    ev_io io;       /* the socket (io.fd): EV_READ unless paused, EV_WRITE while output waits */
     uint64_t id;
     /* Open: when the client last sent anything (for ping and idle). Other
      * states: when the state began; its timeout runs from then. */
@@ -55,18 +54,22 @@ struct conn {
     uint64_t bytes_in, bytes_out;
     uint32_t msgs_in, msgs_out;
 
-    struct hs_request *hs;    /* while the handshake lasts */
+    /* While the handshake lasts, its parser (hs); once open, the start of
+     * a frame header or control frame that has not all arrived (partial):
+     * the parser leaves those bytes unconsumed, and the next read presents
+     * them again. partial is malloc'd only while one is pending, so an idle
+     * connection keeps no input bytes. The two never live at once: partial
+     * when partial_len > 0, else hs (NULL once the handshake is over). */
+    union {
+        struct hs_request *hs;
+        uint8_t *partial;
+    };
     struct app *app;          /* the app of the route, NULL before routing */
     /* The client's address and when it connected, from accept; the whole
      * request once the handshake is done. Never NULL. When the connection
      * ends, a ws object that outlives it may take it (lconn_detach). */
     struct snapshot *req;
 
-    /* The start of a frame header or control frame that has not all
-     * arrived: the parser leaves those bytes unconsumed, and the next read
-     * presents them again. malloc'd only while one is pending, so an idle
-     * connection keeps no input bytes. */
-    uint8_t *partial;
     char *close_reason; /* malloc'd when there is one: most idle conns never close */
     struct buf msg;     /* a message arriving in pieces */
     struct buf out;     /* bytes queued for the socket */
@@ -76,7 +79,6 @@ struct conn {
 
     /* The small fields last, together, so the struct has no padding holes:
      * every byte here is paid once per connection. */
-    int fd;
     int lua_ref; /* registry ref of the ws userdata, or LUA_NOREF */
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
     uint8_t state; /* enum conn_state */

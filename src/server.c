@@ -10,6 +10,7 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -134,8 +135,40 @@ void server_want_flush(struct server *s, struct conn *c)
     if (c->in_flush_list || c->state == CONN_DEAD)
         return;
     c->in_flush_list = 1;
-    c->flush_next = s->flush_list;
-    s->flush_list = c;
+    if (s->nflush == s->flush_cap) {
+        size_t cap = s->flush_cap ? s->flush_cap * 2 : 64;
+        struct conn **f = realloc(s->flush, cap * sizeof *f);
+        if (!f) {
+            s->flush_all = 1;
+            return;
+        }
+        s->flush = f;
+        s->flush_cap = cap;
+    }
+    s->flush[s->nflush++] = c;
+}
+
+static void flush_one(struct conn *c)
+{
+    if (!c->in_flush_list)
+        return;
+    c->in_flush_list = 0;
+    if (c->state != CONN_DEAD)
+        conn_flush(c);
+}
+
+/* Out of memory for the flush array: look at every conn. */
+static void flush_every(struct server *s)
+{
+    struct conn_list *lists[] = {&s->handshaking, &s->open, &s->closing};
+    s->flush_all = 0;
+    for (int i = 0; i < 3; i++)
+        for (struct conn *c = lists[i]->head, *next; c; c = next) {
+            next = c->next;
+            flush_one(c);
+        }
+    for (struct conn *c = s->dead_list; c; c = c->next)
+        c->in_flush_list = 0; /* nothing to write any more */
 }
 
 static struct conn_list *list_of(struct server *s, int state)
@@ -293,12 +326,19 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)revents;
     struct server *s = container_of(w, struct server, prepare_w);
-    while (s->flush_list) {
-        struct conn *c = s->flush_list;
-        s->flush_list = c->flush_next;
-        c->in_flush_list = 0;
-        if (c->state != CONN_DEAD)
-            conn_flush(c);
+    /* A flush can end a conn, and its on_close can queue output on others:
+     * they are appended, and this loop reaches them too. */
+    for (size_t i = 0; i < s->nflush; i++)
+        flush_one(s->flush[i]);
+    size_t used = s->nflush;
+    s->nflush = 0;
+    if (s->flush_all)
+        flush_every(s);
+    /* After a burst, do not keep a large array for good. */
+    if (s->flush_cap > 4096 && used <= 64) {
+        free(s->flush);
+        s->flush = NULL;
+        s->flush_cap = 0;
     }
     lbridge_tune_gc(s->lb);
     compress_trim(s->z);

@@ -59,7 +59,13 @@ struct server {
     struct conn_list closing;     /* CONN_CLOSING, CONN_LINGER: timeouts.close from entering */
     ev_timer handshake_w, closing_w, keepalive_w;
     size_t nconns;
-    struct conn *flush_list;
+    /* Conns with output to write before the loop blocks. An array, not a
+     * link in each conn: it grows to the most conns written in one loop
+     * iteration, not with the conns that are open. If it cannot grow,
+     * flush_all has every conn looked at instead. */
+    struct conn **flush;
+    size_t nflush, flush_cap;
+    int flush_all;
     struct conn *dead_list;
     uint64_t next_id;
     uint64_t refused;         /* connections refused since the last log line */

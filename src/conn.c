@@ -103,9 +103,10 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
     struct conn *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
+    const struct ws_limits *limits = server_limits(srv);
     c->req = snap_new(peer, ev_now(srv->loop));
     c->hs = hs_new(cfg->max_head, cfg->max_headers);
-    if (!c->hs || !c->req) {
+    if (!c->hs || !c->req || !limits) {
         hs_free(c->hs);
         snap_free(c->req);
         free(c);
@@ -120,7 +121,7 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
     c->srv = srv;
     c->lua_ref = LUA_NOREF;
     c->id = ++srv->next_id;
-    ws_parser_init(&c->parser, cfg->max_message, cfg->max_fragments);
+    ws_parser_init(&c->parser, limits);
 
     ev_io_init(&c->io, on_io, fd, EV_READ);
     c->io_events = EV_READ;

@@ -148,6 +148,35 @@ void server_want_flush(struct server *s, struct conn *c)
     s->flush[s->nflush++] = c;
 }
 
+struct limits_gen {
+    struct ws_limits l;
+    struct limits_gen *next;
+};
+
+const struct ws_limits *server_limits(struct server *s)
+{
+    struct limits_gen *g = s->limits;
+    if (g && g->l.max_message == s->cfg->max_message &&
+        g->l.max_fragments == s->cfg->max_fragments)
+        return &g->l;
+    if (!(g = malloc(sizeof *g)))
+        return NULL;
+    g->l.max_message = s->cfg->max_message;
+    g->l.max_fragments = s->cfg->max_fragments;
+    g->next = s->limits;
+    s->limits = g;
+    return &g->l;
+}
+
+void server_limits_free(struct server *s)
+{
+    while (s->limits) {
+        struct limits_gen *g = s->limits;
+        s->limits = g->next;
+        free(g);
+    }
+}
+
 static void flush_one(struct conn *c)
 {
     if (!c->in_flush_list)

@@ -63,6 +63,10 @@ struct server {
      * link in each conn: it grows to the most conns written in one loop
      * iteration, not with the conns that are open. If it cannot grow,
      * flush_all has every conn looked at instead. */
+    /* Message limits for new connections' parsers, newest first: one per
+     * value they have had since start (a SIGHUP can change them, and a
+     * connection keeps those it opened with). Freed at exit. */
+    struct limits_gen *limits;
     struct conn **flush;
     size_t nflush, flush_cap;
     int flush_all;
@@ -88,6 +92,12 @@ int server_run(struct server *s);
 
 /* Connection bookkeeping for conn.c. */
 void server_want_flush(struct server *s, struct conn *c);
+
+/* The message limits (config) for a new connection's parser; valid until
+ * server_limits_free. NULL when out of memory. */
+struct ws_limits;
+const struct ws_limits *server_limits(struct server *s);
+void server_limits_free(struct server *s);
 /* A new connection: CONN_HANDSHAKE, its timeout running from now. */
 void server_conn_add(struct server *s, struct conn *c);
 /* c enters state (CONN_OPEN, CONN_CLOSING or CONN_LINGER): c->stamp is now,

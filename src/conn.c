@@ -4,7 +4,7 @@
  * could not finish are kept until the next read and go first. Output is
  * queued and leaves in one write per loop iteration (server.c flushes). On a
  * wss:// server the same bytes go through OpenSSL (tls.h) instead of recv
- * and send; a plain connection pays one test of c->tls for that. Lua
+ * and send; a plain connection pays one test of conn_tls(c) for that. Lua
  * runs only through lbridge, and after every call into Lua the state is
  * checked again: a handler may have closed this connection, or another. */
 #include "conn.h"
@@ -112,7 +112,8 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
         free(c);
         return NULL;
     }
-    if (srv->tls && !(c->tls = tls_new(srv->tls, fd))) {
+    struct ssl_st *tls = NULL;
+    if (srv->tls && !(tls = tls_new(srv->tls, fd))) {
         hs_free(c->hs);
         snap_free(c->req);
         free(c);
@@ -124,6 +125,7 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
     ws_parser_init(&c->parser, limits);
 
     ev_io_init(&c->io, on_io, fd, EV_READ);
+    c->io.data = tls; /* conn_tls() */
     c->io_events = EV_READ;
     ev_io_start(srv->loop, &c->io);
     server_conn_add(srv, c);
@@ -158,7 +160,7 @@ void conn_free(struct conn *c)
     buf_reset(&c->out);
     free(c->close_reason);
     snap_free(c->req);
-    tls_free(c->tls);
+    tls_free(conn_tls(c));
     free(c);
 }
 
@@ -234,7 +236,7 @@ static void update_io(struct conn *c)
 {
     if (c->state == CONN_DEAD)
         return;
-    int events = c->tls ? tls_events(c)
+    int events = conn_tls(c) ? tls_events(c)
                         : (c->read_paused ? 0 : EV_READ) | (conn_out_pending(c) ? EV_WRITE : 0);
     if (events == c->io_events)
         return;
@@ -494,7 +496,7 @@ void conn_keepalive(struct conn *c)
     const struct config *cfg = c->srv->cfg;
     if (c->state != CONN_OPEN)
         return;
-    ev_tstamp silent = ev_now(c->srv->loop) - c->stamp;
+    ev_tstamp silent = server_since(c->srv, c->stamp);
     if (cfg->idle_timeout > 0 && silent >= cfg->idle_timeout) {
         log_info("conn %llu %s: nothing from the client for %gs: closing with 1001",
                  (unsigned long long)c->id, conn_path(c), silent);
@@ -743,7 +745,7 @@ static void frames_input(struct conn *c, uint8_t *buf, size_t n)
     /* Any bytes count as a sign of life; the keepalive sweep reads this.
      * Once closing, stamp is when that began: its timeout runs from then. */
     if (c->state == CONN_OPEN) {
-        c->stamp = ev_now(c->srv->loop);
+        c->stamp = server_ms(c->srv);
         c->pinged = 0;
     }
     while (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
@@ -775,7 +777,7 @@ static void peer_closed(struct conn *c)
  * failed TLS handshake no HTTP answer can reach the client). */
 static void tls_failed(struct conn *c)
 {
-    if (!tls_handshake_done(c->tls))
+    if (!tls_handshake_done(conn_tls(c)))
         log_info("conn %llu from %s: TLS handshake failed: %s: closing", (unsigned long long)c->id,
                  conn_peer(c), tls_error());
     else
@@ -822,7 +824,7 @@ static void on_readable_tls(struct conn *c)
     uint8_t *buf = c->srv->rbuf;
     do {
         size_t kept = take_partial(c, buf);
-        long n = tls_read(c->tls, buf + kept, SERVER_READ_BUF - kept);
+        long n = tls_read(conn_tls(c), buf + kept, SERVER_READ_BUF - kept);
         if (n == TLS_WANT_READ || n == TLS_WANT_WRITE) {
             c->tls_read_wants_write = n == TLS_WANT_WRITE;
             update_io(c);
@@ -838,12 +840,12 @@ static void on_readable_tls(struct conn *c)
             return;
         }
         input(c, buf, kept + (size_t)n);
-    } while (c->state != CONN_DEAD && !c->read_paused && tls_pending(c->tls));
+    } while (c->state != CONN_DEAD && !c->read_paused && tls_pending(conn_tls(c)));
 }
 
 static void on_readable(struct conn *c)
 {
-    if (c->tls) {
+    if (conn_tls(c)) {
         on_readable_tls(c);
         return;
     }
@@ -944,7 +946,7 @@ static long write_tls(struct conn *c)
         }
         p = stage;
     }
-    long n = tls_write(c->tls, p, len);
+    long n = tls_write(conn_tls(c), p, len);
     c->tls_write_wants_read = n == TLS_WANT_READ;
     if (n > 0)
         return n;
@@ -962,7 +964,7 @@ static long write_tls(struct conn *c)
  * while the linger state has not shut down) or if the connection failed. */
 static int tls_close_notify(struct conn *c)
 {
-    int r = tls_shutdown(c->tls);
+    int r = tls_shutdown(conn_tls(c));
     if (r == 0)
         return 0;
     if (r != TLS_WANT_WRITE)
@@ -974,7 +976,7 @@ void conn_flush(struct conn *c)
 {
     while (conn_out_pending(c)) {
         ssize_t n;
-        if (c->tls) {
+        if (conn_tls(c)) {
             n = write_tls(c);
             if (n < 0)
                 return;
@@ -1007,7 +1009,7 @@ void conn_flush(struct conn *c)
         resumed = 1;
     }
     if (!pending && c->state == CONN_LINGER && !c->shut_wr &&
-        (!c->tls || tls_close_notify(c) == 0)) {
+        (!conn_tls(c) || tls_close_notify(c) == 0)) {
         c->shut_wr = 1;
         shutdown(c->io.fd, SHUT_WR);
     }
@@ -1015,7 +1017,7 @@ void conn_flush(struct conn *c)
     /* Input OpenSSL took from the socket while reading was paused will not
      * make the socket readable: have the loop read it. After update_io,
      * which would forget the event. */
-    if (resumed && c->tls && c->state != CONN_DEAD && tls_pending(c->tls))
+    if (resumed && conn_tls(c) && c->state != CONN_DEAD && tls_pending(conn_tls(c)))
         ev_feed_event(c->srv->loop, &c->io, EV_READ);
 }
 
@@ -1025,7 +1027,7 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct conn *c = container_of(w, struct conn, io);
-    if (c->tls) {
+    if (conn_tls(c)) {
         /* Each direction goes on when the event OpenSSL asked for came. */
         int write_ready = revents & (c->tls_write_wants_read ? EV_READ : EV_WRITE);
         int read_ready = revents & (c->tls_read_wants_write ? EV_WRITE : EV_READ);

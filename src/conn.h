@@ -44,11 +44,11 @@ struct conn {
     struct server *srv;
     struct conn *prev, *next; /* the server's list for its state (server.h);
                                  once dead, next links srv->dead_list */
-    ev_io io;       /* the socket (io.fd): EV_READ unless paused, EV_WRITE while output waits */
+    /* The socket (io.fd): EV_READ unless paused, EV_WRITE while output
+     * waits. io.data, libev's word for its user, holds the TLS session:
+     * conn_tls(). */
+    ev_io io;
     uint64_t id;
-    /* Open: when the client last sent anything (for ping and idle). Other
-     * states: when the state began; its timeout runs from then. */
-    ev_tstamp stamp;
     /* For the access log's WSDISCONNECT: text and binary messages, and
      * their payload bytes as the app sees them (before compression). */
     uint64_t bytes_in, bytes_out;
@@ -74,11 +74,14 @@ struct conn {
     struct buf msg;     /* a message arriving in pieces */
     struct buf out;     /* bytes queued for the socket */
     struct out_refs *refs; /* payloads queued by reference, in between; NULL if none */
-    struct ssl_st *tls;    /* the TLS session (tls.h) on a wss:// server; NULL: plain */
     struct ws_parser parser;
 
     /* The small fields last, together, so the struct has no padding holes:
      * every byte here is paid once per connection. */
+    /* Open: when the client last sent anything (for ping and idle). Other
+     * states: when the state began; its timeout runs from then. In
+     * server_ms() (milliseconds, 4 bytes rather than a double's 8). */
+    uint32_t stamp;
     int lua_ref; /* registry ref of the ws userdata, or LUA_NOREF */
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
     uint8_t state; /* enum conn_state */
@@ -99,6 +102,9 @@ struct conn {
     uint8_t tls_read_wants_write : 1; /* the last read needs the socket writable */
     uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
 };
+
+/* The TLS session (tls.h) on a wss:// server; NULL: plain. */
+static inline struct ssl_st *conn_tls(const struct conn *c) { return (struct ssl_st *)c->io.data; }
 
 /* What on_connect has decided so far, while it runs on c (NULL otherwise).
  * One on_connect runs at a time, so the server holds it, not the conn. */

@@ -245,7 +245,7 @@ static void arm(struct server *s, ev_timer *w, const struct conn_list *l, double
         ev_timer_stop(s->loop, w);
         return;
     }
-    double wait = l->head->stamp + timeout - ev_now(s->loop);
+    double wait = timeout - server_since(s, l->head->stamp);
     ev_timer_stop(s->loop, w);
     ev_timer_set(w, wait > 0.001 ? wait : 0.001, 0);
     ev_timer_start(s->loop, w);
@@ -276,7 +276,7 @@ static void start_keepalive(struct server *s)
 void server_conn_add(struct server *s, struct conn *c)
 {
     c->state = CONN_HANDSHAKE;
-    c->stamp = ev_now(s->loop);
+    c->stamp = server_ms(s);
     list_append(&s->handshaking, c);
     s->nconns++;
     if (!ev_is_active(&s->handshake_w))
@@ -287,7 +287,7 @@ void server_conn_enter(struct server *s, struct conn *c, int state)
 {
     list_remove(list_of(s, c->state), c);
     c->state = (uint8_t)state;
-    c->stamp = ev_now(s->loop);
+    c->stamp = server_ms(s);
     list_append(list_of(s, state), c);
     if (state == CONN_OPEN)
         start_keepalive(s);
@@ -307,20 +307,22 @@ void server_conn_dead(struct server *s, struct conn *c)
 /* The handshake timeout of the connections at the head of the list. */
 static void on_handshake_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
+    (void)loop;
     (void)revents;
     struct server *s = container_of(w, struct server, handshake_w);
     double timeout = s->cfg->handshake_timeout;
-    while (s->handshaking.head && s->handshaking.head->stamp + timeout <= ev_now(loop) + 0.0005)
+    while (s->handshaking.head && server_since(s, s->handshaking.head->stamp) + 0.001 >= timeout)
         conn_timeout(s->handshaking.head);
     arm(s, w, &s->handshaking, timeout);
 }
 
 static void on_closing_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
+    (void)loop;
     (void)revents;
     struct server *s = container_of(w, struct server, closing_w);
     double timeout = s->cfg->close_timeout;
-    while (s->closing.head && s->closing.head->stamp + timeout <= ev_now(loop) + 0.0005)
+    while (s->closing.head && server_since(s, s->closing.head->stamp) + 0.001 >= timeout)
         conn_timeout(s->closing.head);
     arm(s, w, &s->closing, timeout);
 }
@@ -436,6 +438,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 int server_run(struct server *s)
 {
     struct ev_loop *loop = s->loop;
+    s->epoch = ev_now(loop);
     signal(SIGPIPE, SIG_IGN);
     ev_io_init(&s->accept_w, on_accept, s->lfd, EV_READ);
     ev_io_start(loop, &s->accept_w);

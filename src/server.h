@@ -59,6 +59,7 @@ struct server {
     struct conn_list closing;     /* CONN_CLOSING, CONN_LINGER: timeouts.close from entering */
     ev_timer handshake_w, closing_w, keepalive_w;
     size_t nconns;
+    ev_tstamp epoch; /* when server_run started: server_ms() counts from it */
     /* Conns with output to write before the loop blocks. An array, not a
      * link in each conn: it grows to the most conns written in one loop
      * iteration, not with the conns that are open. If it cannot grow,
@@ -98,6 +99,18 @@ void server_want_flush(struct server *s, struct conn *c);
 struct ws_limits;
 const struct ws_limits *server_limits(struct server *s);
 void server_limits_free(struct server *s);
+/* The loop's time in milliseconds since the server started, wrapping after
+ * 49 days, for conn stamps; server_since() is how long ago a stamp was (the
+ * wrap does not matter to that while it is under 49 days). */
+static inline uint32_t server_ms(const struct server *s)
+{
+    return (uint32_t)(uint64_t)((ev_now(s->loop) - s->epoch) * 1000.0 + 0.5);
+}
+static inline double server_since(const struct server *s, uint32_t stamp)
+{
+    return (uint32_t)(server_ms(s) - stamp) / 1000.0;
+}
+
 /* A new connection: CONN_HANDSHAKE, its timeout running from now. */
 void server_conn_add(struct server *s, struct conn *c);
 /* c enters state (CONN_OPEN, CONN_CLOSING or CONN_LINGER): c->stamp is now,

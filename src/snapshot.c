@@ -93,7 +93,7 @@ struct snapshot *snap_new(const struct sockaddr *client, double started)
         return NULL;
     memset(s, 0, offsetof(struct snapshot, data));
     s->started = started;
-    s->client_family = family;
+    s->client_family = family & 15;
     s->client_port = port;
     if (alen)
         memcpy(s->data, bytes, alen);
@@ -155,15 +155,15 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
         const struct hs_header *h = hs_header_at(hs, i);
         size += stored_name_len(h->name) + (value_code(h->value, h->value_len) ? 1 : h->value_len) + 2;
     }
-    if (m->nparams > UINT16_MAX || nh > UINT16_MAX)
+    if (m->nparams > UINT8_MAX || nh > UINT16_MAX)
         return -1;
     struct snapshot *s = malloc(offsetof(struct snapshot, data) + size);
     if (!s)
         return -1;
     memcpy(s, old, offsetof(struct snapshot, data) + clen);
-    s->nparams = (uint16_t)m->nparams;
+    s->nparams = (uint8_t)m->nparams;
     s->nheaders = (uint16_t)nh;
-    s->server_family = sfamily;
+    s->server_family = sfamily & 15;
     s->server_port = sport;
     char *w = s->data + clen;
     if (slen)

@@ -18,9 +18,12 @@ struct route_match;
 
 struct snapshot {
     double started; /* when the connection was accepted */
-    uint16_t nparams, nheaders;
+    uint16_t nheaders;
     uint16_t client_port, server_port;
-    uint8_t client_family, server_family; /* AF_INET, AF_INET6, or 0: not an IP socket */
+    uint8_t nparams; /* at most ROUTE_MAX_PARAMS */
+    /* AF_INET, AF_INET6, or 0: not an IP socket. 4 bits each, so that the
+     * strings start 16 bytes in: every byte here is paid per connection. */
+    uint8_t client_family : 4, server_family : 4;
     /* The client's address bytes (4 or 16, none for family 0), the server's,
      * then the strings: path, rest of the target ("?query" or ""), nparams
      * (name, value) pairs, nheaders (name, value) pairs. */

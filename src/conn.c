@@ -27,6 +27,7 @@
 #include "lbridge.h"
 #include "log.h"
 #include "server.h"
+#include "slab.h"
 #include "snapshot.h"
 #include "tls.h"
 #include "ws_utf8.h"
@@ -97,10 +98,14 @@ static void local_addr(const struct conn *c, union conn_addr *a)
         a->sa.sa_family = AF_UNSPEC;
 }
 
+/* Every struct conn, from slabs: 216 bytes each rather than malloc's
+ * 224-byte chunk, and apart from the short-lived blocks of the heap. */
+static struct slab_cache conns = SLAB_CACHE_INIT(sizeof(struct conn));
+
 struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
 {
     const struct config *cfg = srv->cfg;
-    struct conn *c = calloc(1, sizeof *c);
+    struct conn *c = slab_alloc(&conns);
     if (!c)
         return NULL;
     const struct ws_limits *limits = server_limits(srv);
@@ -109,14 +114,14 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
     if (!c->hs || !c->req || !limits) {
         hs_free(c->hs);
         snap_free(c->req);
-        free(c);
+        slab_free(&conns, c);
         return NULL;
     }
     struct ssl_st *tls = NULL;
     if (srv->tls && !(tls = tls_new(srv->tls, fd))) {
         hs_free(c->hs);
         snap_free(c->req);
-        free(c);
+        slab_free(&conns, c);
         return NULL;
     }
     c->srv = srv;
@@ -161,7 +166,7 @@ void conn_free(struct conn *c)
     free(c->close_reason);
     snap_free(c->req);
     tls_free(conn_tls(c));
-    free(c);
+    slab_free(&conns, c);
 }
 
 struct conn_reply *conn_reply(const struct conn *c)

@@ -163,7 +163,6 @@ void conn_free(struct conn *c)
         hs_free(c->hs);
     buf_reset(&c->msg);
     buf_reset(&c->out);
-    free(c->close_reason);
     snap_free(c->req);
     tls_free(conn_tls(c));
     slab_free(&conns, c);
@@ -179,6 +178,12 @@ int conn_can_send(const struct conn *c)
     return c->state == CONN_OPEN || (c->state == CONN_HANDSHAKE && c->in_connect);
 }
 
+/* The close reason kept for on_close (close_reason_len bytes), or NULL. */
+static const char *conn_close_reason(const struct conn *c)
+{
+    return c->close_reason_len && c->req ? snap_reason(c->req) : NULL;
+}
+
 /* Tell the app, once, that an accepted connection ended, and log it. */
 static void finish(struct conn *c)
 {
@@ -191,7 +196,7 @@ static void finish(struct conn *c)
                conn_peer(c), conn_path(c), (unsigned long long)c->id, code,
                ev_now(c->srv->loop) - c->req->started, c->msgs_in,
                (unsigned long long)c->bytes_in, c->msgs_out, (unsigned long long)c->bytes_out);
-    lbridge_close(c->srv->lb, c, code, c->close_reason, c->close_reason_len);
+    lbridge_close(c->srv->lb, c, code, conn_close_reason(c), c->close_reason_len);
 }
 
 void conn_abort(struct conn *c, const char *why)
@@ -397,8 +402,9 @@ static void set_reason(struct conn *c, uint16_t code, const char *reason, size_t
     }
     c->close_code = code;
     c->close_reason_len = 0;
-    if (len && (c->close_reason || (c->close_reason = malloc(123)))) {
-        memcpy(c->close_reason, reason, len);
+    char *room = len && c->req ? snap_reason_room(&c->req) : NULL;
+    if (room) {
+        memmove(room, reason, len);
         c->close_reason_len = (uint8_t)len;
     }
 }
@@ -411,7 +417,7 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
         reason = "";
     set_reason(c, code, reason, strlen(reason));
     c->close_code = 0; /* on_close reports the peer's answer, not our request */
-    queue_close(c, code, c->close_reason, c->close_reason_len);
+    queue_close(c, code, conn_close_reason(c), c->close_reason_len);
     if (c->state != CONN_OPEN) /* the queue overflowed and dropped it */
         return;
     server_conn_enter(c->srv, c, CONN_CLOSING);

@@ -70,7 +70,6 @@ struct conn {
      * ends, a ws object that outlives it may take it (lconn_detach). */
     struct snapshot *req;
 
-    char *close_reason; /* malloc'd when there is one: most idle conns never close */
     struct buf msg;     /* a message arriving in pieces */
     struct buf out;     /* bytes queued for the socket */
     struct out_refs *refs; /* payloads queued by reference, in between; NULL if none */

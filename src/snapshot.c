@@ -155,13 +155,14 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
         const struct hs_header *h = hs_header_at(hs, i);
         size += stored_name_len(h->name) + (value_code(h->value, h->value_len) ? 1 : h->value_len) + 2;
     }
-    if (m->nparams > UINT8_MAX || nh > UINT16_MAX)
+    if (m->nparams > 15 || nh > UINT16_MAX)
         return -1;
     struct snapshot *s = malloc(offsetof(struct snapshot, data) + size);
     if (!s)
         return -1;
     memcpy(s, old, offsetof(struct snapshot, data) + clen);
-    s->nparams = (uint8_t)m->nparams;
+    s->nparams = (uint8_t)m->nparams & 15;
+    s->has_reason = 0;
     s->nheaders = (uint16_t)nh;
     s->server_family = sfamily & 15;
     s->server_port = sport;
@@ -189,6 +190,34 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
 void snap_free(struct snapshot *s)
 {
     free(s);
+}
+
+/* Bytes of the block up to the end of its strings. */
+static size_t strings_end(const struct snapshot *s)
+{
+    const char *p = snap_strings(s);
+    size_t n = 2 + 2 * (size_t)s->nparams + 2 * (size_t)s->nheaders;
+    for (size_t i = 0; i < n; i++)
+        p += strlen(p) + 1;
+    return (size_t)(p - (const char *)s);
+}
+
+char *snap_reason_room(struct snapshot **sp)
+{
+    struct snapshot *s = *sp;
+    size_t end = strings_end(s);
+    if (!s->has_reason) {
+        if (!(s = realloc(s, end + SNAP_REASON_MAX)))
+            return NULL;
+        s->has_reason = 1;
+        *sp = s;
+    }
+    return (char *)s + end;
+}
+
+const char *snap_reason(const struct snapshot *s)
+{
+    return s->has_reason ? (const char *)s + strings_end(s) : NULL;
 }
 
 const char *snap_path(const struct snapshot *s)

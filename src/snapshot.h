@@ -20,7 +20,8 @@ struct snapshot {
     double started; /* when the connection was accepted */
     uint16_t nheaders;
     uint16_t client_port, server_port;
-    uint8_t nparams; /* at most ROUTE_MAX_PARAMS */
+    uint8_t nparams : 4; /* at most ROUTE_MAX_PARAMS (8) */
+    uint8_t has_reason : 1; /* room for a close reason follows the strings */
     /* AF_INET, AF_INET6, or 0: not an IP socket. 4 bits each, so that the
      * strings start 16 bytes in: every byte here is paid per connection. */
     uint8_t client_family : 4, server_family : 4;
@@ -40,6 +41,16 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
                   const struct route_match *m, const struct hs_request *hs);
 
 void snap_free(struct snapshot *s);
+
+/* A close reason is kept in the same block, after the strings: most
+ * connections never have one, and a connection pays nothing for it until
+ * then. snap_reason_room makes room for SNAP_REASON_MAX bytes the first
+ * time (the block moves) and returns it, or NULL when out of memory (then
+ * *sp is untouched); snap_reason is that room, or NULL. The reason's
+ * length is the caller's to keep. */
+#define SNAP_REASON_MAX 123
+char *snap_reason_room(struct snapshot **sp);
+const char *snap_reason(const struct snapshot *s);
 
 /* The request path without the query ("" before the handshake is done). */
 const char *snap_path(const struct snapshot *s);

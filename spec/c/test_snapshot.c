@@ -209,9 +209,35 @@ static void coded_values(void)
     hs_free(r2);
 }
 
+/* A close reason goes after the strings, the block grows once, and the
+ * request reads the same after it. */
+static void close_reason(void)
+{
+    struct sockaddr_in c = v4("10.0.0.1", 1);
+    struct route_match m = {0};
+    struct hs_request *r = parse("GET /a?b HTTP/1.1\r\nHost: h\r\n\r\n");
+    struct snapshot *s = snap_new((struct sockaddr *)&c, 0);
+    CHECK_EQ(snap_complete(&s, NULL, hs_target(r), &m, r), 0);
+    CHECK(snap_reason(s) == NULL);
+    char *room = snap_reason_room(&s);
+    CHECK(room != NULL);
+    memset(room, 'x', SNAP_REASON_MAX); /* all of it is ours: ASan checks */
+    memcpy(room, "bye\0nul", 7);
+    CHECK(snap_reason(s) == room);
+    CHECK(snap_reason_room(&s) == room); /* made once */
+    CHECK(memcmp(snap_reason(s), "bye\0nul", 7) == 0);
+    CHECK(strcmp(snap_path(s), "/a") == 0);
+    char out[256];
+    dump(s, out, sizeof out);
+    CHECK(strcmp(out, "/a|?b||host=h;") == 0);
+    snap_free(s);
+    hs_free(r);
+}
+
 int main(void)
 {
     coded_values();
+    close_reason();
     at_accept();
     completed();
     targets();

@@ -127,7 +127,7 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
     c->srv = srv;
     c->lua_ref = LUA_NOREF;
     c->id = ++srv->next_id;
-    ws_parser_init(&c->parser, limits);
+    ws_parser_init_shared(&c->parser, limits);
 
     ev_io_init(&c->io, on_io, fd, EV_READ);
     c->io.data = tls; /* conn_tls() */

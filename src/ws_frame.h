@@ -97,7 +97,14 @@ struct ws_parser {
  * payload). A data frame header is at most 14 bytes. */
 #define WS_FRAME_TAIL_MAX (6 + 125 - 1)
 
-void ws_parser_init(struct ws_parser *p, const struct ws_limits *limits);
+/* A parser that points at limits the caller keeps (the server's, shared by
+ * every connection's parser): they must outlive it. */
+void ws_parser_init_shared(struct ws_parser *p, const struct ws_limits *limits);
+/* A parser with its own limits, for tests and tools: each distinct pair is
+ * kept in a static table of WS_LIMITS_OWN entries (no allocation); more
+ * distinct pairs than that in one process is a programming error (abort). */
+#define WS_LIMITS_OWN 64
+void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments);
 
 /* Parse client bytes. buf is modified: payload is unmasked in place, but
  * only in the bytes the call consumes. Consumes bytes until it has one chunk

@@ -14,8 +14,6 @@
 #include "unit.h"
 #include "ws_frame.h"
 
-static const struct ws_limits no_limits = {0, 0};
-
 /* ---- a test-local client encoder ---- */
 
 struct wire {
@@ -192,8 +190,7 @@ static void run_at(struct run *r, const struct wire *w, uint8_t *buf, enum prese
     size_t n = w->n, pos = 0, pi = 0, kept = 0;
 
     memset(r, 0, offsetof(struct run, arena));
-    struct ws_limits lim = {cfg->max_message, cfg->max_fragments};
-    ws_parser_init(&p, &lim);
+    ws_parser_init(&p, cfg->max_message, cfg->max_fragments);
     p.rsv_allowed = cfg->rsv_allowed;
     if (how == IN_PLACE)
         memcpy(buf, w->b, n);
@@ -498,7 +495,7 @@ static void test_feed_contract(void)
     FRAME(&W, 0x81, "Hello");
     FRAME(&W, 0x82, "");
     memcpy(b, W.b, W.n);
-    ws_parser_init(&p, &no_limits);
+    ws_parser_init(&p, 0, 0);
     CHECK_EQ(ws_parser_feed(&p, b, W.n, &c), 11);
     CHECK_EQ(c.opcode, WS_OP_TEXT);
     CHECK_EQ(c.flags, WS_CHUNK_MSG_START | WS_CHUNK_MSG_END);
@@ -516,7 +513,7 @@ static void test_feed_contract(void)
     /* A header in pieces is not consumed until it is whole: the caller
      * presents it again with more; payload comes as chunks. */
     memcpy(b, W.b, W.n);
-    ws_parser_init(&p, &no_limits);
+    ws_parser_init(&p, 0, 0);
     CHECK_EQ(ws_parser_feed(&p, b, 1, &c), 0);
     CHECK_EQ(c.opcode, 0);
     CHECK_EQ(ws_parser_feed(&p, b, 5, &c), 0);
@@ -537,7 +534,7 @@ static void test_feed_contract(void)
     wire_reset();
     FRAME(&W, 0x89, "ping!");
     memcpy(b, W.b, W.n);
-    ws_parser_init(&p, &no_limits);
+    ws_parser_init(&p, 0, 0);
     for (size_t i = 0; i < W.n; i++) {
         CHECK_EQ(ws_parser_feed(&p, b, i, &c), 0);
         CHECK_EQ(c.opcode, 0);
@@ -552,7 +549,7 @@ static void test_feed_contract(void)
     FRAME(&W, 0x81, "Hello");
     FRAME(&W, 0x8A, "");
     memcpy(b, W.b, W.n);
-    ws_parser_init(&p, &no_limits);
+    ws_parser_init(&p, 0, 0);
     CHECK_EQ(ws_parser_feed(&p, b, 11 + 3, &c), 11);
     CHECK(c.opcode == WS_OP_TEXT && c.len == 5);
     CHECK_EQ(ws_parser_feed(&p, b + 11, 3, &c), 0);
@@ -567,7 +564,7 @@ static void test_feed_contract(void)
     wire_frame(&W, 0x89, pl, sizeof pl, KEY);
     CHECK_EQ(W.n, WS_FRAME_TAIL_MAX + 1);
     memcpy(b, W.b, W.n);
-    ws_parser_init(&p, &no_limits);
+    ws_parser_init(&p, 0, 0);
     CHECK_EQ(ws_parser_feed(&p, b, WS_FRAME_TAIL_MAX, &c), 0);
     CHECK_EQ(c.opcode, 0);
     CHECK_EQ(ws_parser_feed(&p, b, W.n, &c), W.n);
@@ -580,7 +577,7 @@ static void test_feed_contract(void)
     FRAME(&W, 0x00, "ab");
     FRAME(&W, 0x80, "c");
     memcpy(b, W.b, W.n);
-    ws_parser_init(&p, &no_limits);
+    ws_parser_init(&p, 0, 0);
     CHECK_EQ(ws_parser_feed(&p, b, W.n, &c), 6);
     CHECK(c.opcode == WS_OP_TEXT && c.flags == WS_CHUNK_MSG_START && c.len == 0);
     CHECK_EQ(ws_parser_feed(&p, b + 6, W.n - 6, &c), 8);
@@ -613,7 +610,7 @@ static void test_header_split(void)
         CHECK_EQ(hl, sizes[l]);
         for (size_t k = 0; k < hl; k++) {
             memcpy(b, W.b, W.n);
-            ws_parser_init(&p, &no_limits);
+            ws_parser_init(&p, 0, 0);
             bad += ws_parser_feed(&p, b, k, &c) != 0 || c.opcode != 0;
             bad += memcmp(b, W.b, W.n) != 0;
             /* again, with the rest of the header: consumed, no chunk yet */
@@ -623,7 +620,7 @@ static void test_header_split(void)
                    c.len != lens[l] || c.data != b + hl || memcmp(c.data, payload, lens[l]) != 0;
             /* and with the rest of the header and part of the payload */
             memcpy(b, W.b, W.n);
-            ws_parser_init(&p, &no_limits);
+            ws_parser_init(&p, 0, 0);
             bad += ws_parser_feed(&p, b, k, &c) != 0 || c.opcode != 0;
             bad += ws_parser_feed(&p, b, hl + 3, &c) != (long)hl + 3;
             bad += c.opcode != WS_OP_BINARY || c.flags != WS_CHUNK_MSG_START || c.len != 3 ||
@@ -637,10 +634,9 @@ static void test_header_split(void)
     wire_reset();
     wire_raw(&W, "\x82\xff\x00\x00\x00\x00\x00\x00\x00\x0b", 10);
     wire_raw(&W, KEY, 4);
-    const struct ws_limits ten = {10, 0};
     for (size_t k = 0; k < 10; k++) {
         memcpy(b, W.b, W.n);
-        ws_parser_init(&p, &ten);
+        ws_parser_init(&p, 10, 0);
         CHECK_EQ(ws_parser_feed(&p, b, k, &c), 0);
         CHECK_EQ(ws_parser_feed(&p, b, 10, &c), WS_ERR_TOO_BIG);
         CHECK(strcmp(ws_parser_error(&p), "message over the size limit") == 0);

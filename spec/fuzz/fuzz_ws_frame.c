@@ -141,8 +141,7 @@ static void stream_run(struct run *r, const uint8_t *in, size_t n, const size_t 
     size_t pos = 0, pi = 0, kept = 0;
 
     run_init(r, n);
-    struct ws_limits lim = {cfg->max_message, cfg->max_fragments};
-    ws_parser_init(&p, &lim);
+    ws_parser_init(&p, cfg->max_message, cfg->max_fragments);
     p.rsv_allowed = cfg->rsv_allowed;
     while (pos < n) {
         size_t piece = pattern[pi++ % npat], off = 0;

@@ -40,47 +40,56 @@ struct conn_reply {
     struct buf body;
 };
 
+/* 208 bytes on x86-64, from slabs (slab.h) rather than malloc: every byte
+ * here is paid by every idle connection, so state that only some
+ * connections need lives elsewhere until they need it (the handshake's in
+ * hs, a split frame header in partial, queued output in out and refs, a
+ * close reason in the request block: snap_reason). */
 struct conn {
     struct server *srv;
     struct conn *prev, *next; /* the server's list for its state (server.h);
                                  once dead, next links srv->dead_list */
-    struct conn *flush_next;  /* srv->flush_list while output is pending */
-    ev_io io;       /* the socket: EV_READ unless paused, EV_WRITE while output waits */
+    /* The socket (io.fd): EV_READ unless paused, EV_WRITE while output
+     * waits. io.data, libev's word for its user, holds the TLS session:
+     * conn_tls(). */
+    ev_io io;
     uint64_t id;
-    /* Open: when the client last sent anything (for ping and idle). Other
-     * states: when the state began; its timeout runs from then. */
-    ev_tstamp stamp;
     /* For the access log's WSDISCONNECT: text and binary messages, and
      * their payload bytes as the app sees them (before compression). */
     uint64_t bytes_in, bytes_out;
     uint32_t msgs_in, msgs_out;
 
-    struct hs_request *hs;    /* while the handshake lasts */
+    /* While the handshake lasts, its parser (hs); once open, the start of
+     * a frame header or control frame that has not all arrived (partial):
+     * the parser leaves those bytes unconsumed, and the next read presents
+     * them again. partial is malloc'd only while one is pending, so an idle
+     * connection keeps no input bytes. The two never live at once: partial
+     * when partial_len > 0, else hs (NULL once the handshake is over). */
+    union {
+        struct hs_request *hs;
+        uint8_t *partial;
+    };
     struct app *app;          /* the app of the route, NULL before routing */
     /* The client's address and when it connected, from accept; the whole
      * request once the handshake is done. Never NULL. When the connection
      * ends, a ws object that outlives it may take it (lconn_detach). */
     struct snapshot *req;
 
-    /* The start of a frame header or control frame that has not all
-     * arrived: the parser leaves those bytes unconsumed, and the next read
-     * presents them again. malloc'd only while one is pending, so an idle
-     * connection keeps no input bytes. */
-    uint8_t *partial;
-    char *close_reason; /* malloc'd when there is one: most idle conns never close */
     struct buf msg;     /* a message arriving in pieces */
     struct buf out;     /* bytes queued for the socket */
     struct out_refs *refs; /* payloads queued by reference, in between; NULL if none */
-    struct ssl_st *tls;    /* the TLS session (tls.h) on a wss:// server; NULL: plain */
     struct ws_parser parser;
 
     /* The small fields last, together, so the struct has no padding holes:
      * every byte here is paid once per connection. */
-    int fd;
+    /* Open: when the client last sent anything (for ping and idle). Other
+     * states: when the state began; its timeout runs from then. In
+     * server_ms() (milliseconds, 4 bytes rather than a double's 8). */
+    uint32_t stamp;
     int lua_ref; /* registry ref of the ws userdata, or LUA_NOREF */
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
     uint8_t state; /* enum conn_state */
-    uint8_t close_reason_len;
+    uint8_t close_reason_len; /* of the reason kept in req (snap_reason) */
     uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */
     uint8_t io_events : 2;      /* what io is set to: EV_READ | EV_WRITE */
     uint8_t deflate : 1;        /* permessage-deflate was agreed */
@@ -97,6 +106,9 @@ struct conn {
     uint8_t tls_read_wants_write : 1; /* the last read needs the socket writable */
     uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
 };
+
+/* The TLS session (tls.h) on a wss:// server; NULL: plain. */
+static inline struct ssl_st *conn_tls(const struct conn *c) { return (struct ssl_st *)c->io.data; }
 
 /* What on_connect has decided so far, while it runs on c (NULL otherwise).
  * One on_connect runs at a time, so the server holds it, not the conn. */

@@ -3,8 +3,10 @@
  * what the request says); out comes either a request with validated headers
  * or the exact HTTP status to answer with. It also computes
  * Sec-WebSocket-Accept and writes the response heads. Pure: no sockets, no
- * libev, no Lua; the only allocations are the request's own bounded
- * buffers, reused through a small pool. */
+ * libev, no Lua; a request is one 2 KiB block from slabs of its own
+ * (mapped apart from the heap, so that a burst of handshakes leaves no
+ * holes between the connections' blocks, and given back when the burst is
+ * over); only a head that outgrows the block mallocs more. */
 #ifndef MOONPORT_HANDSHAKE_H
 #define MOONPORT_HANDSHAKE_H
 
@@ -30,7 +32,8 @@ enum {
  * number of header lines. Returns NULL when out of memory. */
 struct hs_request *hs_new(size_t max_head, unsigned max_headers);
 void hs_free(struct hs_request *r);
-/* hs_free keeps a few finished requests for reuse; this frees them (at exit). */
+/* hs_free keeps a slab of free blocks for the next handshakes; this
+ * unmaps the slabs whose blocks are all free (at exit). */
 void hs_pool_drain(void);
 
 /* Parse more of the request. *consumed is how many bytes of data belong to

@@ -491,7 +491,7 @@ int lconn_new(lua_State *L, struct conn *c)
 {
     struct lconn *box = lua_newuserdata(L, sizeof *box);
     box->c = c;
-    box->tls = c->tls != NULL;
+    box->tls = conn_tls(c) != NULL;
     box->id = (double)c->id;
     box->req = NULL;
     box->has_env = 0;

@@ -114,7 +114,7 @@ void lrequest_push(lua_State *L, const struct snapshot *s, const char *scheme)
     lua_createtable(L, 0, s->nheaders);
     for (unsigned i = 0; i < s->nheaders; i++) {
         const char *name = snap_header_name(snap_next(&p));
-        const char *value = snap_next(&p);
+        const char *value = snap_header_value(snap_next(&p));
         lua_getfield(L, -1, name);
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);

@@ -85,6 +85,8 @@ out:
     router_free(srv.router);
     compress_free(srv.z);
     tls_ctx_free(srv.tls);
+    free(srv.flush);
+    server_limits_free(&srv);
     buf_pool_drain();
     hs_pool_drain();
     config_free(&cfg);

@@ -10,6 +10,7 @@
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -134,8 +135,69 @@ void server_want_flush(struct server *s, struct conn *c)
     if (c->in_flush_list || c->state == CONN_DEAD)
         return;
     c->in_flush_list = 1;
-    c->flush_next = s->flush_list;
-    s->flush_list = c;
+    if (s->nflush == s->flush_cap) {
+        size_t cap = s->flush_cap ? s->flush_cap * 2 : 64;
+        struct conn **f = realloc(s->flush, cap * sizeof *f);
+        if (!f) {
+            s->flush_all = 1;
+            return;
+        }
+        s->flush = f;
+        s->flush_cap = cap;
+    }
+    s->flush[s->nflush++] = c;
+}
+
+struct limits_gen {
+    struct ws_limits l;
+    struct limits_gen *next;
+};
+
+const struct ws_limits *server_limits(struct server *s)
+{
+    struct limits_gen *g = s->limits;
+    if (g && g->l.max_message == s->cfg->max_message &&
+        g->l.max_fragments == s->cfg->max_fragments)
+        return &g->l;
+    if (!(g = malloc(sizeof *g)))
+        return NULL;
+    g->l.max_message = s->cfg->max_message;
+    g->l.max_fragments = s->cfg->max_fragments;
+    g->next = s->limits;
+    s->limits = g;
+    return &g->l;
+}
+
+void server_limits_free(struct server *s)
+{
+    while (s->limits) {
+        struct limits_gen *g = s->limits;
+        s->limits = g->next;
+        free(g);
+    }
+}
+
+static void flush_one(struct conn *c)
+{
+    if (!c->in_flush_list)
+        return;
+    c->in_flush_list = 0;
+    if (c->state != CONN_DEAD)
+        conn_flush(c);
+}
+
+/* Out of memory for the flush array: look at every conn. */
+static void flush_every(struct server *s)
+{
+    struct conn_list *lists[] = {&s->handshaking, &s->open, &s->closing};
+    s->flush_all = 0;
+    for (int i = 0; i < 3; i++)
+        for (struct conn *c = lists[i]->head, *next; c; c = next) {
+            next = c->next;
+            flush_one(c);
+        }
+    for (struct conn *c = s->dead_list; c; c = c->next)
+        c->in_flush_list = 0; /* nothing to write any more */
 }
 
 static struct conn_list *list_of(struct server *s, int state)
@@ -183,7 +245,7 @@ static void arm(struct server *s, ev_timer *w, const struct conn_list *l, double
         ev_timer_stop(s->loop, w);
         return;
     }
-    double wait = l->head->stamp + timeout - ev_now(s->loop);
+    double wait = timeout - server_since(s, l->head->stamp);
     ev_timer_stop(s->loop, w);
     ev_timer_set(w, wait > 0.001 ? wait : 0.001, 0);
     ev_timer_start(s->loop, w);
@@ -214,7 +276,7 @@ static void start_keepalive(struct server *s)
 void server_conn_add(struct server *s, struct conn *c)
 {
     c->state = CONN_HANDSHAKE;
-    c->stamp = ev_now(s->loop);
+    c->stamp = server_ms(s);
     list_append(&s->handshaking, c);
     s->nconns++;
     if (!ev_is_active(&s->handshake_w))
@@ -225,7 +287,7 @@ void server_conn_enter(struct server *s, struct conn *c, int state)
 {
     list_remove(list_of(s, c->state), c);
     c->state = (uint8_t)state;
-    c->stamp = ev_now(s->loop);
+    c->stamp = server_ms(s);
     list_append(list_of(s, state), c);
     if (state == CONN_OPEN)
         start_keepalive(s);
@@ -245,20 +307,22 @@ void server_conn_dead(struct server *s, struct conn *c)
 /* The handshake timeout of the connections at the head of the list. */
 static void on_handshake_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
+    (void)loop;
     (void)revents;
     struct server *s = container_of(w, struct server, handshake_w);
     double timeout = s->cfg->handshake_timeout;
-    while (s->handshaking.head && s->handshaking.head->stamp + timeout <= ev_now(loop) + 0.0005)
+    while (s->handshaking.head && server_since(s, s->handshaking.head->stamp) + 0.001 >= timeout)
         conn_timeout(s->handshaking.head);
     arm(s, w, &s->handshaking, timeout);
 }
 
 static void on_closing_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
+    (void)loop;
     (void)revents;
     struct server *s = container_of(w, struct server, closing_w);
     double timeout = s->cfg->close_timeout;
-    while (s->closing.head && s->closing.head->stamp + timeout <= ev_now(loop) + 0.0005)
+    while (s->closing.head && server_since(s, s->closing.head->stamp) + 0.001 >= timeout)
         conn_timeout(s->closing.head);
     arm(s, w, &s->closing, timeout);
 }
@@ -293,12 +357,19 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)revents;
     struct server *s = container_of(w, struct server, prepare_w);
-    while (s->flush_list) {
-        struct conn *c = s->flush_list;
-        s->flush_list = c->flush_next;
-        c->in_flush_list = 0;
-        if (c->state != CONN_DEAD)
-            conn_flush(c);
+    /* A flush can end a conn, and its on_close can queue output on others:
+     * they are appended, and this loop reaches them too. */
+    for (size_t i = 0; i < s->nflush; i++)
+        flush_one(s->flush[i]);
+    size_t used = s->nflush;
+    s->nflush = 0;
+    if (s->flush_all)
+        flush_every(s);
+    /* After a burst, do not keep a large array for good. */
+    if (s->flush_cap > 4096 && used <= 64) {
+        free(s->flush);
+        s->flush = NULL;
+        s->flush_cap = 0;
     }
     lbridge_tune_gc(s->lb);
     compress_trim(s->z);
@@ -367,6 +438,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 int server_run(struct server *s)
 {
     struct ev_loop *loop = s->loop;
+    s->epoch = ev_now(loop);
     signal(SIGPIPE, SIG_IGN);
     ev_io_init(&s->accept_w, on_accept, s->lfd, EV_READ);
     ev_io_start(loop, &s->accept_w);

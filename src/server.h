@@ -59,7 +59,18 @@ struct server {
     struct conn_list closing;     /* CONN_CLOSING, CONN_LINGER: timeouts.close from entering */
     ev_timer handshake_w, closing_w, keepalive_w;
     size_t nconns;
-    struct conn *flush_list;
+    ev_tstamp epoch; /* when server_run started: server_ms() counts from it */
+    /* Conns with output to write before the loop blocks. An array, not a
+     * link in each conn: it grows to the most conns written in one loop
+     * iteration, not with the conns that are open. If it cannot grow,
+     * flush_all has every conn looked at instead. */
+    /* Message limits for new connections' parsers, newest first: one per
+     * value they have had since start (a SIGHUP can change them, and a
+     * connection keeps those it opened with). Freed at exit. */
+    struct limits_gen *limits;
+    struct conn **flush;
+    size_t nflush, flush_cap;
+    int flush_all;
     struct conn *dead_list;
     uint64_t next_id;
     uint64_t refused;         /* connections refused since the last log line */
@@ -82,6 +93,24 @@ int server_run(struct server *s);
 
 /* Connection bookkeeping for conn.c. */
 void server_want_flush(struct server *s, struct conn *c);
+
+/* The message limits (config) for a new connection's parser; valid until
+ * server_limits_free. NULL when out of memory. */
+struct ws_limits;
+const struct ws_limits *server_limits(struct server *s);
+void server_limits_free(struct server *s);
+/* The loop's time in milliseconds since the server started, wrapping after
+ * 49 days, for conn stamps; server_since() is how long ago a stamp was (the
+ * wrap does not matter to that while it is under 49 days). */
+static inline uint32_t server_ms(const struct server *s)
+{
+    return (uint32_t)(uint64_t)((ev_now(s->loop) - s->epoch) * 1000.0 + 0.5);
+}
+static inline double server_since(const struct server *s, uint32_t stamp)
+{
+    return (uint32_t)(server_ms(s) - stamp) / 1000.0;
+}
+
 /* A new connection: CONN_HANDSHAKE, its timeout running from now. */
 void server_conn_add(struct server *s, struct conn *c);
 /* c enters state (CONN_OPEN, CONN_CLOSING or CONN_LINGER): c->stamp is now,

@@ -37,6 +37,26 @@ static const char *const common[] = {
 };
 #define NCOMMON (sizeof common / sizeof common[0])
 
+/* Header values common in WebSocket handshakes, coded the same way: a
+ * stored value that is one byte below 0x20 is an index into this table.
+ * The handshake refuses control bytes in values (and a lone tab is
+ * trimmed to ""), so no value as sent is such a byte. Codes match exact
+ * bytes only: "WebSocket" is stored as sent. */
+static const char *const common_values[] = {
+    NULL,
+    "websocket",
+    "Upgrade",
+    "13",
+    "keep-alive, Upgrade",
+    "permessage-deflate; client_max_window_bits",
+    "permessage-deflate",
+    "no-cache",
+    "gzip, deflate, br, zstd",
+    "gzip, deflate, br",
+    "gzip, deflate",
+};
+#define NCOMMON_VALUES (sizeof common_values / sizeof common_values[0])
+
 static size_t addr_len(uint8_t family)
 {
     return family == AF_INET6 ? 16 : family == AF_INET ? 4 : 0;
@@ -73,7 +93,7 @@ struct snapshot *snap_new(const struct sockaddr *client, double started)
         return NULL;
     memset(s, 0, offsetof(struct snapshot, data));
     s->started = started;
-    s->client_family = family;
+    s->client_family = family & 15;
     s->client_port = port;
     if (alen)
         memcpy(s->data, bytes, alen);
@@ -93,6 +113,14 @@ static char common_code(const char *name)
 static size_t stored_name_len(const char *name)
 {
     return common_code(name) ? 1 : strlen(name);
+}
+
+static char value_code(const char *value, size_t len)
+{
+    for (size_t i = 1; i < NCOMMON_VALUES; i++)
+        if (strlen(common_values[i]) == len && memcmp(value, common_values[i], len) == 0)
+            return (char)i;
+    return 0;
 }
 
 static char *put(char *w, const char *s, size_t n)
@@ -125,17 +153,18 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
         size += m->params[i].name_len + m->params[i].value_len + 2;
     for (size_t i = 0; i < nh; i++) {
         const struct hs_header *h = hs_header_at(hs, i);
-        size += stored_name_len(h->name) + h->value_len + 2;
+        size += stored_name_len(h->name) + (value_code(h->value, h->value_len) ? 1 : h->value_len) + 2;
     }
-    if (m->nparams > UINT16_MAX || nh > UINT16_MAX)
+    if (m->nparams > 15 || nh > UINT16_MAX)
         return -1;
     struct snapshot *s = malloc(offsetof(struct snapshot, data) + size);
     if (!s)
         return -1;
     memcpy(s, old, offsetof(struct snapshot, data) + clen);
-    s->nparams = (uint16_t)m->nparams;
+    s->nparams = (uint8_t)m->nparams & 15;
+    s->has_reason = 0;
     s->nheaders = (uint16_t)nh;
-    s->server_family = sfamily;
+    s->server_family = sfamily & 15;
     s->server_port = sport;
     char *w = s->data + clen;
     if (slen)
@@ -150,7 +179,8 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
     for (size_t i = 0; i < nh; i++) {
         const struct hs_header *h = hs_header_at(hs, i);
         w = put_name(w, h->name);
-        w = put(w, h->value, h->value_len);
+        char code = value_code(h->value, h->value_len);
+        w = code ? put(w, &code, 1) : put(w, h->value, h->value_len);
     }
     free(*sp);
     *sp = s;
@@ -160,6 +190,34 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
 void snap_free(struct snapshot *s)
 {
     free(s);
+}
+
+/* Bytes of the block up to the end of its strings. */
+static size_t strings_end(const struct snapshot *s)
+{
+    const char *p = snap_strings(s);
+    size_t n = 2 + 2 * (size_t)s->nparams + 2 * (size_t)s->nheaders;
+    for (size_t i = 0; i < n; i++)
+        p += strlen(p) + 1;
+    return (size_t)(p - (const char *)s);
+}
+
+char *snap_reason_room(struct snapshot **sp)
+{
+    struct snapshot *s = *sp;
+    size_t end = strings_end(s);
+    if (!s->has_reason) {
+        if (!(s = realloc(s, end + SNAP_REASON_MAX)))
+            return NULL;
+        s->has_reason = 1;
+        *sp = s;
+    }
+    return (char *)s + end;
+}
+
+const char *snap_reason(const struct snapshot *s)
+{
+    return s->has_reason ? (const char *)s + strings_end(s) : NULL;
 }
 
 const char *snap_path(const struct snapshot *s)
@@ -179,6 +237,14 @@ const char *snap_header_name(const char *stored)
     unsigned char code = (unsigned char)stored[0];
     if (code && code < NCOMMON && stored[1] == '\0')
         return common[code];
+    return stored;
+}
+
+const char *snap_header_value(const char *stored)
+{
+    unsigned char code = (unsigned char)stored[0];
+    if (code && code < NCOMMON_VALUES && stored[1] == '\0')
+        return common_values[code];
     return stored;
 }
 

@@ -2,9 +2,9 @@
  * accept it holds the client's address and the time; when the handshake is
  * done it grows to hold the server's address, the path and the rest of the
  * target, the route's captures and every header, all as NUL-terminated
- * strings. Common header names are stored as a one-byte code (as HPACK's
- * static table does), since a handshake's headers are mostly the same few
- * names. Logs read the peer and the path from it; lrequest builds the req
+ * strings. Common header names and values are stored as a one-byte code
+ * (as HPACK's static table does), since a handshake's headers are mostly
+ * the same few names and values ("Upgrade: websocket"). Logs read the peer and the path from it; lrequest builds the req
  * table from it only when an app asks. Pure: no sockets, no Lua. */
 #ifndef MOONPORT_SNAPSHOT_H
 #define MOONPORT_SNAPSHOT_H
@@ -18,9 +18,13 @@ struct route_match;
 
 struct snapshot {
     double started; /* when the connection was accepted */
-    uint16_t nparams, nheaders;
+    uint16_t nheaders;
     uint16_t client_port, server_port;
-    uint8_t client_family, server_family; /* AF_INET, AF_INET6, or 0: not an IP socket */
+    uint8_t nparams : 4; /* at most ROUTE_MAX_PARAMS (8) */
+    uint8_t has_reason : 1; /* room for a close reason follows the strings */
+    /* AF_INET, AF_INET6, or 0: not an IP socket. 4 bits each, so that the
+     * strings start 16 bytes in: every byte here is paid per connection. */
+    uint8_t client_family : 4, server_family : 4;
     /* The client's address bytes (4 or 16, none for family 0), the server's,
      * then the strings: path, rest of the target ("?query" or ""), nparams
      * (name, value) pairs, nheaders (name, value) pairs. */
@@ -37,6 +41,16 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
                   const struct route_match *m, const struct hs_request *hs);
 
 void snap_free(struct snapshot *s);
+
+/* A close reason is kept in the same block, after the strings: most
+ * connections never have one, and a connection pays nothing for it until
+ * then. snap_reason_room makes room for SNAP_REASON_MAX bytes the first
+ * time (the block moves) and returns it, or NULL when out of memory (then
+ * *sp is untouched); snap_reason is that room, or NULL. The reason's
+ * length is the caller's to keep. */
+#define SNAP_REASON_MAX 123
+char *snap_reason_room(struct snapshot **sp);
+const char *snap_reason(const struct snapshot *s);
 
 /* The request path without the query ("" before the handshake is done). */
 const char *snap_path(const struct snapshot *s);
@@ -60,5 +74,7 @@ const char *snap_next(const char **p);
 
 /* A header name as stored (a code or the name itself) as the name. */
 const char *snap_header_name(const char *stored);
+/* A header value as stored (a code or the value itself) as the value. */
+const char *snap_header_value(const char *stored);
 
 #endif

@@ -7,6 +7,7 @@
 #include "ws_frame.h"
 
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define HDR_FIN 0x80
@@ -84,12 +85,26 @@ const char *ws_parser_error(const struct ws_parser *p)
     return p->why ? reasons[p->why] : NULL;
 }
 
-void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments)
+void ws_parser_init_shared(struct ws_parser *p, const struct ws_limits *limits)
 {
     memset(p, 0, sizeof *p);
-    p->max_message = max_message;
-    p->max_fragments = max_fragments;
+    p->limits = limits;
     ws_utf8_reset(&p->utf8);
+}
+
+void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments)
+{
+    static struct ws_limits own[WS_LIMITS_OWN];
+    static size_t nown;
+    size_t i = 0;
+    while (i < nown && (own[i].max_message != max_message || own[i].max_fragments != max_fragments))
+        i++;
+    if (i == nown) {
+        if (nown == WS_LIMITS_OWN)
+            abort();
+        own[nown++] = (struct ws_limits){max_message, max_fragments};
+    }
+    ws_parser_init_shared(p, &own[i]);
 }
 
 /* Whole header length implied by its first two bytes (mask key included). */
@@ -157,10 +172,11 @@ static long header_check(struct ws_parser *p, const uint8_t *h, size_t n)
     if (control)
         return 0;
     uint64_t len = header_payload_len(h);
-    if (p->max_fragments && p->msg_frames >= p->max_fragments)
+    const struct ws_limits *lim = p->limits;
+    if (lim->max_fragments && p->msg_frames >= lim->max_fragments)
         return fail(p, WS_ERR_TOO_BIG, WHY_FRAGMENT_LIMIT);
     /* msg_len never exceeds max_message, so the subtraction cannot wrap. */
-    if (p->max_message && len > p->max_message - p->msg_len)
+    if (lim->max_message && len > lim->max_message - p->msg_len)
         return fail(p, WS_ERR_TOO_BIG, WHY_SIZE_LIMIT);
     return 0;
 }

@@ -65,10 +65,16 @@ struct ws_chunk {
     size_t len;
 };
 
-struct ws_parser {
-    /* Limits, set by the caller before the first feed (ws_parser_init). */
+/* Limits of a parser. Many parsers share one (a connection's parser points
+ * at the server's), so a connection pays 8 bytes for them, not 16. */
+struct ws_limits {
     uint64_t max_message;   /* bytes of payload in one message; 0 = no limit */
     uint32_t max_fragments; /* frames in one message; 0 = no limit */
+};
+
+struct ws_parser {
+    /* Set by the caller before the first feed (ws_parser_init). */
+    const struct ws_limits *limits; /* must outlive the parser */
     uint8_t rsv_allowed;    /* RSV bits an extension negotiated (0x40 for RSV1) */
 
     /* State: private to ws_frame.c. Only a data frame's payload spans
@@ -91,6 +97,13 @@ struct ws_parser {
  * payload). A data frame header is at most 14 bytes. */
 #define WS_FRAME_TAIL_MAX (6 + 125 - 1)
 
+/* A parser that points at limits the caller keeps (the server's, shared by
+ * every connection's parser): they must outlive it. */
+void ws_parser_init_shared(struct ws_parser *p, const struct ws_limits *limits);
+/* A parser with its own limits, for tests and tools: each distinct pair is
+ * kept in a static table of WS_LIMITS_OWN entries (no allocation); more
+ * distinct pairs than that in one process is a programming error (abort). */
+#define WS_LIMITS_OWN 64
 void ws_parser_init(struct ws_parser *p, uint64_t max_message, uint32_t max_fragments);
 
 /* Parse client bytes. buf is modified: payload is unmasked in place, but

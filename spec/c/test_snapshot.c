@@ -78,7 +78,7 @@ static void dump(const struct snapshot *s, char *out, size_t len)
     for (unsigned i = 0; i < s->nheaders; i++) {
         const char *name = snap_header_name(snap_next(&p));
         n += (size_t)snprintf(out + n, len - n, "%s=", name);
-        n += (size_t)snprintf(out + n, len - n, "%s;", snap_next(&p));
+        n += (size_t)snprintf(out + n, len - n, "%s;", snap_header_value(snap_next(&p)));
     }
 }
 
@@ -168,8 +168,76 @@ static void targets(void)
     }
 }
 
+/* Common values are stored as a code, others as sent; both read back the
+ * same, and the code makes the block smaller. */
+static void coded_values(void)
+{
+    const char *coded = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Version: 13\r\n\r\n";
+    const char *plain = "GET / HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: upgrade\r\n"
+                        "Sec-WebSocket-Version: 14\r\n\r\n";
+    const char *want[] = {"websocket", "Upgrade", "13", "WebSocket", "upgrade", "14"};
+    struct sockaddr_in c = v4("10.0.0.1", 1);
+    const char *p;
+    struct route_match m = {0};
+    struct hs_request *r1 = parse(coded), *r2 = parse(plain);
+    struct snapshot *s1 = snap_new((struct sockaddr *)&c, 0), *s2 = snap_new((struct sockaddr *)&c, 0);
+    CHECK_EQ(snap_complete(&s1, NULL, hs_target(r1), &m, r1), 0);
+    CHECK_EQ(snap_complete(&s2, NULL, hs_target(r2), &m, r2), 0);
+    for (int k = 0; k < 2; k++) {
+        p = snap_strings(k ? s2 : s1);
+        snap_next(&p);
+        snap_next(&p);
+        for (int i = 0; i < 3; i++) {
+            snap_next(&p);
+            const char *stored = snap_next(&p);
+            CHECK(strcmp(snap_header_value(stored), want[3 * k + i]) == 0);
+            CHECK_EQ(strlen(stored), k ? strlen(want[3 * k + i]) : 1);
+        }
+    }
+    /* Where the stored strings end: the coded block is shorter by the
+     * bytes of the three values less their codes (8 + 6 + 1). */
+    const char *e1 = snap_strings(s1), *e2 = snap_strings(s2);
+    for (int i = 0; i < 2 + 6; i++) {
+        snap_next(&e1);
+        snap_next(&e2);
+    }
+    CHECK_EQ((e2 - (const char *)s2) - (e1 - (const char *)s1), 15);
+    snap_free(s1);
+    snap_free(s2);
+    hs_free(r1);
+    hs_free(r2);
+}
+
+/* A close reason goes after the strings, the block grows once, and the
+ * request reads the same after it. */
+static void close_reason(void)
+{
+    struct sockaddr_in c = v4("10.0.0.1", 1);
+    struct route_match m = {0};
+    struct hs_request *r = parse("GET /a?b HTTP/1.1\r\nHost: h\r\n\r\n");
+    struct snapshot *s = snap_new((struct sockaddr *)&c, 0);
+    CHECK_EQ(snap_complete(&s, NULL, hs_target(r), &m, r), 0);
+    CHECK(snap_reason(s) == NULL);
+    char *room = snap_reason_room(&s);
+    CHECK(room != NULL);
+    memset(room, 'x', SNAP_REASON_MAX); /* all of it is ours: ASan checks */
+    memcpy(room, "bye\0nul", 7);
+    CHECK(snap_reason(s) == room);
+    CHECK(snap_reason_room(&s) == room); /* made once */
+    CHECK(memcmp(snap_reason(s), "bye\0nul", 7) == 0);
+    CHECK(strcmp(snap_path(s), "/a") == 0);
+    char out[256];
+    dump(s, out, sizeof out);
+    CHECK(strcmp(out, "/a|?b||host=h;") == 0);
+    snap_free(s);
+    hs_free(r);
+}
+
 int main(void)
 {
+    coded_values();
+    close_reason();
     at_accept();
     completed();
     targets();

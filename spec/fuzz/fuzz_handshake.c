@@ -133,7 +133,21 @@ static void check_snapshot(const struct hs_request *r)
     for (size_t i = 0; i < s->nheaders; i++) {
         const struct hs_header *h = hs_header_at(r, i);
         CHECK(strcmp(snap_header_name(snap_next(&p)), h->name) == 0);
-        CHECK(strcmp(snap_next(&p), h->value) == 0);
+        CHECK(strcmp(snap_header_value(snap_next(&p)), h->value) == 0);
+    }
+    /* A close reason after the strings leaves them as they were. */
+    char *room = snap_reason_room(&s);
+    CHECK(room != NULL);
+    memset(room, 'r', SNAP_REASON_MAX);
+    CHECK(snap_reason(s) == room);
+    CHECK(plen == strlen(snap_path(s)) && memcmp(snap_path(s), target, plen) == 0);
+    p = snap_strings(s);
+    snap_next(&p);
+    snap_next(&p);
+    for (size_t i = 0; i < s->nheaders; i++) {
+        const struct hs_header *h = hs_header_at(r, i);
+        CHECK(strcmp(snap_header_name(snap_next(&p)), h->name) == 0);
+        CHECK(strcmp(snap_header_value(snap_next(&p)), h->value) == 0);
     }
     snap_free(s);
 }

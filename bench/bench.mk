@@ -10,7 +10,7 @@ BENCH_TOOLS  := build/bench/loadgen build/bench/codec_bench
 
 build/bench/loadgen: bench/loadgen.c
 	@mkdir -p $(@D)
-	$(CC) $(BENCH_CFLAGS) -o $@ $<
+	$(CC) $(BENCH_CFLAGS) -o $@ $< -lcrypto
 
 # The codec micro-benchmark links the pure codec and nothing else.
 build/bench/codec_bench: bench/codec_bench.c src/ws_frame.c src/ws_utf8.c src/ws_frame.h src/ws_utf8.h

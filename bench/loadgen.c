@@ -6,8 +6,10 @@
  * timestamp are encoded at the front of each payload), so a fast but wrong
  * server fails the run instead of winning it.
  *
- * It needs nothing beyond libc: the SHA-1 and base64 of the handshake are
- * here. It must never be the bottleneck, so the hot path does no allocation
+ * It needs libc and, for the SHA-1 of the handshake's accept key, OpenSSL's
+ * libcrypto: not the server's own src/sha1.c, so that the key the server
+ * computes is checked against an implementation it does not share. It must
+ * never be the bottleneck, so the hot path does no allocation
  * and one read and one write per connection per wakeup.
  *
  * Exit status: 0 for a clean run; 1 for a wrong echo, a message out of
@@ -18,6 +20,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -226,76 +229,7 @@ static void buf_free(struct buf *b)
 }
 
 /* ---------------------------------------------------------------------- */
-/* SHA-1 (FIPS 180-4) and base64, for Sec-WebSocket-Accept                 */
-
-static uint32_t rol32(uint32_t x, int n)
-{
-    return (x << n) | (x >> (32 - n));
-}
-
-static void sha1_block(uint32_t h[5], const uint8_t blk[64])
-{
-    uint32_t w[80];
-    for (int i = 0; i < 16; i++)
-        w[i] = (uint32_t)blk[4 * i] << 24 | (uint32_t)blk[4 * i + 1] << 16 |
-               (uint32_t)blk[4 * i + 2] << 8 | blk[4 * i + 3];
-    for (int i = 16; i < 80; i++)
-        w[i] = rol32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20) {
-            f = (b & c) | (~b & d);
-            k = 0x5A827999;
-        } else if (i < 40) {
-            f = b ^ c ^ d;
-            k = 0x6ED9EBA1;
-        } else if (i < 60) {
-            f = (b & c) | (b & d) | (c & d);
-            k = 0x8F1BBCDC;
-        } else {
-            f = b ^ c ^ d;
-            k = 0xCA62C1D6;
-        }
-        uint32_t t = rol32(a, 5) + f + e + k + w[i];
-        e = d;
-        d = c;
-        c = rol32(b, 30);
-        b = a;
-        a = t;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-}
-
-static void sha1(const uint8_t *msg, size_t len, uint8_t out[20])
-{
-    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-    size_t i = 0;
-    for (; len - i >= 64; i += 64)
-        sha1_block(h, msg + i);
-    /* The tail, the 0x80 marker and the bit length: one or two blocks. */
-    uint8_t last[128] = {0};
-    size_t rest = len - i;
-    memcpy(last, msg + i, rest);
-    last[rest] = 0x80;
-    size_t total = rest + 9 <= 64 ? 64 : 128;
-    uint64_t bits = (uint64_t)len * 8;
-    for (int k = 0; k < 8; k++)
-        last[total - 1 - k] = (uint8_t)(bits >> (8 * k));
-    sha1_block(h, last);
-    if (total == 128)
-        sha1_block(h, last + 64);
-    for (int k = 0; k < 5; k++) {
-        out[4 * k] = (uint8_t)(h[k] >> 24);
-        out[4 * k + 1] = (uint8_t)(h[k] >> 16);
-        out[4 * k + 2] = (uint8_t)(h[k] >> 8);
-        out[4 * k + 3] = (uint8_t)h[k];
-    }
-}
+/* base64, for Sec-WebSocket-Accept (its SHA-1 is OpenSSL's)               */
 
 static const char b64_chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -727,7 +661,7 @@ static void parse_response(struct conn *c)
     uint8_t digest[20];
     char accept_in[64], accept[29];
     snprintf(accept_in, sizeof accept_in, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", c->key);
-    sha1((const uint8_t *)accept_in, strlen(accept_in), digest);
+    SHA1((const unsigned char *)accept_in, strlen(accept_in), digest);
     base64(digest, 20, accept);
 
     int upgrade = 0, connection = 0, accepted = 0;

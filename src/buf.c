@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define POOL_SLOTS 256
+/* Enough for every connection written in one loop turn of 1,000 one-message
+ * echoes (each holds a first block until the flush): with 256 slots, three
+ * quarters of those blocks were a malloc and a free per message. */
+#define POOL_SLOTS 2048
 #define POOL_BUF_MAX (64 * 1024)         /* larger blocks are freed, not pooled */
 #define POOL_BYTES_MAX (4 * 1024 * 1024) /* and the pool holds at most this */
 /* A connection's output in one loop iteration is often a burst of frames:

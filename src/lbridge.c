@@ -201,18 +201,28 @@ static const char where_tail_src[] =
     "         ' (in a tail call from the function defined at line ' .. info.linedefined .. ')'\n"
     "end\n";
 
+int lb_load_with(lua_State *L, const char *module, const char *src, size_t len,
+                 const char *name)
+{
+    int top = lua_gettop(L);
+    if (luaL_loadbuffer(L, src, len, name))
+        goto fail;
+    lua_getglobal(L, "require");
+    lua_pushstring(L, module);
+    if (lua_pcall(L, 1, 1, 0) || !lua_istable(L, -1))
+        goto fail;
+    return 0;
+fail:
+    lua_settop(L, top);
+    return -1;
+}
+
 /* Build where_tail, if this LuaJIT has jit.util and the probes calibrate. */
 static void where_tail_open(lua_State *L)
 {
     int top = lua_gettop(L);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "jit.util");
-    if (lua_pcall(L, 1, 1, 0) || !lua_istable(L, -1) ||
-        luaL_loadbuffer(L, where_tail_src, sizeof where_tail_src - 1, "=moonport.where")) {
-        lua_settop(L, top);
+    if (lb_load_with(L, "jit.util", where_tail_src, sizeof where_tail_src - 1, "=moonport.where"))
         return;
-    }
-    lua_insert(L, -2);
     lua_getglobal(L, "debug");
     lua_getfield(L, -1, "getinfo");
     lua_getfield(L, -2, "getupvalue");
@@ -948,14 +958,8 @@ static int dispatch_open(struct lbridge *lb)
 {
     lua_State *L = lb->L;
     int top = lua_gettop(L);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "ffi");
-    if (lua_pcall(L, 1, 1, 0) ||
-        luaL_loadbuffer(L, dispatch_src, sizeof dispatch_src - 1, "=" LB_DISPATCH_CHUNK)) {
-        lua_settop(L, top);
+    if (lb_load_with(L, "ffi", dispatch_src, sizeof dispatch_src - 1, "=" LB_DISPATCH_CHUNK))
         return -1;
-    }
-    lua_insert(L, -2);
     lua_newtable(L);
     lua_pushvalue(L, -1);
     lb->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);

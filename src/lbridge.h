@@ -279,6 +279,13 @@ static inline void lb_checktype(lua_State *L, int idx, const char *fname, int ty
 #define LB_DISPATCH_CHUNK "moonport.batch"
 #define LB_SEND_CHUNK "moonport.send"
 
+/* Load a chunk of the bridge's own Lua, src (len bytes, named name), and
+ * require(module) for it: pushes the chunk, then the module's value, its
+ * first argument. Returns 0, or -1 with the stack as it was (the module is
+ * missing, or is not a table). */
+int lb_load_with(lua_State *L, const char *module, const char *src, size_t len,
+                 const char *name);
+
 /* lconn.c */
 void lconn_open(lua_State *L);
 /* Push a new ws object for c; returns its registry ref (the object is also

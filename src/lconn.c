@@ -146,14 +146,8 @@ static const char send_src[] =
 static void send_open(lua_State *L)
 {
     int top = lua_gettop(L);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "ffi");
-    if (lua_pcall(L, 1, 1, 0) ||
-        luaL_loadbuffer(L, send_src, sizeof send_src - 1, "=" LB_SEND_CHUNK)) {
-        lua_settop(L, top);
+    if (lb_load_with(L, "ffi", send_src, sizeof send_src - 1, "=" LB_SEND_CHUNK))
         return;
-    }
-    lua_insert(L, -2);
     lua_pushcfunction(L, lconn_send);
     /* A data pointer carries the function pointer: POSIX (dlsym) requires
      * the two to convert both ways. */

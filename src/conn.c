@@ -262,19 +262,28 @@ static void update_io(struct conn *c)
 static int queued(struct conn *c);
 
 /* Append one unmasked frame to the output queue, whatever the state. */
-static int queue_frame(struct conn *c, uint8_t first_byte, const void *data, size_t len)
+/* Copy one unmasked frame into the output queue; 0, or -1 if out of memory
+ * (nothing is queued then). */
+static int append_frame(struct conn *c, uint8_t first_byte, const void *data, size_t len)
 {
     uint8_t hdr[10];
     size_t hl = ws_frame_header(hdr, first_byte, len);
     uint8_t *w = buf_reserve(&c->out, hl + len);
-    if (!w) {
-        conn_abort(c, "out of memory for the output queue");
+    if (!w)
         return -1;
-    }
     memcpy(w, hdr, hl);
     if (len)
         memcpy(w + hl, data, len);
     buf_commit(&c->out, hl + len);
+    return 0;
+}
+
+static int queue_frame(struct conn *c, uint8_t first_byte, const void *data, size_t len)
+{
+    if (append_frame(c, first_byte, data, len)) {
+        conn_abort(c, "out of memory for the output queue");
+        return -1;
+    }
     return queued(c);
 }
 
@@ -371,17 +380,12 @@ int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size
         return -1;
     if (c->deflate || len >= CONN_REF_MIN)
         return 1;
-    uint8_t hdr[10];
-    size_t hl = ws_frame_header(hdr, (uint8_t)(0x80 | opcode), len);
-    if (conn_out_pending(c) + hl + len > c->srv->cfg->max_send_buffer)
-        return 1; /* conn_send_frame drops the connection: on_close is owed */
-    uint8_t *w = buf_reserve(&c->out, hl + len);
-    if (!w)
+    /* Near max_send_buffer (a frame header is at most 10 bytes) the slow
+     * path decides: it may drop the connection, and on_close is owed. */
+    if (conn_out_pending(c) + 10 + len > c->srv->cfg->max_send_buffer)
         return 1;
-    memcpy(w, hdr, hl);
-    if (len)
-        memcpy(w + hl, data, len);
-    buf_commit(&c->out, hl + len);
+    if (append_frame(c, (uint8_t)(0x80 | opcode), data, len))
+        return 1;
     queued(c); /* within max_send_buffer: cannot fail */
     return count_out(c, opcode, len, 0);
 }

@@ -128,8 +128,8 @@ int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len
  * frame whose queueing cannot end the connection is queued as
  * conn_send_frame would (returns 0); -1 if the connection cannot take it
  * (not open); 1, with nothing done, when conn_send_frame must do it (the
- * queue would go over max_send_buffer, out of memory, permessage-deflate,
- * a payload queued by reference). */
+ * queue would come within a frame header of max_send_buffer, out of memory,
+ * permessage-deflate, a payload queued by reference). */
 int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size_t len);
 
 /* Payloads at least this long are queued by reference rather than copied. */

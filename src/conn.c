@@ -266,12 +266,11 @@ static int queued(struct conn *c);
  * (nothing is queued then). */
 static int append_frame(struct conn *c, uint8_t first_byte, const void *data, size_t len)
 {
-    uint8_t hdr[10];
-    size_t hl = ws_frame_header(hdr, first_byte, len);
+    size_t hl = ws_frame_header_size(len); /* written in place */
     uint8_t *w = buf_reserve(&c->out, hl + len);
     if (!w)
         return -1;
-    memcpy(w, hdr, hl);
+    ws_frame_header(w, first_byte, len);
     if (len)
         memcpy(w + hl, data, len);
     buf_commit(&c->out, hl + len);
@@ -676,12 +675,13 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
 }
 
 /* The message joins the read's batch; lbridge counts it in msgs_in when it
- * reaches the app. */
-static void deliver(struct conn *c, uint8_t op, const uint8_t *data, size_t len)
+ * reaches the app. stable: data is in the buffer of the read being parsed,
+ * which nothing touches until the batch is dispatched (frames_input). */
+static void deliver(struct conn *c, uint8_t op, const uint8_t *data, size_t len, int stable)
 {
     if (!data) /* an empty message that never needed a buffer */
         data = (const uint8_t *)"";
-    lbridge_message(c->srv->lb, c, data, len, op == WS_OP_BINARY);
+    lbridge_message(c->srv->lb, c, data, len, op == WS_OP_BINARY, stable);
 }
 
 /* Run the batch waiting for the app; 1 if c is still open after it. */
@@ -734,7 +734,7 @@ static void deliver_compressed(struct conn *c, uint8_t op, const uint8_t *data, 
     if (op == WS_OP_TEXT && !ws_utf8_valid(msg, n))
         fail_message(c, WS_CLOSE_INVALID_DATA, "invalid UTF-8 in text message");
     else
-        deliver(c, op, msg, n);
+        deliver(c, op, msg, n, 0);
     compress_inflated_done(z);
 }
 
@@ -752,7 +752,7 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
             if (c->msg_compressed)
                 deliver_compressed(c, ch->opcode, ch->data, ch->len);
             else
-                deliver(c, ch->opcode, ch->data, ch->len);
+                deliver(c, ch->opcode, ch->data, ch->len, 1);
             return;
         }
         if (buf_append(&c->msg, ch->data, ch->len)) {
@@ -763,7 +763,7 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
             if (c->msg_compressed)
                 deliver_compressed(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg));
             else
-                deliver(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg));
+                deliver(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg), 0);
             buf_reset(&c->msg);
         }
         return;

@@ -899,9 +899,8 @@ int lbridge_connect(struct lbridge *lb, struct conn *c)
 }
 
 void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
-                     int binary)
+                     int binary, int stable)
 {
-    lua_State *L = lb->L;
     struct lb_batch *b = &lb->batch;
     if (c->app->handler_ref[H_MESSAGE] == LUA_NOREF) { /* counted, never delivered */
         c->msgs_in++;
@@ -910,13 +909,17 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
     }
     if (b->n && b->c != c) /* another connection's: the caller forgot to dispatch */
         lbridge_dispatch(lb);
-    /* The table keeps the string alive until the loop takes it, so its
-     * address cannot be reused while it counts as checked. */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lb->batch_ref);
-    lua_pushlstring(L, (const char *)data, len);
-    b->data[b->n] = lua_tostring(L, -1);
-    lua_rawseti(L, -2, b->n + 1);
-    lua_pop(L, 1);
+    if (stable && len <= UINT32_MAX) {
+        b->shared.bytes[b->n] = data;
+        b->shared.bytes_len[b->n] = (uint32_t)len;
+    } else {
+        lua_State *L = lb->L;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lb->batch_ref);
+        lua_pushlstring(L, (const char *)data, len);
+        lua_rawseti(L, -2, b->n + 1);
+        lua_pop(L, 1);
+        b->shared.bytes[b->n] = NULL;
+    }
     b->len[b->n] = len;
     b->shared.binary[b->n] = (uint8_t)(binary != 0);
     b->c = c;
@@ -936,18 +939,27 @@ void lbridge_settle(struct lbridge *lb, struct conn *c)
 }
 
 /* The Lua side of lbridge_dispatch, made once: on_message once per waiting
- * message, taking each out of the table as it goes, stopping when the
- * connection is no longer open. A plain loop, so LuaJIT compiles it, and the
- * handler with it. Called as dispatch(on_message, ws, n). */
+ * message, stopping when the connection is no longer open. A message still
+ * in the read buffer becomes its Lua string here, where LuaJIT compiles
+ * ffi.string into the loop; one that is a string already is taken out of
+ * the table. A plain loop, so LuaJIT compiles it, and the handler with it.
+ * Called as dispatch(on_message, ws, n). */
 static const char dispatch_src[] =
     "local ffi, msgs, shared, text, binary, OPEN, max = ...\n"
+    "local string = ffi.string\n"
     "local b = ffi.cast(ffi.typeof('struct { const uint8_t *state; int32_t cur;'\n"
-    "                              .. ' uint8_t binary[$]; } *', max), shared)\n"
+    "                              .. ' uint8_t binary[$]; const char *bytes[$];'\n"
+    "                              .. ' uint32_t len[$]; } *', max, max, max), shared)\n"
     "return function(on_message, ws, n)\n"
     "  for i = 1, n do\n"
     "    b.cur = i\n"
-    "    local data = msgs[i]\n"
-    "    msgs[i] = nil\n"
+    "    local data, p = nil, b.bytes[i - 1]\n"
+    "    if p ~= nil then\n"
+    "      data = string(p, b.len[i - 1])\n"
+    "    else\n"
+    "      data = msgs[i]\n"
+    "      msgs[i] = nil\n"
+    "    end\n"
     "    on_message(ws, data, b.binary[i - 1] ~= 0 and binary or text)\n"
     "    if b.state[0] ~= OPEN then return end\n"
     "  end\n"
@@ -1010,9 +1022,11 @@ void lbridge_dispatch(struct lbridge *lb)
         log_handler_error(L, app, conn_path(c), c->id, "on_message");
         conn_close(c, WS_CLOSE_INTERNAL, "internal error");
     }
-    if (delivered < n) { /* dropped: let go of them */
+    if (delivered < n) { /* dropped: let go of the strings among them */
         lua_rawgeti(L, LUA_REGISTRYINDEX, lb->batch_ref);
         for (int i = delivered + 1; i <= n; i++) {
+            if (b->shared.bytes[i - 1])
+                continue;
             lua_pushnil(L);
             lua_rawseti(L, -2, i);
         }

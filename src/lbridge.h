@@ -81,6 +81,13 @@ struct lb_batch_shared {
     const uint8_t *state; /* &conn->state: the loop stops once it is not CONN_OPEN */
     int32_t cur;          /* the message on_message has now, from 1; 0 outside a batch */
     uint8_t binary[LB_BATCH_MAX]; /* each message's kind */
+    /* Each message's bytes where they stay put until the batch is
+     * dispatched (the read buffer, so under 4 GiB), which the loop makes
+     * the Lua string from; NULL: the message is a Lua string already, in
+     * the batch table. A 32-bit length, as a number the loop reads without
+     * boxing it when it runs interpreted. */
+    const uint8_t *bytes[LB_BATCH_MAX];
+    uint32_t bytes_len[LB_BATCH_MAX];
 };
 
 struct lb_batch {
@@ -88,7 +95,6 @@ struct lb_batch {
     int n;                /* messages waiting */
     int counted;          /* of those delivered, how many c->msgs_in counts */
     struct conn *c;       /* whose they are; NULL when none wait */
-    const char *data[LB_BATCH_MAX]; /* the bytes of each message's Lua string */
     size_t len[LB_BATCH_MAX];
 };
 
@@ -152,15 +158,16 @@ int file_sig_equal(const struct file_sig *a, const struct file_sig *b);
  * Returns 0, or -1 if the app raised (answer 500). */
 int lbridge_connect(struct lbridge *lb, struct conn *c);
 
-/* A whole message arrived on c: it becomes a Lua string now (data may be
- * overwritten as soon as this returns) and waits, with the others of the
- * same read, for lbridge_dispatch; when LB_BATCH_MAX wait, they are
- * dispatched at once. The connection code must dispatch before anything
- * else that writes to c or closes it (a control frame, a protocol error, the
- * end of the read), so that frames go out in the order of today's one call
- * per message. */
+/* A whole message arrived on c and waits, with the others of the same
+ * read, for lbridge_dispatch; when LB_BATCH_MAX wait, they are dispatched
+ * at once. If stable, data stays as it is until then (the read buffer): the
+ * dispatch loop makes the Lua string from it. Otherwise the string is made
+ * now (data may be overwritten as soon as this returns). The connection
+ * code must dispatch before anything else that writes to c or closes it (a
+ * control frame, a protocol error, the end of the read), so that frames go
+ * out in the order of one call per message. */
 void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
-                     int binary);
+                     int binary, int stable);
 
 /* Hand the waiting messages to on_message, in order, in one protected call.
  * After each, delivery stops if the connection is no longer open (the
@@ -174,12 +181,16 @@ void lbridge_dispatch(struct lbridge *lb);
  * can end inside a handler). */
 void lbridge_settle(struct lbridge *lb, struct conn *c);
 
-/* Is (data, len) the text message on_message has now: checked UTF-8? */
+/* Is (data, len) a copy of the text message on_message has now, checked
+ * UTF-8 on its way in? Compared by content, not by address: the handler may
+ * have let go of its string, and another taken its place. Only messages
+ * whose checked bytes are still in place (stable) are known. */
 static inline int lb_checked_text(const struct lbridge *lb, const char *data, size_t len)
 {
-    int i = lb->batch.shared.cur - 1;
-    return i >= 0 && !lb->batch.shared.binary[i] && data == lb->batch.data[i] &&
-           len == lb->batch.len[i];
+    const struct lb_batch_shared *b = &lb->batch.shared;
+    int i = b->cur - 1;
+    return i >= 0 && !b->binary[i] && b->bytes[i] && len == b->bytes_len[i] &&
+           memcmp(data, b->bytes[i], len) == 0;
 }
 
 /* Run c's on_close. A handler is never entered from inside another call into

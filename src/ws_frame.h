@@ -152,6 +152,12 @@ uint16_t ws_frame_error_code(int err);
  * bits, opcode. */
 size_t ws_frame_header(uint8_t out[10], uint8_t fin_rsv_op, uint64_t payload_len);
 
+/* The length ws_frame_header gives for payload_len: 2, 4 or 10. */
+static inline size_t ws_frame_header_size(uint64_t payload_len)
+{
+    return payload_len <= 125 ? 2 : payload_len <= 0xFFFF ? 4 : 10;
+}
+
 /* Unmask len bytes in place with key, starting at key index *pos, which it
  * advances. Word-at-a-time; exposed for the tests and the benchmark. */
 void ws_unmask(uint8_t *p, size_t len, const uint8_t key[4], uint8_t *pos);

@@ -277,6 +277,67 @@ static long frame_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_
     return (long)(hl + (size_t)rc);
 }
 
+/* Unmask a short payload whose key starts at its first byte, and say
+ * whether it is all ASCII. */
+static int unmask_ascii(uint8_t *d, size_t n, const uint8_t key[4])
+{
+    uint32_t k32;
+    memcpy(&k32, key, sizeof k32);
+    uint64_t kw = (uint64_t)k32 << 32 | k32, high = 0;
+    size_t i = 0;
+    for (; n - i >= 16; i += 16) {
+        uint64_t w[2];
+        memcpy(w, d + i, sizeof w);
+        w[0] ^= kw;
+        w[1] ^= kw;
+        high |= w[0] | w[1];
+        memcpy(d + i, w, sizeof w);
+    }
+    if (n - i >= 8) {
+        uint64_t w;
+        memcpy(&w, d + i, sizeof w);
+        w ^= kw;
+        high |= w;
+        memcpy(d + i, &w, sizeof w);
+        i += 8;
+    }
+    for (; i < n; i++) {
+        d[i] ^= key[i & 3];
+        high |= d[i];
+    }
+    return !(high & UINT64_C(0x8080808080808080));
+}
+
+/* The frame most clients send most of the time, in one step: a whole
+ * message in one short masked frame (FIN, no RSV, 7-bit length), entirely
+ * in buf, between messages. Each rule frame_feed would check is decided by
+ * the test below or holds by construction (RSV clear; control rules do not
+ * apply; a first frame is under any fragment limit), so the outcome,
+ * failures included, is the same as frame_feed's. Returns 0 when the frame
+ * is not of that kind. */
+static long small_message(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
+{
+    uint8_t h0 = buf[0], h1 = buf[1];
+    size_t n = h1 & HDR_LEN7;
+    if ((h0 != (HDR_FIN | WS_OP_TEXT) && h0 != (HDR_FIN | WS_OP_BINARY)) || !(h1 & HDR_MASK) ||
+        n >= 126 || len - 6 < n || (p->limits->max_message && n > p->limits->max_message))
+        return 0;
+    uint8_t *d = buf + 6;
+    if (!unmask_ascii(d, n, buf + 2) && h0 == (HDR_FIN | WS_OP_TEXT)) {
+        struct ws_utf8 u;
+        ws_utf8_reset(&u);
+        if (ws_utf8_feed(&u, d, n) != WS_UTF8_OK)
+            return fail(p, WS_ERR_UTF8, WHY_UTF8);
+        if (!ws_utf8_complete(&u))
+            return fail(p, WS_ERR_UTF8, WHY_UTF8_CUT);
+    }
+    out->opcode = h0 & HDR_OPCODE;
+    out->data = d;
+    out->len = n;
+    out->flags = WS_CHUNK_MSG_START | WS_CHUNK_MSG_END;
+    return (long)(6 + n);
+}
+
 long ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chunk *out)
 {
     long rc;
@@ -290,6 +351,8 @@ long ws_parser_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_chu
      * still to come: frame_feed finishes a zero-length frame at once. */
     if (p->frame_left > 0)
         rc = data_feed(p, buf, len, out);
+    else if (len >= 6 && !p->msg_op && (rc = small_message(p, buf, len, out)) != 0)
+        ;
     else if (len > 0)
         rc = frame_feed(p, buf, len, out);
     else

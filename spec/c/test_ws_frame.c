@@ -364,6 +364,69 @@ static int event_is(int i, char kind, uint8_t op, const void *data, size_t len)
 
 #define EVENT_IS(i, kind, op, str) CHECK(event_is((i), (kind), (op), (str), sizeof(str) - 1))
 
+/* A whole message in one short frame takes one step in the parser
+ * (small_message): at every 7-bit length, several in a row, each must give
+ * what the general path gives when the same bytes arrive split (every way
+ * run_all_ways feeds them), and fail the same way: bad UTF-8 anywhere in
+ * the payload, UTF-8 cut at its end, a payload one byte over the limit. */
+static void test_small_messages(void)
+{
+    uint8_t payload[125];
+    static const char *const ends[] = {"", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"};
+
+    for (size_t n = 0; n <= 125; n++) {
+        for (size_t i = 0; i < n; i++)
+            payload[i] = (uint8_t)('a' + (i * 5 + n) % 26);
+        for (int e = 0; e < 4; e++) { /* ASCII, then a 2-, 3-, 4-byte character at the end */
+            size_t el = strlen(ends[e]);
+            if (el > n)
+                continue;
+            memcpy(payload + n - el, ends[e], el);
+            wire_reset();
+            wire_frame(&W, 0x81, payload, n, KEY);
+            wire_frame(&W, 0x82, payload, n, KEY);
+            wire_frame(&W, 0x81, payload, n, KEY);
+            RUN(&W, &NOLIMIT);
+            CHECK_EQ(R->err, 0);
+            CHECK(R->nev == 3 && event_is(0, 'M', WS_OP_TEXT, payload, n) &&
+                  event_is(1, 'M', WS_OP_BINARY, payload, n) &&
+                  event_is(2, 'M', WS_OP_TEXT, payload, n));
+            if (el > 1) { /* the character cut short: text fails, binary does not */
+                wire_reset();
+                wire_frame(&W, 0x82, payload, n - 1, KEY);
+                wire_frame(&W, 0x81, payload, n - 1, KEY);
+                RUN(&W, &NOLIMIT);
+                EXPECT_ERROR(WS_ERR_UTF8, "text message ends inside a UTF-8 character");
+                CHECK(R->nev >= 1 && event_is(0, 'M', WS_OP_BINARY, payload, n - 1));
+            }
+        }
+        if (n) { /* a byte that is never UTF-8, at each place in turn */
+            for (size_t at = 0; at < n; at += 7) {
+                uint8_t saved = payload[at];
+                payload[at] = 0xff;
+                wire_reset();
+                wire_frame(&W, 0x81, payload, n, KEY);
+                RUN(&W, &NOLIMIT);
+                EXPECT_ERROR(WS_ERR_UTF8, "invalid UTF-8 in text message");
+                payload[at] = saved;
+            }
+            /* exactly the limit passes, one over fails (at a few lengths:
+             * the parser keeps only a few distinct limits of its own) */
+            if (n != 2 && n != 9 && n != 64 && n != 125)
+                continue;
+            const struct cfg at_limit = {n, 0, 0}, under = {n - 1 ? n - 1 : 0, 0, 0};
+            wire_reset();
+            wire_frame(&W, 0x82, payload, n, KEY);
+            RUN(&W, &at_limit);
+            CHECK_EQ(R->err, 0);
+            if (n > 1) {
+                RUN(&W, &under);
+                EXPECT_ERROR(WS_ERR_TOO_BIG, "message over the size limit");
+            }
+        }
+    }
+}
+
 /* ---- the encoder side ---- */
 
 static void test_frame_header(void)
@@ -1135,6 +1198,7 @@ int main(void)
     test_utf8_errors();
     test_limits();
     test_round_trip();
+    test_small_messages();
     free(scratch);
     free(R);
     free(S);

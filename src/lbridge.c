@@ -21,6 +21,7 @@
 
 #include "conn.h"
 #include "handshake.h"
+#include "lalloc.h"
 #include "log.h"
 #include "lrequest.h"
 #include "router.h"
@@ -379,15 +380,25 @@ static void first_line(const char *msg, char *out, size_t outlen)
     out[n] = '\0';
 }
 
+/* An error outside any protected call: a bug in moonport, not in an app. */
+static int panic(lua_State *L)
+{
+    log_error("unprotected Lua error: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    abort();
+}
+
 struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err, size_t errlen)
 {
     struct lbridge *lb = calloc(1, sizeof *lb);
-    if (!lb || !(lb->L = luaL_newstate())) {
+    if (lb)
+        lalloc_init(&lb->alloc);
+    if (!lb || !(lb->L = lua_newstate(lalloc_f, &lb->alloc))) {
         free(lb);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     lua_State *L = lb->L;
+    lua_atpanic(L, panic); /* as luaL_newstate would */
     lb->srv = srv;
     luaL_openlibs(L);
     if (apps_dir) { /* apps may require modules that sit next to them */

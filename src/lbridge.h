@@ -12,6 +12,8 @@
 
 #include <lua.h>
 
+#include "lalloc.h"
+
 struct server;
 struct conn;
 struct route_match;
@@ -100,6 +102,7 @@ struct lb_batch {
 
 struct lbridge {
     lua_State *L;
+    struct lalloc alloc; /* L's heap */
     struct lb_call *call; /* NULL between calls */
     struct lb_deferred_close *deferred; /* on_close calls waiting for the
                                            running call to return */

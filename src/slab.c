@@ -18,6 +18,7 @@
 #ifdef SLAB_MALLOC
 
 void *slab_alloc(struct slab_cache *sc) { return calloc(1, sc->size); }
+void *slab_alloc_raw(struct slab_cache *sc) { return malloc(sc->size); }
 void slab_free(struct slab_cache *sc, void *p)
 {
     (void)sc;
@@ -81,7 +82,7 @@ static struct slab *slab_new(struct slab_cache *sc)
     return sl;
 }
 
-void *slab_alloc(struct slab_cache *sc)
+void *slab_alloc_raw(struct slab_cache *sc)
 {
     struct slab *sl = sc->partial;
     if (!sl && !(sl = slab_new(sc)))
@@ -96,7 +97,14 @@ void *slab_alloc(struct slab_cache *sc)
     sc->nfree--;
     if (--sl->nfree == 0)
         unlist(sc, sl);
-    memset(p, 0, sc->size);
+    return p;
+}
+
+void *slab_alloc(struct slab_cache *sc)
+{
+    void *p = slab_alloc_raw(sc);
+    if (p)
+        memset(p, 0, sc->size);
     return p;
 }
 

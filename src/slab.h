@@ -24,6 +24,9 @@ struct slab_cache {
 
 /* A zeroed object, or NULL when out of memory. */
 void *slab_alloc(struct slab_cache *sc);
+/* The same, with whatever bytes the object had: for a caller that fills
+ * it at once. */
+void *slab_alloc_raw(struct slab_cache *sc);
 void slab_free(struct slab_cache *sc, void *p);
 
 #endif

@@ -28,7 +28,9 @@ struct app {
     char *name;  /* for logs: "echo" */
     char *file;  /* path of the Lua file */
     int ref;     /* registry ref of the current handlers table */
-    int handler_ref[3]; /* on_connect, on_message, on_close as loaded, or LUA_NOREF */
+    /* on_connect, on_message, on_close, on_drain as loaded, or LUA_NOREF.
+     * The first three make a file of the apps directory a route (reload.c). */
+    int handler_ref[4];
     unsigned version;
     struct file_sig sig;
     int removed;      /* its file is gone: no routes lead to it */
@@ -190,6 +192,12 @@ static inline int lb_checked_text(const struct lbridge *lb, const char *data, si
  * ws.request are as they were. */
 void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
                    size_t reason_len);
+
+/* c's output queue went over limits.send_buffer and has drained (conn.c
+ * says how far): run its app's on_drain(ws), if it has one. Only from the
+ * server's own callbacks, never inside another call into Lua. An error is
+ * logged and closes c with 1011, as for on_message. */
+void lbridge_drain(struct lbridge *lb, struct conn *c);
 
 /* Run a timer's callback, on the stack below its nargs arguments, as app's
  * code. An error is logged ("app NAME: error in a timer callback: ..."). */

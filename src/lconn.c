@@ -336,14 +336,17 @@ static int lconn_accept(lua_State *L)
     return 1;
 }
 
-/* ws:buffered(): bytes queued for this connection and not yet sent. */
+/* ws:buffered(): bytes queued for this connection and not yet sent, and
+ * whether the queue is over limits.send_buffer (reading is paused, and
+ * on_drain will run once it drains). */
 static int lconn_buffered(lua_State *L)
 {
     struct lconn *box = check_box(L, "ws:buffered");
     if (!box->c)
         return closed(L);
     lua_pushinteger(L, (lua_Integer)conn_out_pending(box->c));
-    return 1;
+    lua_pushboolean(L, box->c->read_paused);
+    return 2;
 }
 
 static const luaL_Reg methods[] = {

@@ -1029,6 +1029,10 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
                    size_t reason_len)
 {
     lua_State *L = lb->L;
+    /* Its ws:after/every timers end first: none fires once on_close has
+     * started, also when on_close has to wait. */
+    if (c->lua_ref != LUA_NOREF)
+        lconn_cancel_timers(L, c);
     if (c->app->handler_ref[H_CLOSE] == LUA_NOREF)
         return;
     /* Inside a call (a ws:send that overflowed c's queue, say): the running
@@ -1061,13 +1065,17 @@ void lbridge_drain(struct lbridge *lb, struct conn *c)
     drain(lb);
 }
 
-void lbridge_timer(struct lbridge *lb, struct app *app, int nargs)
+void lbridge_timer(struct lbridge *lb, struct app *app, uint64_t conn_id, int nargs)
 {
     lua_State *L = lb->L;
-    struct lb_call call = {app, 0, LUA_NOREF, NULL};
+    struct lb_call call = {app, conn_id, LUA_NOREF, NULL};
     if (run(lb, &call, nargs, 0)) {
-        log_error("app %s: error in a timer callback: %s", app ? app->name : "?",
-                  lua_tostring(L, -1));
+        if (conn_id)
+            log_error("app %s conn %llu: error in a timer callback: %s", app ? app->name : "?",
+                      (unsigned long long)conn_id, lua_tostring(L, -1));
+        else
+            log_error("app %s: error in a timer callback: %s", app ? app->name : "?",
+                      lua_tostring(L, -1));
         lua_pop(L, 1);
     }
     drain(lb);

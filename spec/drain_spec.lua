@@ -241,3 +241,52 @@ describe("ws:send past limits.max_send_buffer", function()
     server:cleanup()
   end)
 end)
+
+-- The README's example: a producer that holds back while the queue is over
+-- send_buffer and goes on in on_drain. Its queue never holds more than
+-- send_buffer and one chunk, however much it sends to a slow reader.
+local PUMP = [[
+local moonport = require "moonport"
+local app = {}
+local CHUNK = string.rep("x", 64 * 1024)
+local function pump(ws)                -- send until done, or until the queue is over
+  while ws.data.left > 0 do
+    ws:send(CHUNK, "binary")
+    ws.data.left = ws.data.left - 1
+    local n, over = ws:buffered()
+    ws.data.most = math.max(ws.data.most or 0, n)
+    if over then return end            -- on_drain calls pump again
+  end
+end
+function app.on_message(ws, data)      -- "N": send me N chunks
+  if data == "most" then return ws:send(tostring(ws.data.most)) end
+  ws.data.left = tonumber(data) or 0
+  pump(ws)
+end
+app.on_drain = pump
+return app
+]]
+
+describe("the README's on_drain example", function()
+  it("sends everything to a slow reader with a bounded queue", function()
+    local server = assert(testing.start {
+      apps = { pump = PUMP },
+      config = "return { apps = 'apps', limits = { send_buffer = " .. SEND_BUFFER .. " } }",
+    })
+    local ws = assert(server:connect("/pump"))
+    assert(ws:send("400")) -- 25 MiB
+    local bytes = 0
+    for _ = 1, 400 do
+      local data, kind = ws:receive_message(10)
+      assert.are.equal("binary", kind, tostring(data))
+      bytes = bytes + #data
+    end
+    assert.are.equal(400 * 65536, bytes)
+    assert(ws:send("most"))
+    local most = tonumber((ws:receive_message(5)))
+    assert.is_true(most <= SEND_BUFFER + 65536 + 14, "the queue held " .. most)
+    ws:close(1000)
+    server:stop()
+    server:cleanup()
+  end)
+end)

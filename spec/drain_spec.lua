@@ -215,6 +215,31 @@ describe("on_drain and send's results under backpressure", function()
   end)
 end)
 
+describe("on_drain over wss://", function()
+  it("runs once, after the client reads, through OpenSSL's writes", function()
+    local dir = testing.temp_dir()
+    local cert, key = testing.make_cert(dir, "drain")
+    local server = assert(testing.start {
+      apps = { drain = APP },
+      tls = { cert = cert, key = key },
+      config = "return { apps = 'apps', limits = { send_buffer = " .. SEND_BUFFER .. " } }",
+    })
+    local ws = assert(server:connect("/drain"))
+    local id = assert(id_of(server, 1))
+    assert(ws:send("fill 16"))
+    local text, bytes = next_text(ws, 60)
+    assert.are.equal(16 * 1024 * 1024, bytes)
+    assert.are.equal("drained 1", text)
+    assert.truthy(server:wait_log("sent " .. id .. " [^\n]* over true", 5))
+    ws:close(1000)
+    assert.truthy(server:wait_log("mark %d+ on_close " .. id .. " ", 5))
+    assert.are.equal(1, testing.count(server:stderr(), "on_drain " .. id .. " count"))
+    server:stop()
+    server:cleanup()
+    os.execute("rm -rf " .. testing.quote(dir))
+  end)
+end)
+
 describe("ws:send past limits.max_send_buffer", function()
   it("returns nil, \"closed\"; on_close runs after the handler, not inside send", function()
     local server = assert(testing.start {

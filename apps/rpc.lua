@@ -2,9 +2,11 @@
 -- message is one call, {"id": 1, "method": "add", "params": [2, 3]}, and
 -- gets one answer with the same id: {"id": 1, "result": 5}, or
 -- {"id": 1, "error": "why"}. Methods: add (numbers), echo (any value),
--- count (messages this connection has sent, this one included). A message
--- that is not a JSON object gets an error with id null; binary closes with
--- 1003.
+-- count (messages this connection has sent, this one included), and tick
+-- ([seconds, n]: answers "started", then pushes {"tick": 1} ... {"tick": n},
+-- one every seconds, with ws:every; a new tick call replaces the running
+-- one, and closing the connection ends it). A message that is not a JSON
+-- object gets an error with id null; binary closes with 1003.
 local cjson = require "cjson"
 
 local app = {}
@@ -28,6 +30,26 @@ end
 
 function methods.count(ws)
   return ws.data.calls
+end
+
+-- A push from the server, not an answer: the connection's own timer, which
+-- moonport cancels when the connection closes.
+function methods.tick(ws, params)
+  local seconds, n = params[1], params[2]
+  if type(seconds) ~= "number" or seconds < 0.01 then
+    error("tick: seconds must be a number, at least 0.01", 0)
+  end
+  if type(n) ~= "number" or n < 1 or n > 1000 or n % 1 ~= 0 then
+    error("tick: n must be a whole number from 1 to 1000", 0)
+  end
+  if ws.data.ticker then ws.data.ticker:cancel() end
+  local count = 0
+  ws.data.ticker = ws:every(seconds, function(ws, timer)
+    count = count + 1
+    ws:send(cjson.encode({ tick = count }))
+    if count == n then timer:cancel() end
+  end)
+  return "started"
 end
 
 local function answer(ws, id, key, value)

@@ -206,6 +206,31 @@ describe("shipped apps", function()
                 bye(ws)
             end)
 
+            it("pushes n ticks with ws:every after a tick call, then stops", function()
+                local ws = connect("/rpc")
+                assert.same({id = 1, result = "started"},
+                    call(ws, '{"id": 1, "method": "tick", "params": [0.02, 3]}'))
+                for n = 1, 3 do
+                    local data = recv(ws)
+                    assert.same({tick = n}, cjson.decode(data))
+                end
+                local more, err = ws:receive_message(0.2)
+                assert.is_nil(more, "a fourth tick: " .. tostring(more))
+                assert.equal("timeout", err)
+                local answer, raw = call(ws, '{"id": 2, "method": "tick", "params": [0, 3]}')
+                assert.truthy(answer.error:match("seconds must be"), raw)
+                -- A long ticker, then the connection closes: the server
+                -- lives on (the timer went with the connection).
+                assert.same({id = 3, result = "started"},
+                    call(ws, '{"id": 3, "method": "tick", "params": [0.01, 1000]}'))
+                assert.same({tick = 1}, cjson.decode((recv(ws))))
+                ws:shutdown()
+                local other = connect("/rpc")
+                assert.same({id = 4, result = 5},
+                    call(other, '{"id": 4, "method": "add", "params": [2, 3]}'))
+                bye(other)
+            end)
+
             it("closes a client that sends binary with 1003", function()
                 local ws = connect("/rpc")
                 assert(ws:send("{}", "binary"))

@@ -1069,6 +1069,9 @@ void conn_flush(struct conn *c)
     }
     size_t pending = conn_out_pending(c);
     int resumed = 0;
+    /* Back at half of send_buffer, not just under it: reading resumes, and
+     * on_drain runs, only once there is room for a good part of the queue
+     * again, rather than at every write that goes a byte under. */
     if (c->read_paused && pending <= c->srv->cfg->send_buffer / 2) {
         c->read_paused = 0;
         resumed = 1;
@@ -1084,6 +1087,9 @@ void conn_flush(struct conn *c)
      * which would forget the event. */
     if (resumed && conn_tls(c) && c->state != CONN_DEAD && tls_pending(conn_tls(c)))
         ev_feed_event(c->srv->loop, &c->io, EV_READ);
+    /* Last: the app's on_drain may send, close, or drop this connection. */
+    if (resumed && c->state == CONN_OPEN && c->accepted)
+        lbridge_drain(c->srv->lb, c);
 }
 
 /* One watcher per socket: readable unless paused, writable while output

@@ -96,7 +96,8 @@ struct conn {
     uint8_t deflate_window : 4; /* ...with this server_max_window_bits (9..15) */
     uint8_t msg_compressed : 1; /* the message arriving has RSV1: inflate it */
     uint8_t in_flush_list : 1;
-    uint8_t read_paused : 1;   /* output over send_buffer: not reading */
+    uint8_t read_paused : 1;   /* output over send_buffer: not reading, and
+                                  on_drain is owed once it drains */
     uint8_t accepted : 1;      /* on_connect accepted: on_close is owed */
     uint8_t on_close_done : 1;
     uint8_t in_connect : 1;    /* inside on_connect */
@@ -148,7 +149,10 @@ size_t conn_out_pending(const struct conn *c);
  * timeouts.close for the peer's close. No-op unless open. */
 void conn_close(struct conn *c, uint16_t code, const char *reason);
 
-/* Write queued output now; called by the server before the loop blocks. */
+/* Write queued output now; called by the server before the loop blocks,
+ * and when the socket is writable. A queue that was over limits.send_buffer
+ * and is now at half of it or below resumes reading and runs the app's
+ * on_drain (lbridge_drain): c may be closing or dead afterwards. */
 void conn_flush(struct conn *c);
 
 /* Close the socket at once, without a closing handshake (on_close gets

@@ -3,7 +3,7 @@
  * the shared globals, so one app's globals never leak into another's. Every
  * handler runs under lua_pcall with a traceback handler: an error is logged
  * with the app, the handler and the connection id, and then (for
- * on_message) closes that connection with 1011. Every call is recorded
+ * on_message and on_drain) closes that connection with 1011. Every call is recorded
  * (lb_call) while it runs: no handler starts inside another (an on_close
  * it would cause waits until the outermost call returns), and the argument
  * errors of the C functions apps call find the app's line from it. The
@@ -462,8 +462,11 @@ void lbridge_free(struct lbridge *lb)
     free(lb);
 }
 
-static const char *const handler_names[] = {"on_connect", "on_message", "on_close", "on_reload",
-                                            NULL};
+/* The handlers an app table may define; the first LB_HANDLERS have refs in
+ * app->handler_ref, in this order (H_CONNECT...). */
+static const char *const handler_names[] = {"on_connect", "on_message", "on_close",
+                                            "on_drain",   "on_reload",  NULL};
+#define LB_HANDLERS 4
 
 int file_sig_read(const char *path, struct file_sig *sig)
 {
@@ -682,14 +685,14 @@ struct app *lbridge_find(struct lbridge *lb, const char *file)
     return NULL;
 }
 
-enum { H_CONNECT, H_MESSAGE, H_CLOSE };
+enum { H_CONNECT, H_MESSAGE, H_CLOSE, H_DRAIN };
 
 /* Take refs to the handlers of the table on top of the stack, dropping the
  * previous version's: an event then costs one registry read, not a table
  * lookup by name. */
 static void take_handlers(lua_State *L, struct app *a)
 {
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < LB_HANDLERS; i++) {
         luaL_unref(L, LUA_REGISTRYINDEX, a->handler_ref[i]);
         lua_getfield(L, -1, handler_names[i]);
         a->handler_ref[i] = lua_isfunction(L, -1) ? luaL_ref(L, LUA_REGISTRYINDEX) : LUA_NOREF;
@@ -717,8 +720,8 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
     if (a)
         return a;
     a = calloc(1, sizeof *a);
-    if (a)
-        a->handler_ref[0] = a->handler_ref[1] = a->handler_ref[2] = LUA_NOREF;
+    for (int i = 0; a && i < LB_HANDLERS; i++)
+        a->handler_ref[i] = LUA_NOREF;
     if (!a || !(a->name = strdup(name)) || !(a->file = strdup(file))) {
         app_free(a);
         snprintf(err, errlen, "out of memory");
@@ -1051,6 +1054,10 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
                    size_t reason_len)
 {
     lua_State *L = lb->L;
+    /* Its ws:after/every timers end first: none fires once on_close has
+     * started, also when on_close has to wait. */
+    if (c->lua_ref != LUA_NOREF)
+        lconn_cancel_timers(L, c);
     if (c->app->handler_ref[H_CLOSE] == LUA_NOREF)
         return;
     /* Inside a call (a ws:send that overflowed c's queue, say): the running
@@ -1067,13 +1074,33 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
     drain(lb);
 }
 
-void lbridge_timer(struct lbridge *lb, struct app *app, int nargs)
+void lbridge_drain(struct lbridge *lb, struct conn *c)
 {
     lua_State *L = lb->L;
-    struct lb_call call = {app, 0, LUA_NOREF, NULL};
+    /* conn_flush runs from the server's callbacks, between calls into Lua;
+     * should that ever change, a handler is still never re-entered. */
+    if (lb->call || !push_handler(L, c->app, H_DRAIN))
+        return;
+    push_ws(L, c);
+    struct lb_call call = {c->app, c->id, c->app->handler_ref[H_DRAIN], NULL};
+    if (run(lb, &call, 1, 0)) {
+        log_handler_error(L, c->app, conn_path(c), c->id, "on_drain");
+        conn_close(c, WS_CLOSE_INTERNAL, "internal error");
+    }
+    drain(lb);
+}
+
+void lbridge_timer(struct lbridge *lb, struct app *app, uint64_t conn_id, int nargs)
+{
+    lua_State *L = lb->L;
+    struct lb_call call = {app, conn_id, LUA_NOREF, NULL};
     if (run(lb, &call, nargs, 0)) {
-        log_error("app %s: error in a timer callback: %s", app ? app->name : "?",
-                  lua_tostring(L, -1));
+        if (conn_id)
+            log_error("app %s conn %llu: error in a timer callback: %s", app ? app->name : "?",
+                      (unsigned long long)conn_id, lua_tostring(L, -1));
+        else
+            log_error("app %s: error in a timer callback: %s", app ? app->name : "?",
+                      lua_tostring(L, -1));
         lua_pop(L, 1);
     }
     drain(lb);

@@ -30,7 +30,9 @@ struct app {
     char *name;  /* for logs: "echo" */
     char *file;  /* path of the Lua file */
     int ref;     /* registry ref of the current handlers table */
-    int handler_ref[3]; /* on_connect, on_message, on_close as loaded, or LUA_NOREF */
+    /* on_connect, on_message, on_close, on_drain as loaded, or LUA_NOREF.
+     * The first three make a file of the apps directory a route (reload.c). */
+    int handler_ref[4];
     unsigned version;
     struct file_sig sig;
     int removed;      /* its file is gone: no routes lead to it */
@@ -63,8 +65,9 @@ struct module {
 struct lb_call {
     struct app *app;     /* the app whose code runs (NULL only for a timer
                             made outside any app's code: none today) */
-    uint64_t conn_id;    /* the connection whose handler runs; 0: none (module
-                            level, on_reload, a timer callback) */
+    uint64_t conn_id;    /* the connection whose handler (or ws:after/every
+                            timer) runs; 0: none (module level, on_reload,
+                            a moonport.after/every callback) */
     int fn_ref;          /* registry ref of the function called */
     struct lb_call *prev;
 };
@@ -205,9 +208,17 @@ static inline int lb_checked_text(const struct lbridge *lb, const char *data, si
 void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
                    size_t reason_len);
 
+/* c's output queue went over limits.send_buffer and has drained (conn.c
+ * says how far): run its app's on_drain(ws), if it has one. Only from the
+ * server's own callbacks, never inside another call into Lua. An error is
+ * logged and closes c with 1011, as for on_message. */
+void lbridge_drain(struct lbridge *lb, struct conn *c);
+
 /* Run a timer's callback, on the stack below its nargs arguments, as app's
- * code. An error is logged ("app NAME: error in a timer callback: ..."). */
-void lbridge_timer(struct lbridge *lb, struct app *app, int nargs);
+ * code, for connection conn_id (0: a moonport.after/every timer, which
+ * belongs to no connection). An error is logged ("app NAME: error in a
+ * timer callback: ...", or "app NAME conn ID: ...") and is never fatal. */
+void lbridge_timer(struct lbridge *lb, struct app *app, uint64_t conn_id, int nargs);
 
 /* Once per event-loop iteration: keep the garbage collector's pause in
  * step with the size of the Lua heap (see lbridge.c). */
@@ -311,8 +322,25 @@ void lconn_push_request(lua_State *L, int ud);
  * ref. If the app has not read ws.request yet, the object takes c->req, so
  * that it still can. */
 void lconn_detach(lua_State *L, struct conn *c);
+/* Cancel the ws:after/every timers of c's ws object (c->lua_ref is set). */
+void lconn_cancel_timers(lua_State *L, struct conn *c);
+/* May the ws object at idx have timers fire, or be given new ones: as for
+ * ws:send, its connection is open (or in on_connect: not once the server
+ * has sent its close frame), and on_close has not started. */
+int lconn_timers_allowed(lua_State *L, int idx);
 
 /* lhost.c: register package.preload.moonport */
 void lhost_open(lua_State *L, struct server *srv);
+/* Check a timer's arguments, seconds at idx and the function after it, for
+ * fname ("ws:every"); raises on misuse, else returns the seconds. */
+double lhost_timer_check(lua_State *L, int idx, const char *fname, int repeat);
+/* Push a new armed timer that calls the function at index fn after
+ * seconds (and every seconds, if repeat) as app's code: fn(timer), or
+ * fn(ws, timer) when ws (an index, or 0) is a ws object, whose connection
+ * (conn_id) it then belongs to (see lconn_timers_allowed). */
+void lhost_timer_start(lua_State *L, struct server *srv, double seconds, int repeat, int fn,
+                       int ws, struct app *app, uint64_t conn_id);
+/* Disarm the timer at idx, if it is one and armed: 1 if it was, else 0. */
+int lhost_timer_cancel(lua_State *L, int idx);
 
 #endif

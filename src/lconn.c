@@ -4,7 +4,10 @@
  * that never does costs the box alone. When the connection ends, C clears
  * the pointer (lconn_detach) and every method returns nil, "closed" from
  * then on; if the app never read ws.request, the box takes the request
- * snapshot then, and __gc frees it. Misuse (a wrong argument)
+ * snapshot then, and __gc frees it. Its ws:after/every timers (lhost.c's
+ * type) are listed in that environment table too, only once it has one, and
+ * are cancelled when the connection ends, before on_close runs. Misuse (a
+ * wrong argument)
  * raises, through lb_argerror: the error names the method as the app writes
  * it ("ws:accept"), counts arguments without self, and says where in the
  * app the call was; a runtime failure returns nil and a reason. ws:send
@@ -32,7 +35,15 @@ struct lconn {
     uint8_t has_env;       /* the environment table exists */
     uint8_t has_request;   /* ws.request has been built */
     uint8_t tls;           /* the connection is wss://: req.scheme */
+    uint8_t has_timers;    /* ws:after/every made a timer set (in the
+                              environment table, at TIMERS_KEY) */
 };
+
+/* The environment table's key for the set of timers ws:after/every made:
+ * a weak-keyed table, so that a timer that has fired or been cancelled
+ * leaves it with the garbage collector. An armed timer is held by the
+ * registry (lhost.c). */
+#define TIMERS_KEY "timers"
 
 /* The ws metatable's address. Tables do not move, and the registry holds
  * this one for the life of the process (one lua_State per process). */
@@ -336,20 +347,108 @@ static int lconn_accept(lua_State *L)
     return 1;
 }
 
-/* ws:buffered(): bytes queued for this connection and not yet sent. */
+/* ws:buffered(): bytes queued for this connection and not yet sent, and
+ * whether the queue is over limits.send_buffer (reading is paused, and
+ * on_drain will run once it drains). */
 static int lconn_buffered(lua_State *L)
 {
     struct lconn *box = check_box(L, "ws:buffered");
     if (!box->c)
         return closed(L);
     lua_pushinteger(L, (lua_Integer)conn_out_pending(box->c));
+    lua_pushboolean(L, box->c->read_paused);
+    return 2;
+}
+
+static void push_env(lua_State *L, int ud, struct lconn *box);
+
+static int timers_allowed(const struct lconn *box)
+{
+    return box->c && conn_can_send(box->c) && !box->c->on_close_done;
+}
+
+int lconn_timers_allowed(lua_State *L, int idx)
+{
+    const struct lconn *box = lua_touserdata(L, idx);
+    return box && timers_allowed(box);
+}
+
+/* ws:after(seconds, fn) and ws:every(seconds, fn): a timer that calls
+ * fn(ws, timer), as the connection's app, for as long as the connection
+ * is open. */
+static int start_timer(lua_State *L, const char *fname, int repeat)
+{
+    struct lconn *box = check_box(L, fname);
+    double seconds = lhost_timer_check(L, 2, fname, repeat);
+    if (!timers_allowed(box))
+        return closed(L);
+    struct conn *c = box->c;
+    lhost_timer_start(L, c->srv, seconds, repeat, 3, 1, c->app, c->id);
+    int timer = lua_gettop(L);
+    push_env(L, 1, box);
+    lua_getfield(L, -1, TIMERS_KEY);
+    if (lua_isnil(L, -1)) { /* the first timer: setmetatable({}, {__mode = "k"}) */
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, TIMERS_KEY);
+        box->has_timers = 1;
+    }
+    lua_pushvalue(L, timer);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_settop(L, timer);
     return 1;
+}
+
+static int lconn_after(lua_State *L)
+{
+    return start_timer(L, "ws:after", 0);
+}
+
+static int lconn_every(lua_State *L)
+{
+    return start_timer(L, "ws:every", 1);
+}
+
+/* Cancel every timer of the box at ud, and forget the set. */
+static void cancel_timers(lua_State *L, int ud, struct lconn *box)
+{
+    if (!box->has_timers)
+        return;
+    box->has_timers = 0;
+    push_env(L, ud, box);
+    lua_getfield(L, -1, TIMERS_KEY);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pop(L, 1);
+            lhost_timer_cancel(L, -1); /* only disarms: the table stays as it is */
+        }
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_setfield(L, -2, TIMERS_KEY);
+    lua_pop(L, 1);
+}
+
+void lconn_cancel_timers(lua_State *L, struct conn *c)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
+    struct lconn *box = lua_touserdata(L, -1);
+    if (box)
+        cancel_timers(L, lua_gettop(L), box);
+    lua_pop(L, 1);
 }
 
 static const luaL_Reg methods[] = {
     {"send", lconn_send},       {"ping", lconn_ping},     {"close", lconn_close},
     {"reject", lconn_reject},   {"accept", lconn_accept}, {"buffered", lconn_buffered},
-    {NULL, NULL},
+    {"after", lconn_after},     {"every", lconn_every},   {NULL, NULL},
 };
 
 /* Push the box's environment table, making it on first use. */
@@ -490,6 +589,7 @@ int lconn_new(lua_State *L, struct conn *c)
     box->req = NULL;
     box->has_env = 0;
     box->has_request = 0;
+    box->has_timers = 0;
     luaL_getmetatable(L, LCONN_MT);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, -1);
@@ -507,6 +607,7 @@ void lconn_detach(lua_State *L, struct conn *c)
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->lua_ref);
     struct lconn *box = lua_touserdata(L, -1);
     if (box) {
+        cancel_timers(L, lua_gettop(L), box); /* a rejected handshake's, say */
         box->c = NULL;
         if (!box->has_request) {
             box->req = c->req;

@@ -1,11 +1,14 @@
-/* lhost: the moonport module apps require: log, now, after, every. A timer
- * is a userdata holding its ev_timer; while it is armed, the registry holds
- * the timer and its callback, and those refs are dropped when it fires for
- * the last time or is cancelled. A timer belongs to the app whose code
- * created it: its callback runs as that app's code (lbridge_timer), and its
- * error is logged with that app's name, never fatal; an `every` timer keeps
- * running after an error. A log line names the app, and the connection
- * whose handler wrote it. */
+/* lhost: the moonport module apps require: log, now, after, every, and the
+ * timer type, which ws:after and ws:every (lconn.c) share. A timer is a
+ * userdata holding its ev_timer; while it is armed, the registry holds the
+ * timer and its callback (and, for a connection's timer, the ws object),
+ * and those refs are dropped when it fires for the last time or is
+ * cancelled. A timer belongs to the app whose code created it, or to the
+ * connection it was made on: its callback runs as that app's code
+ * (lbridge_timer), and its error is logged with that app's name (and the
+ * connection's id), never fatal; an `every` timer keeps running after an
+ * error. A log line names the app, and the connection whose handler or
+ * timer wrote it. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +24,11 @@ struct ltimer {
     ev_timer w;
     lua_State *L;
     struct server *srv;
-    struct app *app; /* whose code created it (apps are never freed) */
+    struct app *app; /* whose code created it, or the connection's app
+                        (apps are never freed) */
+    uint64_t conn_id; /* a ws:after/every timer's connection; 0: none */
     int self_ref, fn_ref; /* LUA_NOREF when not armed */
+    int ws_ref; /* a ws:after/every timer's ws object while armed, else LUA_NOREF */
 };
 
 static struct server *host_server(lua_State *L)
@@ -78,7 +84,8 @@ static void timer_disarm(struct ltimer *t)
     ev_timer_stop(t->srv->loop, &t->w);
     luaL_unref(t->L, LUA_REGISTRYINDEX, t->fn_ref);
     luaL_unref(t->L, LUA_REGISTRYINDEX, t->self_ref);
-    t->fn_ref = t->self_ref = LUA_NOREF;
+    luaL_unref(t->L, LUA_REGISTRYINDEX, t->ws_ref);
+    t->fn_ref = t->self_ref = t->ws_ref = LUA_NOREF;
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -87,40 +94,76 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct ltimer *t = (struct ltimer *)w;
     lua_State *L = t->L;
+    int top = lua_gettop(L);
+    int nargs = 1;
+    if (t->ws_ref != LUA_NOREF) {
+        /* Cancelled when its connection ends (lconn_cancel_timers); this
+         * only makes sure that no path is ever missed. */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->ws_ref);
+        if (!lconn_timers_allowed(L, -1)) {
+            timer_disarm(t);
+            lua_settop(L, top);
+            return;
+        }
+        nargs = 2;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref); /* keeps t alive during the call */
     int self = lua_gettop(L);
     if (w->repeat == 0)
         timer_disarm(t); /* a one-shot is done before its callback runs */
-    lua_pushvalue(L, self - 1);
+    lua_pushvalue(L, self - 1); /* fn(timer), or fn(ws, timer) */
+    if (nargs == 2)
+        lua_pushvalue(L, top + 1);
     lua_pushvalue(L, self);
-    lbridge_timer(t->srv->lb, t->app, 1);
-    lua_pop(L, 2);
+    lbridge_timer(t->srv->lb, t->app, t->conn_id, nargs);
+    lua_settop(L, top);
+}
+
+double lhost_timer_check(lua_State *L, int idx, const char *fname, int repeat)
+{
+    double after = lb_checknumber(L, idx, fname);
+    lb_checktype(L, idx + 1, fname, LUA_TFUNCTION);
+    if (!(after >= 0))
+        return lb_argerror(L, idx, fname, "seconds must be 0 or more");
+    if (repeat && !(after > 0))
+        return lb_argerror(L, idx, fname, "an every() interval must be more than 0");
+    return after;
+}
+
+void lhost_timer_start(lua_State *L, struct server *srv, double after, int repeat, int fn,
+                       int ws, struct app *app, uint64_t conn_id)
+{
+    int top = lua_gettop(L); /* fn and ws as absolute indexes: pushes follow */
+    fn = fn < 0 ? top + fn + 1 : fn;
+    ws = ws < 0 ? top + ws + 1 : ws;
+    struct ltimer *t = lua_newuserdata(L, sizeof *t);
+    memset(t, 0, sizeof *t);
+    t->L = L;
+    t->srv = srv;
+    t->app = app;
+    t->conn_id = conn_id;
+    t->fn_ref = t->self_ref = t->ws_ref = LUA_NOREF;
+    luaL_getmetatable(L, LTIMER_MT);
+    lua_setmetatable(L, -2);
+    ev_timer_init(&t->w, on_timer, after, repeat ? after : 0);
+    lua_pushvalue(L, fn);
+    t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (ws) {
+        lua_pushvalue(L, ws);
+        t->ws_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_pushvalue(L, -1);
+    t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ev_timer_start(srv->loop, &t->w);
 }
 
 static int start_timer(lua_State *L, int repeat)
 {
     const char *fname = repeat ? "moonport.every" : "moonport.after";
-    double after = lb_checknumber(L, 1, fname);
-    lb_checktype(L, 2, fname, LUA_TFUNCTION);
-    if (!(after >= 0))
-        return lb_argerror(L, 1, fname, "seconds must be 0 or more");
-    if (repeat && !(after > 0))
-        return lb_argerror(L, 1, fname, "an every() interval must be more than 0");
-    struct ltimer *t = lua_newuserdata(L, sizeof *t);
-    memset(t, 0, sizeof *t);
-    t->L = L;
-    t->srv = host_server(L);
-    t->app = t->srv->lb->call ? t->srv->lb->call->app : NULL;
-    t->fn_ref = t->self_ref = LUA_NOREF;
-    luaL_getmetatable(L, LTIMER_MT);
-    lua_setmetatable(L, -2);
-    ev_timer_init(&t->w, on_timer, after, repeat ? after : 0);
-    lua_pushvalue(L, 2);
-    t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, -1);
-    t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    ev_timer_start(t->srv->loop, &t->w);
+    double after = lhost_timer_check(L, 1, fname, repeat);
+    struct server *srv = host_server(L);
+    lhost_timer_start(L, srv, after, repeat, 2, 0, srv->lb->call ? srv->lb->call->app : NULL, 0);
     return 1;
 }
 
@@ -134,16 +177,21 @@ static int lhost_every(lua_State *L)
     return start_timer(L, 1);
 }
 
+int lhost_timer_cancel(lua_State *L, int idx)
+{
+    struct ltimer *t = luaL_testudata(L, idx, LTIMER_MT);
+    if (!t || t->self_ref == LUA_NOREF)
+        return 0;
+    timer_disarm(t);
+    return 1;
+}
+
 /* timer:cancel(): true if it was armed. */
 static int ltimer_cancel(lua_State *L)
 {
-    struct ltimer *t = luaL_testudata(L, 1, LTIMER_MT);
-    if (!t)
+    if (!luaL_testudata(L, 1, LTIMER_MT))
         return lb_typeerror(L, 1, "timer:cancel", "timer");
-    int armed = t->self_ref != LUA_NOREF;
-    if (armed)
-        timer_disarm(t);
-    lua_pushboolean(L, armed);
+    lua_pushboolean(L, lhost_timer_cancel(L, 1));
     return 1;
 }
 

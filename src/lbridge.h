@@ -209,6 +209,10 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
  * code. An error is logged ("app NAME: error in a timer callback: ..."). */
 void lbridge_timer(struct lbridge *lb, struct app *app, int nargs);
 
+/* Free the machine code of every compiled trace (see lbridge.c): after a
+ * reload, the old version's code would otherwise stay for good. */
+void lbridge_flush_jit(struct lbridge *lb);
+
 /* Once per event-loop iteration: keep the garbage collector's pause in
  * step with the size of the Lua heap (see lbridge.c). */
 void lbridge_tune_gc(struct lbridge *lb);

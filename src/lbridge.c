@@ -12,6 +12,7 @@
 #include "lbridge.h"
 
 #include <lauxlib.h>
+#include <luajit.h>
 #include <lualib.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1109,6 +1110,19 @@ void lbridge_timer(struct lbridge *lb, struct app *app, uint64_t conn_id, int na
 void lbridge_unref(struct lbridge *lb, int ref)
 {
     luaL_unref(lb->L, LUA_REGISTRYINDEX, ref);
+}
+
+/* LuaJIT hands out machine code from its areas like a stack and takes none
+ * back when a trace dies: only a flush of every trace frees the areas. The
+ * traces of an app's old version die with it (the collector frees them),
+ * but their code stays, and OpenResty's LuaJIT lets the areas grow to
+ * 40 MiB (maxmcode=40960) before it flushes by itself: every reload left
+ * its compiled code behind, a few hundred bytes to kilobytes of RSS each.
+ * A flush after the reloads ends that; hot code recompiles within a few
+ * hundred calls, as it did after the reload anyway. */
+void lbridge_flush_jit(struct lbridge *lb)
+{
+    luaJIT_setmode(lb->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
 }
 
 /* Every message is a new Lua string, so the collector's cost per message

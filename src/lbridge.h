@@ -220,6 +220,10 @@ void lbridge_drain(struct lbridge *lb, struct conn *c);
  * timer callback: ...", or "app NAME conn ID: ...") and is never fatal. */
 void lbridge_timer(struct lbridge *lb, struct app *app, uint64_t conn_id, int nargs);
 
+/* Free the machine code of every compiled trace (see lbridge.c): after a
+ * reload, the old version's code would otherwise stay for good. */
+void lbridge_flush_jit(struct lbridge *lb);
+
 /* Once per event-loop iteration: keep the garbage collector's pause in
  * step with the size of the Lua heap (see lbridge.c). */
 void lbridge_tune_gc(struct lbridge *lb);

@@ -59,6 +59,7 @@ struct reload {
     ev_timer settle_w;
     ev_signal hup_w;
     ev_tstamp first_event;
+    int ran; /* app code was loaded since the last flush of compiled code */
 };
 
 static double now_ms(void)
@@ -214,6 +215,7 @@ static void reload_app(struct server *s, struct app *a, const char *why)
 {
     char err[1024];
     double t0 = now_ms();
+    s->reload->ran = 1;
     int rc = lbridge_reload(s->lb, a, err, sizeof err);
     double ms = now_ms() - t0;
     struct dir_file *f = rc == 0 ? dir_file_of_app(s->reload, a) : NULL;
@@ -284,6 +286,7 @@ static int examine(struct server *s, struct dir_file *f, char *err, size_t errle
         log_info("%s: a module, not a route (required by %s)", f->file, required_by(m));
         return 0;
     }
+    s->reload->ran = 1;
     f->app = lbridge_app(s->lb, f->file, f->name, err, errlen);
     if (!f->app)
         return -1;
@@ -468,6 +471,18 @@ static void watch_modules(struct server *s)
     }
 }
 
+/* The end of a round of reloads: the code compiled for the versions it
+ * replaced (or for a broken one, or a file that turned out not to load)
+ * would stay allocated for good (lbridge_flush_jit). Once per round, not
+ * per app: a SIGHUP reloads them all. */
+static void reloads_done(struct server *s)
+{
+    if (!s->reload->ran)
+        return;
+    s->reload->ran = 0;
+    lbridge_flush_jit(s->lb);
+}
+
 static void on_settled(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
@@ -477,6 +492,7 @@ static void on_settled(struct ev_loop *loop, ev_timer *w, int revents)
     sync_dir(r->srv);
     check_changes(r->srv, 0);
     watch_modules(r->srv);
+    reloads_done(r->srv);
 }
 
 static void on_inotify(struct ev_loop *loop, ev_io *w, int revents)
@@ -631,6 +647,7 @@ void reload_all(struct server *s)
     sync_dir(s);
     check_changes(s, 1);
     watch_modules(s);
+    reloads_done(s);
 }
 
 static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)

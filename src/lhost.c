@@ -1,4 +1,6 @@
-/* lhost: the moonport module apps require: log, now, after, every. A timer
+/* lhost: the moonport module apps require: log, now, after, every,
+ * publish, subscribers (topics: pubsub.h; their argument checks are
+ * lconn.c's, shared with ws:publish). A timer
  * is a userdata holding its ev_timer; while it is armed, the registry holds
  * the timer and its callback, and those refs are dropped when it fires for
  * the last time or is cancelled. A timer belongs to the app whose code
@@ -13,6 +15,7 @@
 
 #include "lbridge.h"
 #include "log.h"
+#include "pubsub.h"
 #include "server.h"
 
 #define LTIMER_MT "moonport.timer"
@@ -62,6 +65,21 @@ static int lhost_log(lua_State *L)
     else
         log_msg(level, "app: %s", lua_tostring(L, -1));
     return 0;
+}
+
+/* moonport.publish(topic, data [, kind]): how many it was queued to. */
+static int lhost_publish(lua_State *L)
+{
+    return lconn_fanout(L, 1, "moonport.publish", host_server(L), NULL);
+}
+
+/* moonport.subscribers(topic): how many connections are subscribed. */
+static int lhost_subscribers(lua_State *L)
+{
+    size_t len;
+    const char *topic = lconn_checktopic(L, 1, "moonport.subscribers", &len);
+    lua_pushinteger(L, (lua_Integer)pubsub_subscribers(host_server(L), topic, len));
+    return 1;
 }
 
 /* moonport.now(): monotonic seconds. */
@@ -168,7 +186,7 @@ void lhost_open(lua_State *L, struct server *srv)
 
     static const luaL_Reg fns[] = {
         {"log", lhost_log}, {"now", lhost_now}, {"after", lhost_after}, {"every", lhost_every},
-        {NULL, NULL},
+        {"publish", lhost_publish}, {"subscribers", lhost_subscribers}, {NULL, NULL},
     };
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");

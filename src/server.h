@@ -28,6 +28,7 @@ struct lbridge;
 
 struct reload;
 struct compress;
+struct topic_table;
 struct ssl_ctx_st;
 
 /* Connections in the order they entered a state. */
@@ -42,6 +43,7 @@ struct server {
     struct lbridge *lb;
     struct reload *reload;
     struct compress *z; /* permessage-deflate contexts, shared */
+    struct topic_table *topics; /* pubsub.h: NULL until the first subscribe */
     struct conn_reply *connect_reply; /* the decision of the on_connect running now */
     struct ssl_ctx_st *tls; /* TLS for new connections (tls.h), or NULL: plain ws:// */
     int argc; /* kept for SIGHUP, which reads the options and config again */

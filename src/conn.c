@@ -448,6 +448,17 @@ int conn_send_shared(struct conn *c, struct conn_frame *f, uint8_t opcode, size_
 {
     if (!conn_can_send(c))
         return -1;
+    if (f->len < CONN_REF_MIN) {
+        /* A short frame is copied, as ws:send copies a short payload: its
+         * bytes then leave in one write with the rest of c->out, where a
+         * reference costs as much memory as the copy (an out_ref and an
+         * iovec) and splits the write. */
+        if (buf_append(&c->out, f->bytes, f->len)) {
+            conn_abort(c, "out of memory for the output queue");
+            return -1;
+        }
+        return count_out(c, opcode, app_len, queued(c));
+    }
     struct out_refs *rs = refs_room(c);
     if (!rs) {
         conn_abort(c, "out of memory for the output queue");

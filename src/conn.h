@@ -155,8 +155,9 @@ struct conn_frame *conn_frame_new(uint8_t first_byte, const void *payload, size_
 /* Let go of one reference; the last frees it. NULL is a no-op. */
 void conn_frame_release(struct conn_frame *f);
 
-/* Queue f (taking a reference while it waits) as a text or binary message
- * (opcode) that was app_len bytes for the app. Returns as conn_send_frame:
+/* Queue f as a text or binary message (opcode) that was app_len bytes for
+ * the app: by reference (holding one while it waits) from CONN_REF_MIN
+ * bytes, copied below that, as ws:send does. Returns as conn_send_frame:
  * 0, or -1 if the connection cannot take it. */
 int conn_send_shared(struct conn *c, struct conn_frame *f, uint8_t opcode, size_t app_len);
 

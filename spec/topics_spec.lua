@@ -382,6 +382,36 @@ describe("topics", function()
     end)
   end)
 
+  it("delivers small and large publishes, by copy and by reference, over ws:// and wss://", function()
+    local function check(srv)
+      local subs = {}
+      for i = 1, 5 do subs[i] = assert(srv:connect("/topics?sub=big")) end
+      local pub = assert(srv:connect("/topics"))
+      local big = string.rep("0123456789abcdef", 1024) -- 16 KiB: queued by reference
+      for _, m in ipairs { "small one", big, "small two", big .. "!", "small three" } do
+        pub:send("pub big " .. m)
+        assert.are.equal("n 5", (pub:receive_message(5)))
+      end
+      for i = 1, 5 do
+        for _, m in ipairs { "small one", big, "small two", big .. "!", "small three" } do
+          assert.are.equal(m, (subs[i]:receive_message(5)))
+        end
+        subs[i]:close()
+      end
+      pub:close()
+    end
+    check(server)
+    local dir = testing.temp_dir()
+    local cert, key = testing.make_cert(dir, "topics")
+    local tls = assert(testing.start {
+      apps = { topics = APP },
+      tls = { cert = cert, key = key },
+    })
+    check(tls)
+    tls:cleanup()
+    os.execute("rm -rf " .. testing.quote(dir))
+  end)
+
   describe("memory", function()
     -- A server of its own: under ASan, freed memory sits in a quarantine
     -- (256 MiB by default) and would read as growth, so none here. Other

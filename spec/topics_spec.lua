@@ -412,6 +412,55 @@ describe("topics", function()
     os.execute("rm -rf " .. testing.quote(dir))
   end)
 
+  describe("with timeouts.publish_delay", function()
+    -- Published output may wait up to 0.2 s for more, to leave in fewer
+    -- writes; anything else queued for the connection takes it along.
+    local plain
+    setup(function()
+      plain = server
+      server = assert(testing.start {
+        apps = { topics = APP },
+        config = [[return { apps = "apps", timeouts = { publish_delay = 0.2 } }]],
+      })
+    end)
+    teardown(function()
+      server:cleanup()
+      server = plain
+    end)
+
+    it("delivers every publish, in order, also between ws:sends", function()
+      local a, b = connect("sub=d"), connect("sub=d")
+      a:send("many d 50")
+      for i = 1, 50 do
+        assert.are.equal("m " .. i, (recv_text(b)))
+        assert.are.equal("m " .. i, (recv_text(a)))
+      end
+      a:send("order d")
+      for i = 1, 5 do
+        assert.are.equal("send " .. i, (recv_text(a)))
+        assert.are.equal("pub " .. i, (recv_text(a)))
+        assert.are.equal("pub " .. i, (recv_text(b)))
+      end
+      a:close()
+      b:close()
+    end)
+
+    it("copes with subscribers that go away while their output waits", function()
+      local subs = {}
+      for i = 1, 20 do subs[i] = connect("sub=gone") end
+      local pub = connect()
+      pub:send("pub gone bye")
+      assert.are.equal("n 20", (recv_text(pub)))
+      for i = 1, 20, 2 do subs[i]:shutdown() end -- gone before the 0.2 s
+      for i = 2, 20, 2 do assert.are.equal("bye", (recv_text(subs[i]))) end
+      testing.sleep(0.3)
+      assert.are.equal("count 10", cmd(pub, "count gone"))
+      for i = 2, 20, 2 do subs[i]:close() end
+      pub:close()
+      assert.is_true(server:alive())
+    end)
+  end)
+
   describe("memory", function()
     -- A server of its own: under ASan, freed memory sits in a quarantine
     -- (256 MiB by default) and would read as growth, so none here. Other

@@ -362,8 +362,9 @@ static int queue_frame_ref(struct conn *c, uint8_t first_byte, const void *data,
     return queued(c);
 }
 
-/* After a frame was queued: enforce the send buffer limits, ask for a flush. */
-static int queued(struct conn *c)
+/* After a frame was queued: enforce the send buffer limits, ask for a flush
+ * (later: within timeouts.publish_delay, for a published frame). */
+static int queued_then(struct conn *c, int later)
 {
     const struct config *cfg = c->srv->cfg;
     size_t pending = conn_out_pending(c);
@@ -380,8 +381,16 @@ static int queued(struct conn *c)
         c->read_paused = 1;
         update_io(c);
     }
-    server_want_flush(c->srv, c);
+    if (later)
+        server_want_flush_later(c->srv, c);
+    else
+        server_want_flush(c->srv, c);
     return 0;
+}
+
+static int queued(struct conn *c)
+{
+    return queued_then(c, 0);
 }
 
 /* With permessage-deflate agreed, a data message goes compressed (RSV1 on
@@ -457,7 +466,7 @@ int conn_send_shared(struct conn *c, struct conn_frame *f, uint8_t opcode, size_
             conn_abort(c, "out of memory for the output queue");
             return -1;
         }
-        return count_out(c, opcode, app_len, queued(c));
+        return count_out(c, opcode, app_len, queued_then(c, 1));
     }
     struct out_refs *rs = refs_room(c);
     if (!rs) {
@@ -467,7 +476,7 @@ int conn_send_shared(struct conn *c, struct conn_frame *f, uint8_t opcode, size_
     f->refs++;
     rs->r[rs->n++] = (struct out_ref){buf_pending(&c->out), f->bytes, f->len, LUA_NOREF, f};
     rs->bytes += f->len;
-    return count_out(c, opcode, app_len, queued(c));
+    return count_out(c, opcode, app_len, queued_then(c, 1));
 }
 
 static void queue_close(struct conn *c, uint16_t code, const char *reason, size_t rlen)

@@ -88,6 +88,7 @@ out:
     pubsub_free(&srv);
     tls_ctx_free(srv.tls);
     free(srv.flush);
+    free(srv.later);
     server_limits_free(&srv);
     buf_pool_drain();
     hs_pool_drain();

@@ -72,6 +72,12 @@ struct server {
     struct limits_gen *limits;
     struct conn **flush;
     size_t nflush, flush_cap;
+    /* Conns with published output that may wait for more, up to
+     * timeouts.publish_delay (publish_w), to leave in fewer writes. A dead
+     * one is not freed while it is here. */
+    struct conn **later;
+    size_t nlater, later_cap;
+    ev_timer publish_w;
     int flush_all;
     struct conn *dead_list;
     uint64_t next_id;
@@ -95,6 +101,10 @@ int server_run(struct server *s);
 
 /* Connection bookkeeping for conn.c. */
 void server_want_flush(struct server *s, struct conn *c);
+/* The same for output that may wait up to timeouts.publish_delay (a
+ * published message): other publishes in that time leave in the same write.
+ * Anything else queued for c meanwhile flushes it all in the loop turn. */
+void server_want_flush_later(struct server *s, struct conn *c);
 
 /* The message limits (config) for a new connection's parser; valid until
  * server_limits_free. NULL when out of memory. */

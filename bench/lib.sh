@@ -19,12 +19,18 @@ BENCH_SECONDS=${BENCH_SECONDS:-5}
 # does (one message per read); conns-10k-fresh counts what 10,000 idle
 # connections cost a server that has served nothing before them, one-time
 # costs included, conns-10k the same after a warm-up.
+# broadcast-1k fans out with topics (ws:publish), broadcast-1k-loop the same
+# load with a Lua loop of ws:send (bench/apps/broadcast_loop.lua), so the two
+# compare in one run; broadcast-16k-100 and broadcast-16k show what 16 KiB
+# messages to 100 and to 1,000 subscribers cost in server memory (each
+# queue holds a reference to one copy of the frame, not a copy of its own).
 MATRIX_NAMES=(echo-64-text echo-64-binary echo-16k-binary echo-16k-100x4 echo-64-1000x1
-    conns-10k conns-10k-fresh broadcast-1k churn)
+    conns-10k conns-10k-fresh broadcast-1k broadcast-1k-loop broadcast-16k-100 broadcast-16k churn)
 declare -A MATRIX_PATH=(
     [echo-64-text]=/echo [echo-64-binary]=/echo [echo-16k-binary]=/echo
     [echo-16k-100x4]=/echo [echo-64-1000x1]=/echo
-    [conns-10k]=/echo [conns-10k-fresh]=/echo [broadcast-1k]=/broadcast [churn]=/echo
+    [conns-10k]=/echo [conns-10k-fresh]=/echo [broadcast-1k]=/broadcast
+    [broadcast-1k-loop]=/broadcast-loop [broadcast-16k-100]=/broadcast [broadcast-16k]=/broadcast [churn]=/echo
 )
 declare -A MATRIX_ARGS=(
     [echo-64-text]="echo -c 100 -p 16 -s 64 --text -d $BENCH_SECONDS -w 1"
@@ -35,6 +41,9 @@ declare -A MATRIX_ARGS=(
     [conns-10k]="conns -c 10000 -d 2 -w 1"
     [conns-10k-fresh]="conns -c 10000 -d 2 -w 0"
     [broadcast-1k]="broadcast -c 1000 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
+    [broadcast-1k-loop]="broadcast -c 1000 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
+    [broadcast-16k-100]="broadcast -c 100 -r 10 -s 16384 --binary -d $BENCH_SECONDS -w 1 --drain 5"
+    [broadcast-16k]="broadcast -c 1000 -r 10 -s 16384 --binary -d $BENCH_SECONDS -w 1 --drain 5"
     [churn]="churn -c 16 -d $BENCH_SECONDS -w 1"
 )
 
@@ -162,7 +171,7 @@ row_cells() {
     broadcast)
         notes="$(field "$j" delivered_pct)% of $(fmt_int "$(field "$j" expected_per_s)") deliveries/s"
         [ "$(field "$j" drained)" = true ] || notes="$notes; fell behind"
-        notes="$notes; latency = publish to receipt"
+        notes="$notes; latency = publish to receipt; server rss $(field "$j" rss_before_kib) -> $(field "$j" rss_after_kib) KiB"
         ;;
     churn) notes="handshake+close cycles; latency = one cycle" ;;
     echo) notes="round trip" ;;

@@ -1155,9 +1155,11 @@ static void report(void)
                    lg.rss_before, lg.rss_after, kib_per_conn);
         if (lg.mode == MODE_BROADCAST)
             printf(", \"rate\": %.0f, \"expected_per_s\": %.0f, \"delivered_pct\": %.1f, "
-                   "\"drained\": %s, \"published\": %llu, \"delivered\": %llu",
+                   "\"drained\": %s, \"published\": %llu, \"delivered\": %llu, "
+                   "\"rss_before_kib\": %ld, \"rss_after_kib\": %ld",
                    lg.rate, expected, 100 * rate / expected, lg.drained ? "true" : "false",
-                   (unsigned long long)lg.published, (unsigned long long)lg.delivered);
+                   (unsigned long long)lg.published, (unsigned long long)lg.delivered,
+                   lg.rss_before, lg.rss_after);
         printf("}\n");
         return;
     }

@@ -247,7 +247,8 @@ static const char *const top_keys[] = {"host", "port", "apps", "routes", "limits
 static const char *const limits_keys[] = {"max_message", "max_fragments", "max_head",
                                           "max_headers", "send_buffer", "max_send_buffer",
                                           "max_connections", NULL};
-static const char *const timeouts_keys[] = {"handshake", "close", "ping", "idle", NULL};
+static const char *const timeouts_keys[] = {"handshake", "close", "ping", "idle",
+                                            "publish_delay", NULL};
 static const char *const compression_keys[] = {"enabled", "threshold", "level", "window_bits",
                                                "mem_level", NULL};
 static const char *const log_keys[] = {"level", "access", NULL};
@@ -469,6 +470,7 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         NUM(l, "timeouts.", "close", 0.001, 3600, c->close_timeout);
         NUM(l, "timeouts.", "ping", 0, 86400, c->ping_interval);
         NUM(l, "timeouts.", "idle", 0, 864000, c->idle_timeout);
+        NUM(l, "timeouts.", "publish_delay", 0, 1, c->publish_delay);
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "timeouts must be a table");
         goto bad;

@@ -45,6 +45,8 @@ struct config {
     double close_timeout;
     double ping_interval; /* ping a connection silent this long; 0: never */
     double idle_timeout;  /* close a connection silent this long; 0: never */
+    double publish_delay; /* published output may wait this long to leave
+                             with more; 0: it leaves in its loop turn */
 };
 
 /* CONFIG_ERROR: a bad command line; CONFIG_FILE_ERROR: a bad config file. */

@@ -26,6 +26,7 @@
 #include "handshake.h"
 #include "lbridge.h"
 #include "log.h"
+#include "pubsub.h"
 #include "server.h"
 #include "slab.h"
 #include "snapshot.h"
@@ -34,14 +35,16 @@
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
-/* Payloads queued by reference (conn_send_frame_ref): the app's Lua string
- * goes to the socket as it is, not through a copy in c->out. Each one sits
- * at a place in the byte queue: `at` bytes of c->out go out before it. */
+/* Payloads queued by reference: the app's Lua string (conn_send_frame_ref)
+ * or a whole frame shared by many connections (conn_send_shared) goes to
+ * the socket as it is, not through a copy in c->out. Each one sits at a
+ * place in the byte queue: `at` bytes of c->out go out before it. */
 struct out_ref {
     size_t at;
     const uint8_t *p;
     size_t len;
-    int ref; /* keeps the string alive until it is written */
+    int ref; /* keeps the string alive until it is written... */
+    struct conn_frame *frame; /* ...or, when not NULL, this does */
 };
 
 struct out_refs {
@@ -142,13 +145,43 @@ size_t conn_out_pending(const struct conn *c)
     return buf_pending(&c->out) + (c->refs ? c->refs->bytes : 0);
 }
 
+struct conn_frame *conn_frame_new(uint8_t first_byte, const void *payload, size_t len)
+{
+    uint8_t hdr[10];
+    size_t hl = ws_frame_header(hdr, first_byte, len);
+    struct conn_frame *f = malloc(sizeof *f + hl + len);
+    if (!f)
+        return NULL;
+    f->refs = 1;
+    f->len = hl + len;
+    memcpy(f->bytes, hdr, hl);
+    if (len)
+        memcpy(f->bytes + hl, payload, len);
+    return f;
+}
+
+void conn_frame_release(struct conn_frame *f)
+{
+    if (f && --f->refs == 0)
+        free(f);
+}
+
+/* A payload queued by reference has been written, or never will be. */
+static void ref_release(struct conn *c, const struct out_ref *r)
+{
+    if (r->frame)
+        conn_frame_release(r->frame);
+    else
+        lbridge_unref(c->srv->lb, r->ref);
+}
+
 /* Output that will never be written: let go of the strings it holds. */
 static void refs_drop(struct conn *c)
 {
     if (!c->refs)
         return;
     for (unsigned i = 0; i < c->refs->n; i++)
-        lbridge_unref(c->srv->lb, c->refs->r[i].ref);
+        ref_release(c, &c->refs->r[i]);
     free(c->refs);
     c->refs = NULL;
 }
@@ -187,6 +220,7 @@ static const char *conn_close_reason(const struct conn *c)
 /* Tell the app, once, that an accepted connection ended, and log it. */
 static void finish(struct conn *c)
 {
+    pubsub_conn_end(c); /* before on_close: its publishes do not reach c */
     if (!c->accepted || c->on_close_done)
         return;
     c->on_close_done = 1;
@@ -286,6 +320,24 @@ static int queue_frame(struct conn *c, uint8_t first_byte, const void *data, siz
     return queued(c);
 }
 
+/* Room for one more payload by reference: c->refs, or NULL when out of
+ * memory. */
+static struct out_refs *refs_room(struct conn *c)
+{
+    struct out_refs *rs = c->refs;
+    if (!rs || rs->n == rs->cap) {
+        unsigned cap = rs ? rs->cap * 2 : 4;
+        rs = realloc(rs, sizeof *rs + cap * sizeof rs->r[0]);
+        if (!rs)
+            return NULL;
+        if (!c->refs)
+            rs->n = 0, rs->bytes = 0;
+        rs->cap = cap;
+        c->refs = rs;
+    }
+    return rs;
+}
+
 /* Append a frame whose payload stays where it is, held by ref (taken over
  * whatever happens). */
 static int queue_frame_ref(struct conn *c, uint8_t first_byte, const void *data, size_t len,
@@ -293,32 +345,25 @@ static int queue_frame_ref(struct conn *c, uint8_t first_byte, const void *data,
 {
     uint8_t hdr[10];
     size_t hl = ws_frame_header(hdr, first_byte, len);
-    struct out_refs *rs = c->refs;
-    if (!rs || rs->n == rs->cap) {
-        unsigned cap = rs ? rs->cap * 2 : 4;
-        rs = realloc(rs, sizeof *rs + cap * sizeof rs->r[0]);
-        if (!rs) {
-            lbridge_unref(c->srv->lb, ref);
-            conn_abort(c, "out of memory for the output queue");
-            return -1;
-        }
-        if (!c->refs)
-            rs->n = 0, rs->bytes = 0;
-        rs->cap = cap;
-        c->refs = rs;
+    struct out_refs *rs = refs_room(c);
+    if (!rs) {
+        lbridge_unref(c->srv->lb, ref);
+        conn_abort(c, "out of memory for the output queue");
+        return -1;
     }
     if (buf_append(&c->out, hdr, hl)) {
         lbridge_unref(c->srv->lb, ref);
         conn_abort(c, "out of memory for the output queue");
         return -1;
     }
-    rs->r[rs->n++] = (struct out_ref){buf_pending(&c->out), data, len, ref};
+    rs->r[rs->n++] = (struct out_ref){buf_pending(&c->out), data, len, ref, NULL};
     rs->bytes += len;
     return queued(c);
 }
 
-/* After a frame was queued: enforce the send buffer limits, ask for a flush. */
-static int queued(struct conn *c)
+/* After a frame was queued: enforce the send buffer limits, ask for a flush
+ * (later: within timeouts.publish_delay, for a published frame). */
+static int queued_then(struct conn *c, int later)
 {
     const struct config *cfg = c->srv->cfg;
     size_t pending = conn_out_pending(c);
@@ -335,8 +380,16 @@ static int queued(struct conn *c)
         c->read_paused = 1;
         update_io(c);
     }
-    server_want_flush(c->srv, c);
+    if (later)
+        server_want_flush_later(c->srv, c);
+    else
+        server_want_flush(c->srv, c);
     return 0;
+}
+
+static int queued(struct conn *c)
+{
+    return queued_then(c, 0);
 }
 
 /* With permessage-deflate agreed, a data message goes compressed (RSV1 on
@@ -397,6 +450,32 @@ int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t
         return count_out(c, opcode, len, rc);
     }
     return count_out(c, opcode, len, queue_frame_ref(c, (uint8_t)(0x80 | opcode), data, len, ref));
+}
+
+int conn_send_shared(struct conn *c, struct conn_frame *f, uint8_t opcode, size_t app_len)
+{
+    if (!conn_can_send(c))
+        return -1;
+    if (f->len < CONN_REF_MIN) {
+        /* A short frame is copied, as ws:send copies a short payload: its
+         * bytes then leave in one write with the rest of c->out, where a
+         * reference costs as much memory as the copy (an out_ref and an
+         * iovec) and splits the write. */
+        if (buf_append(&c->out, f->bytes, f->len)) {
+            conn_abort(c, "out of memory for the output queue");
+            return -1;
+        }
+        return count_out(c, opcode, app_len, queued_then(c, 1));
+    }
+    struct out_refs *rs = refs_room(c);
+    if (!rs) {
+        conn_abort(c, "out of memory for the output queue");
+        return -1;
+    }
+    f->refs++;
+    rs->r[rs->n++] = (struct out_ref){buf_pending(&c->out), f->bytes, f->len, LUA_NOREF, f};
+    rs->bytes += f->len;
+    return count_out(c, opcode, app_len, queued_then(c, 1));
 }
 
 static void queue_close(struct conn *c, uint16_t code, const char *reason, size_t rlen)
@@ -972,7 +1051,7 @@ static void out_consume(struct conn *c, size_t n)
         rs->bytes -= k;
         n -= k;
         if (!r->len) {
-            lbridge_unref(c->srv->lb, r->ref);
+            ref_release(c, r);
             memmove(&rs->r[0], &rs->r[1], --rs->n * sizeof rs->r[0]);
         }
     }

@@ -106,6 +106,7 @@ struct conn {
     /* TLS: OpenSSL can need the other direction's readiness to go on. */
     uint8_t tls_read_wants_write : 1; /* the last read needs the socket writable */
     uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
+    uint8_t in_later_list : 1; /* published output waits: server_want_flush_later */
 };
 
 /* The TLS session (tls.h) on a wss:// server; NULL: plain. */
@@ -141,6 +142,26 @@ int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size
  * ref that keeps the string alive), which it always does, also when it
  * returns -1. Otherwise as conn_send_frame. */
 int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t len, int ref);
+
+/* One frame, header and payload, made once and queued to many connections
+ * (a publish, pubsub.h): each queue that holds it counts in refs. */
+struct conn_frame {
+    size_t refs;
+    size_t len;
+    uint8_t bytes[];
+};
+
+/* A frame with first_byte (FIN, RSV1 for a compressed payload, opcode) and
+ * the payload copied in; refs is 1, the caller's. NULL when out of memory. */
+struct conn_frame *conn_frame_new(uint8_t first_byte, const void *payload, size_t len);
+/* Let go of one reference; the last frees it. NULL is a no-op. */
+void conn_frame_release(struct conn_frame *f);
+
+/* Queue f as a text or binary message (opcode) that was app_len bytes for
+ * the app: by reference (holding one while it waits) from CONN_REF_MIN
+ * bytes, copied below that, as ws:send does. Returns as conn_send_frame:
+ * 0, or -1 if the connection cannot take it. */
+int conn_send_shared(struct conn *c, struct conn_frame *f, uint8_t opcode, size_t app_len);
 
 /* Bytes queued and not yet written. */
 size_t conn_out_pending(const struct conn *c);

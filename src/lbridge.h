@@ -320,6 +320,15 @@ void lconn_open(lua_State *L);
 /* Push a new ws object for c; returns its registry ref (the object is also
  * pushed). */
 int lconn_new(lua_State *L, struct conn *c);
+/* The topic argument at idx of the function fname (a string of 1 to
+ * TOPIC_NAME_MAX bytes), or raise. */
+const char *lconn_checktopic(lua_State *L, int idx, const char *fname, size_t *len);
+/* A publish whose topic, data and kind are at idx, idx + 1, idx + 2: check
+ * them (raising as ws:send does), queue the message to the topic's
+ * subscribers but skip, push how many (or nil, "closed" when skip can no
+ * longer send). */
+int lconn_fanout(lua_State *L, int idx, const char *fname, struct server *srv,
+                 struct conn *skip);
 /* Push ws.request of the ws object at index ud. */
 void lconn_push_request(lua_State *L, int ud);
 /* The connection ended: the ws object forgets it and drops its registry

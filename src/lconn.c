@@ -21,8 +21,10 @@
 #include "handshake.h"
 #include "lbridge.h"
 #include "lrequest.h"
+#include "pubsub.h"
 #include "server.h"
 #include "snapshot.h"
+#include "topic.h"
 #include "ws_utf8.h"
 
 #define LCONN_MT "moonport.ws"
@@ -347,6 +349,134 @@ static int lconn_accept(lua_State *L)
     return 1;
 }
 
+/* The topic argument at idx of fname: a string of 1 to TOPIC_NAME_MAX bytes. */
+const char *lconn_checktopic(lua_State *L, int idx, const char *fname, size_t *len)
+{
+    const char *name = lb_checklstring(L, idx, fname, len);
+    if (*len == 0 || *len > TOPIC_NAME_MAX)
+        lb_argerror(L, idx, fname, "a topic is a string of 1 to 256 bytes");
+    return name;
+}
+
+/* The data and kind arguments of a publish, at idx and idx + 1, checked as
+ * ws:send checks them (lb may be NULL): the opcode, with *data and *len.
+ * UTF-8 is checked by check_text, once the connection is known open. */
+static uint8_t check_message(lua_State *L, int idx, const char *fname, const struct lbridge *lb,
+                             const char **data, size_t *len)
+{
+    *data = lb_checklstring(L, idx, fname, len);
+    const char *kind = lb_optlstring(L, idx + 1, fname, "text", NULL);
+    int binary = lb && kind == lb->binary_str;
+    if (!binary && !(lb && kind == lb->text_str)) {
+        binary = strcmp(kind, "binary") == 0;
+        if (!binary && strcmp(kind, "text") != 0)
+            lb_argerror(L, idx + 1, fname, "kind must be \"text\" or \"binary\"");
+    }
+    return binary ? WS_OP_BINARY : WS_OP_TEXT;
+}
+
+static void check_text(lua_State *L, int idx, const char *fname, const struct lbridge *lb,
+                       uint8_t op, const char *data, size_t len)
+{
+    if (op == WS_OP_TEXT && !lb_checked_text(lb, data, len) &&
+        !ws_utf8_valid((const uint8_t *)data, len))
+        lb_argerror(L, idx, fname, "text is not valid UTF-8 (send it as \"binary\")");
+}
+
+int lconn_fanout(lua_State *L, int idx, const char *fname, struct server *srv, struct conn *skip)
+{
+    size_t tlen, len;
+    const char *topic = lconn_checktopic(L, idx, fname, &tlen);
+    const char *data;
+    uint8_t op = check_message(L, idx + 1, fname, srv->lb, &data, &len);
+    if (skip && !conn_can_send(skip))
+        return closed(L);
+    check_text(L, idx + 1, fname, srv->lb, op, data, len);
+    lua_pushinteger(L, (lua_Integer)pubsub_publish(srv, topic, tlen, op, data, len, skip));
+    return 1;
+}
+
+/* The connection of box if it may still send (and so subscribe), or NULL. */
+static struct conn *live(const struct lconn *box)
+{
+    return box->c && conn_can_send(box->c) ? box->c : NULL;
+}
+
+/* ws:subscribe(topic): true if subscribed now, false if it already was. */
+static int lconn_subscribe(lua_State *L)
+{
+    struct lconn *box = check_box(L, "ws:subscribe");
+    size_t len;
+    const char *topic = lconn_checktopic(L, 2, "ws:subscribe", &len);
+    struct conn *c = live(box);
+    if (!c)
+        return closed(L);
+    int r = pubsub_subscribe(c->srv, c, topic, len);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "out of memory");
+        return 2;
+    }
+    lua_pushboolean(L, r);
+    return 1;
+}
+
+/* ws:unsubscribe(topic): true if it was subscribed, false if not. */
+static int lconn_unsubscribe(lua_State *L)
+{
+    struct lconn *box = check_box(L, "ws:unsubscribe");
+    size_t len;
+    const char *topic = lconn_checktopic(L, 2, "ws:unsubscribe", &len);
+    if (!box->c)
+        return closed(L);
+    lua_pushboolean(L, pubsub_unsubscribe(box->c->srv, box->c, topic, len));
+    return 1;
+}
+
+/* ws:subscribed(topic) */
+static int lconn_subscribed(lua_State *L)
+{
+    struct lconn *box = check_box(L, "ws:subscribed");
+    size_t len;
+    const char *topic = lconn_checktopic(L, 2, "ws:subscribed", &len);
+    if (!box->c)
+        return closed(L);
+    lua_pushboolean(L, pubsub_subscribed(box->c->srv, box->c, topic, len));
+    return 1;
+}
+
+/* ws:topics(): a list of the connection's topics, in no particular order. */
+static int lconn_topics(lua_State *L)
+{
+    struct lconn *box = check_box(L, "ws:topics");
+    if (!box->c)
+        return closed(L);
+    const struct server *srv = box->c->srv;
+    size_t n = pubsub_count(srv, box->c);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *name = pubsub_topic(srv, box->c, i, &len);
+        lua_pushlstring(L, name, len); /* may raise: the table is unchanged */
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 1;
+}
+
+/* ws:publish(topic, data [, kind]): moonport.publish that skips ws. */
+static int lconn_publish(lua_State *L)
+{
+    struct lconn *box = check_box(L, "ws:publish");
+    if (!box->c) { /* misuse raises all the same */
+        size_t len;
+        const char *data;
+        lconn_checktopic(L, 2, "ws:publish", &len);
+        check_message(L, 3, "ws:publish", NULL, &data, &len);
+        return closed(L);
+    }
+    return lconn_fanout(L, 2, "ws:publish", box->c->srv, box->c);
+}
+
 /* ws:buffered(): bytes queued for this connection and not yet sent, and
  * whether the queue is over limits.send_buffer (reading is paused, and
  * on_drain will run once it drains). */
@@ -448,7 +578,10 @@ void lconn_cancel_timers(lua_State *L, struct conn *c)
 static const luaL_Reg methods[] = {
     {"send", lconn_send},       {"ping", lconn_ping},     {"close", lconn_close},
     {"reject", lconn_reject},   {"accept", lconn_accept}, {"buffered", lconn_buffered},
-    {"after", lconn_after},     {"every", lconn_every},   {NULL, NULL},
+    {"after", lconn_after},     {"every", lconn_every},
+    {"subscribe", lconn_subscribe}, {"unsubscribe", lconn_unsubscribe},
+    {"subscribed", lconn_subscribed}, {"topics", lconn_topics}, {"publish", lconn_publish},
+    {NULL, NULL},
 };
 
 /* Push the box's environment table, making it on first use. */

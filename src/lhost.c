@@ -1,14 +1,15 @@
-/* lhost: the moonport module apps require: log, now, after, every, and the
- * timer type, which ws:after and ws:every (lconn.c) share. A timer is a
- * userdata holding its ev_timer; while it is armed, the registry holds the
- * timer and its callback (and, for a connection's timer, the ws object),
- * and those refs are dropped when it fires for the last time or is
- * cancelled. A timer belongs to the app whose code created it, or to the
- * connection it was made on: its callback runs as that app's code
- * (lbridge_timer), and its error is logged with that app's name (and the
- * connection's id), never fatal; an `every` timer keeps running after an
- * error. A log line names the app, and the connection whose handler or
- * timer wrote it. */
+/* lhost: the moonport module apps require: log, now, after, every,
+ * publish, subscribers (topics: pubsub.h; their argument checks are
+ * lconn.c's, shared with ws:publish), and the timer type, which ws:after
+ * and ws:every (lconn.c) share. A timer is a userdata holding its
+ * ev_timer; while it is armed, the registry holds the timer and its
+ * callback (and, for a connection's timer, the ws object), and those refs
+ * are dropped when it fires for the last time or is cancelled. A timer
+ * belongs to the app whose code created it, or to the connection it was
+ * made on: its callback runs as that app's code (lbridge_timer), and its
+ * error is logged with that app's name (and the connection's id), never
+ * fatal; an `every` timer keeps running after an error. A log line names
+ * the app, and the connection whose handler or timer wrote it. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 #include "lbridge.h"
 #include "log.h"
+#include "pubsub.h"
 #include "server.h"
 
 #define LTIMER_MT "moonport.timer"
@@ -68,6 +70,21 @@ static int lhost_log(lua_State *L)
     else
         log_msg(level, "app: %s", lua_tostring(L, -1));
     return 0;
+}
+
+/* moonport.publish(topic, data [, kind]): how many it was queued to. */
+static int lhost_publish(lua_State *L)
+{
+    return lconn_fanout(L, 1, "moonport.publish", host_server(L), NULL);
+}
+
+/* moonport.subscribers(topic): how many connections are subscribed. */
+static int lhost_subscribers(lua_State *L)
+{
+    size_t len;
+    const char *topic = lconn_checktopic(L, 1, "moonport.subscribers", &len);
+    lua_pushinteger(L, (lua_Integer)pubsub_subscribers(host_server(L), topic, len));
+    return 1;
 }
 
 /* moonport.now(): monotonic seconds. */
@@ -216,7 +233,7 @@ void lhost_open(lua_State *L, struct server *srv)
 
     static const luaL_Reg fns[] = {
         {"log", lhost_log}, {"now", lhost_now}, {"after", lhost_after}, {"every", lhost_every},
-        {NULL, NULL},
+        {"publish", lhost_publish}, {"subscribers", lhost_subscribers}, {NULL, NULL},
     };
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");

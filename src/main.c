@@ -14,6 +14,7 @@
 #include "handshake.h"
 #include "lbridge.h"
 #include "log.h"
+#include "pubsub.h"
 #include "reload.h"
 #include "router.h"
 #include "server.h"
@@ -84,8 +85,10 @@ out:
     lbridge_free(srv.lb);
     router_free(srv.router);
     compress_free(srv.z);
+    pubsub_free(&srv);
     tls_ctx_free(srv.tls);
     free(srv.flush);
+    free(srv.later);
     server_limits_free(&srv);
     buf_pool_drain();
     hs_pool_drain();

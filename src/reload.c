@@ -577,6 +577,7 @@ static void reload_config(struct server *s)
     c->close_timeout = fresh.close_timeout;
     c->ping_interval = fresh.ping_interval;
     c->idle_timeout = fresh.idle_timeout;
+    c->publish_delay = fresh.publish_delay;
     c->compression = fresh.compression; /* for connections from now on */
     c->compression_threshold = fresh.compression_threshold;
     c->compression_level = fresh.compression_level;

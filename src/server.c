@@ -148,6 +148,58 @@ void server_want_flush(struct server *s, struct conn *c)
     s->flush[s->nflush++] = c;
 }
 
+void server_want_flush_later(struct server *s, struct conn *c)
+{
+    double delay = s->cfg->publish_delay;
+    if (delay <= 0 || c->in_flush_list) { /* leaves in this loop turn anyway */
+        server_want_flush(s, c);
+        return;
+    }
+    if (c->in_later_list || c->state == CONN_DEAD)
+        return;
+    if (s->nlater == s->later_cap) {
+        size_t cap = s->later_cap ? s->later_cap * 2 : 64;
+        struct conn **l = realloc(s->later, cap * sizeof *l);
+        if (!l) {
+            server_want_flush(s, c);
+            return;
+        }
+        s->later = l;
+        s->later_cap = cap;
+    }
+    c->in_later_list = 1;
+    s->later[s->nlater++] = c;
+    if (!ev_is_active(&s->publish_w)) {
+        ev_timer_set(&s->publish_w, delay, 0);
+        ev_timer_start(s->loop, &s->publish_w);
+    }
+}
+
+/* The waiting published output is due: it leaves before the loop blocks.
+ * Dead conns are only let go of (the sweep frees them). */
+static void release_later(struct server *s, int flush)
+{
+    for (size_t i = 0; i < s->nlater; i++) {
+        struct conn *c = s->later[i];
+        c->in_later_list = 0;
+        if (flush && c->state != CONN_DEAD)
+            server_want_flush(s, c);
+    }
+    s->nlater = 0;
+    if (s->later_cap > 4096) { /* after a burst, do not keep a large array */
+        free(s->later);
+        s->later = NULL;
+        s->later_cap = 0;
+    }
+}
+
+static void on_publish_delay(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    release_later(container_of(w, struct server, publish_w), 1);
+}
+
 struct limits_gen {
     struct ws_limits l;
     struct limits_gen *next;
@@ -373,13 +425,24 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     }
     lbridge_tune_gc(s->lb);
     compress_trim(s->z);
+    if (s->shutting_down && s->nconns == 0) { /* nothing waits any more */
+        ev_timer_stop(loop, &s->publish_w);
+        release_later(s, 0);
+    }
+    struct conn *kept = NULL; /* dead, but still in the later list */
     while (s->dead_list) {
         struct conn *c = s->dead_list;
         s->dead_list = c->next;
         if (c->in_flush_list) /* cannot be: the flush list was just emptied */
             continue;
+        if (c->in_later_list) {
+            c->next = kept;
+            kept = c;
+            continue;
+        }
         conn_free(c);
     }
+    s->dead_list = kept;
     if (s->shutting_down && s->nconns == 0)
         ev_break(loop, EVBREAK_ALL);
 }
@@ -453,6 +516,7 @@ int server_run(struct server *s)
     ev_init(&s->handshake_w, on_handshake_timeout);
     ev_init(&s->closing_w, on_closing_timeout);
     ev_init(&s->keepalive_w, on_keepalive);
+    ev_init(&s->publish_w, on_publish_delay);
     /* Timers and signals must not keep a finished loop alive. */
     ev_run(loop, 0);
     log_info("stopped");

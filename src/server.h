@@ -28,6 +28,7 @@ struct lbridge;
 
 struct reload;
 struct compress;
+struct topic_table;
 struct ssl_ctx_st;
 
 /* Connections in the order they entered a state. */
@@ -42,6 +43,7 @@ struct server {
     struct lbridge *lb;
     struct reload *reload;
     struct compress *z; /* permessage-deflate contexts, shared */
+    struct topic_table *topics; /* pubsub.h: NULL until the first subscribe */
     struct conn_reply *connect_reply; /* the decision of the on_connect running now */
     struct ssl_ctx_st *tls; /* TLS for new connections (tls.h), or NULL: plain ws:// */
     int argc; /* kept for SIGHUP, which reads the options and config again */
@@ -70,6 +72,12 @@ struct server {
     struct limits_gen *limits;
     struct conn **flush;
     size_t nflush, flush_cap;
+    /* Conns with published output that may wait for more, up to
+     * timeouts.publish_delay (publish_w), to leave in fewer writes. A dead
+     * one is not freed while it is here. */
+    struct conn **later;
+    size_t nlater, later_cap;
+    ev_timer publish_w;
     int flush_all;
     struct conn *dead_list;
     uint64_t next_id;
@@ -93,6 +101,10 @@ int server_run(struct server *s);
 
 /* Connection bookkeeping for conn.c. */
 void server_want_flush(struct server *s, struct conn *c);
+/* The same for output that may wait up to timeouts.publish_delay (a
+ * published message): other publishes in that time leave in the same write.
+ * Anything else queued for c meanwhile flushes it all in the loop turn. */
+void server_want_flush_later(struct server *s, struct conn *c);
 
 /* The message limits (config) for a new connection's parser; valid until
  * server_limits_free. NULL when out of memory. */

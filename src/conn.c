@@ -428,6 +428,24 @@ int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len
 
 int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size_t len)
 {
+    /* The echo's case in a few instructions: an open connection, a short
+     * frame that fits the output block being filled, a queue that stays
+     * under both limits (so that nothing but a flush is owed). */
+    struct buf_block *b = c->out.blk;
+    if (c->state == CONN_OPEN && !c->deflate && len <= 125 && b && b->cap - b->len >= 2 + len) {
+        const struct config *cfg = c->srv->cfg;
+        size_t pending = b->len - b->off + (c->refs ? c->refs->bytes : 0) + 2 + len;
+        if (pending <= cfg->send_buffer && pending <= cfg->max_send_buffer) {
+            uint8_t *w = b->data + b->len;
+            w[0] = (uint8_t)(0x80 | opcode);
+            w[1] = (uint8_t)len;
+            memcpy(w + 2, data, len);
+            b->len += 2 + len;
+            if (!c->in_flush_list)
+                server_want_flush(c->srv, c);
+            return count_out(c, opcode, len, 0);
+        }
+    }
     if (!conn_can_send(c))
         return -1;
     if (c->deflate || len >= CONN_REF_MIN)

@@ -6,8 +6,10 @@
 
 void lalloc_init(struct lalloc *a)
 {
-    for (size_t i = 0; i < sizeof a->cls / sizeof a->cls[0]; i++)
+    for (size_t i = 0; i < sizeof a->cls / sizeof a->cls[0]; i++) {
         a->cls[i] = (struct slab_cache)SLAB_CACHE_INIT((i + 1) * LALLOC_STEP);
+        a->cls[i].keep = LALLOC_KEEP / a->cls[i].size;
+    }
 }
 
 /* The class of a small block of n bytes (0 < n <= LALLOC_SMALL_MAX). */

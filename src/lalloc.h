@@ -16,6 +16,12 @@
 
 #define LALLOC_STEP 16
 #define LALLOC_SMALL_MAX 256 /* larger blocks are malloc's */
+/* Bytes of free blocks a class keeps mapped: each collector cycle frees
+ * about as much garbage as it lets pile up (lbridge.c, GC_SLACK_KIB), and
+ * the next cycle's strings fill the same memory again, so unmapping it
+ * would only cost an munmap, an mmap and a page fault per 4 KiB page per
+ * cycle. */
+#define LALLOC_KEEP ((size_t)512 * 1024)
 
 struct lalloc {
     struct slab_cache cls[LALLOC_SMALL_MAX / LALLOC_STEP];

@@ -119,7 +119,7 @@ void slab_free(struct slab_cache *sc, void *p)
     sl->nfree++;
     if (!sl->listed)
         list_front(sc, sl);
-    if (sl->nfree == sl->nobjs && sc->nfree >= 2 * (size_t)sl->nobjs) {
+    if (sl->nfree == sl->nobjs && sc->nfree >= 2 * (size_t)sl->nobjs + sc->keep) {
         unlist(sc, sl);
         sc->nfree -= sl->nobjs;
         munmap(sl, SLAB_BYTES);

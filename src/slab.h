@@ -18,6 +18,11 @@ struct slab_cache {
     size_t size;          /* of an object: a multiple of 8 */
     struct slab *partial; /* slabs with room, most recently freed into first */
     size_t nfree;         /* objects free in all slabs (untouched ones too) */
+    /* Free objects to keep, beyond a slab's worth, before an empty slab is
+     * unmapped: for a cache that is emptied and filled again over and
+     * over, so that it does not map, unmap and fault in the same memory
+     * each time. 0: a slab's worth only. */
+    size_t keep;
 };
 
 #define SLAB_CACHE_INIT(object_size) {.size = ((object_size) + 7) & ~(size_t)7}

@@ -64,5 +64,18 @@ int main(void)
     CHECK(mappings() < grown);     /* all but about one slab unmapped */
     CHECK(sc.nfree <= 2 * 303);    /* 303 objects of 216 bytes per 64 KiB slab */
     slab_free(&sc, NULL);
+
+    /* With keep, that many more free objects stay mapped (above, without
+     * it, at most two slabs' worth did). */
+    static struct slab_cache kc = SLAB_CACHE_INIT(sizeof(struct obj));
+    kc.keep = 1000;
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++)
+            o[i] = slab_alloc(&kc);
+        for (int i = 0; i < N; i++)
+            slab_free(&kc, o[i]);
+        CHECK(kc.nfree >= 1000);           /* kept */
+        CHECK(kc.nfree <= 1000 + 3 * 303); /* and no more than a slab or two over */
+    }
     return unit_done("slab");
 }

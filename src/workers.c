@@ -323,7 +323,9 @@ int workers_master(struct config *cfg, worker_fn serve)
                         else
                             spawn(&m, k);
                     } else if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+                        /* As a server of one process would have exited. */
                         log_error("worker %u (pid %d) %s while stopping", k, (int)pid, how);
+                        status = 1;
                     }
                 }
             }

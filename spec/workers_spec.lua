@@ -37,6 +37,9 @@ function app.on_message(ws, data)
       end
     end
     ws:send("done")
+  elseif cmd == "bigburst" then
+    for i = 1, tonumber(b) do moonport.publish(a, i .. " " .. string.rep("z", 1048576)) end
+    ws:send("done")
   end
 end
 return app
@@ -100,8 +103,12 @@ local function read_all(path)
 end
 
 describe("workers", function()
-  local server
+  local server, stopped
   after_each(function()
+    if stopped then -- a stopped worker would outlive the server
+      testing.run("kill -CONT " .. stopped)
+      stopped = nil
+    end
     if server then
       server:cleanup()
       server = nil
@@ -326,6 +333,28 @@ describe("workers", function()
     assert.are.equal(3, got)
     local ws = server:connect("/where")
     assert.is_nil(ws)
+  end)
+
+  it("never blocks a publish on a stopped worker, and drops past its queue with a count", function()
+    server = start(2)
+    local pid = tonumber(server:stderr():match("worker 2 started %(pid (%d+)%)"))
+    local pub = on_worker(server, 1, "/where")
+    local w2 = on_worker(server, 2, "/where")
+    assert.truthy(testing.run("kill -STOP " .. pid))
+    stopped = pid
+    -- 100 MiB for a worker that reads nothing: the publishing handler
+    -- returns, its worker keeps serving, the excess is dropped and counted.
+    assert.are.equal("done", ask(pub, "bigburst t 100"))
+    assert.are.equal("worker 1 of 2", ask(pub, "where"))
+    assert.truthy(server:wait_log("warn  %[w1%] publish to worker 2: %d+ message%(s%) dropped: "
+      .. "the worker does not keep up", 10), server:stderr())
+    assert.truthy(testing.run("kill -CONT " .. pid))
+    stopped = nil
+    -- Worker 2 catches up with what was queued, and the link works on.
+    assert.are.equal(2, worker_of(w2))
+    local sub = on_worker(server, 2, "/where?sub=u")
+    assert.are.equal("n 0", ask(pub, "pub u after"))
+    assert.are.equal("after", (sub:receive_message(20)))
   end)
 
   it("logs a worker killed with SIGKILL, with its connections, and replaces it", function()

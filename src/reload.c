@@ -552,6 +552,9 @@ static void reload_config(struct server *s)
     if (strcmp(fresh.host, c->host) != 0 || (fresh.port != c->port && fresh.port != 0))
         log_once(LOG_WARN, "SIGHUP: the listen address changed to %s:%d; it takes effect on restart",
                  fresh.host, fresh.port);
+    if (fresh.workers != c->workers)
+        log_once(LOG_WARN, "SIGHUP: workers changed to %u; it takes effect on restart",
+                 fresh.workers);
     if ((fresh.apps_dir == NULL) != (c->apps_dir == NULL) ||
         (fresh.apps_dir && strcmp(fresh.apps_dir, c->apps_dir) != 0))
         log_once(LOG_WARN, "SIGHUP: the apps directory changed; it takes effect on restart");

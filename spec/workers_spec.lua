@@ -102,6 +102,12 @@ local function read_all(path)
   return s
 end
 
+-- Whether pid runs (a zombie waiting for whoever adopted it does not).
+local function running(pid)
+  local status = read_all("/proc/" .. pid .. "/status")
+  return status ~= "" and not status:match("State:%s*Z")
+end
+
 describe("workers", function()
   local server, stopped
   after_each(function()
@@ -355,6 +361,30 @@ describe("workers", function()
     local sub = on_worker(server, 2, "/where?sub=u")
     assert.are.equal("n 0", ask(pub, "pub u after"))
     assert.are.equal("after", (sub:receive_message(20)))
+  end)
+
+  it("ends every worker, closing with 1001, when the master dies", function()
+    server = start(2)
+    local pids = {}
+    for k = 1, 2 do
+      pids[k] = tonumber(server:stderr():match("worker " .. k .. " started %(pid (%d+)%)"))
+    end
+    local conns = {}
+    for k = 1, 2 do
+      conns[k] = on_worker(server, k, "/where")
+    end
+    assert.truthy(server:signal("KILL"))
+    for k = 1, 2 do
+      assert.are.equal(1001, (conns[k]:expect_close(10)))
+      conns[k]:shutdown()
+    end
+    local gone = false
+    for _ = 1, 200 do
+      gone = not running(pids[1]) and not running(pids[2])
+      if gone then break end
+      socket.sleep(0.05)
+    end
+    assert.is_true(gone, "a worker outlived its master")
   end)
 
   it("logs a worker killed with SIGKILL, with its connections, and replaces it", function()

@@ -303,6 +303,21 @@ describe("workers", function()
     end)
   end
 
+  it("serves wss:// from every worker", function()
+    local dir = testing.temp_dir()
+    local cert, key = testing.make_cert(dir, "w")
+    local ok, err = pcall(function()
+      server = start(2, { tls = { cert = cert, key = key } })
+      assert.are.equal("wss", server.scheme)
+      for k = 1, 2 do
+        local ws = on_worker(server, k, "/where")
+        assert.are.equal("worker " .. k .. " of 2", ask(ws, "where"))
+      end
+    end)
+    os.execute("rm -rf " .. testing.quote(dir))
+    assert(ok, err)
+  end)
+
   it("holds limits.max_connections for the whole server", function()
     server = start(2, { config = [[return { apps = "apps", limits = { max_connections = 20 } }]] })
     local open, on = {}, { 0, 0 }

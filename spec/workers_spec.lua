@@ -6,8 +6,11 @@
 -- chat.lua works unchanged across workers, an edit reloads in every worker
 -- with one log line and a broken edit changes none, limits.max_connections
 -- holds for the whole server, SIGTERM closes every connection with 1001 and
--- exits 0, and a worker killed with SIGKILL is logged with its connections
--- and replaced. One worker (the default) runs no master at all.
+-- exits 0, a worker killed with SIGKILL is logged with its connections
+-- and replaced, a stopped worker never blocks a publish in another (past
+-- its queue, drops are logged with a count), a killed master takes its
+-- workers with it, and wss:// works in every worker. One worker (the
+-- default) runs no master at all.
 local testing = require "moonport.testing"
 local socket = require "socket"
 

@@ -7,8 +7,26 @@
 
 LOADGEN=${LOADGEN:-build/bench/loadgen}
 CODEC=${CODEC:-build/bench/codec_bench}
-SERVER_CPU=${SERVER_CPU:-0}
-GEN_CPU=${GEN_CPU:-1}
+# moonport --workers N (bench/run; 1: no --workers). The CPUs are taskset
+# lists ("0", "0-7", "0,2"); SERVER_CPUS and GEN_CPUS are the same as
+# SERVER_CPU and GEN_CPU. With workers, the server gets CPUs 0 to N-1 and
+# the generator the CPUs after them, or all of them on a machine that has
+# no more (then generator and server share, and say so in RESULTS.md).
+WORKERS=${WORKERS:-1}
+if [ "$WORKERS" -gt 1 ] 2>/dev/null; then
+    _ncpu=$(nproc)
+    _srv_default="0-$((WORKERS - 1))"
+    _gen_default="$WORKERS-$((_ncpu - 1))"
+    if [ "$WORKERS" -ge "$_ncpu" ]; then
+        _srv_default="0-$((_ncpu - 1))"
+        _gen_default="0-$((_ncpu - 1))"
+    fi
+else
+    _srv_default=0
+    _gen_default=1
+fi
+SERVER_CPU=${SERVER_CPUS:-${SERVER_CPU:-$_srv_default}}
+GEN_CPU=${GEN_CPUS:-${GEN_CPU:-$_gen_default}}
 RESULTS=${RESULTS:-bench/RESULTS.md}
 # Seconds measured, after one second of warm-up; BENCH_SECONDS=2 for a quick look.
 BENCH_SECONDS=${BENCH_SECONDS:-5}
@@ -26,6 +44,10 @@ BENCH_SECONDS=${BENCH_SECONDS:-5}
 # queue holds a reference to one copy of the frame, not a copy of its own).
 MATRIX_NAMES=(echo-64-text echo-64-binary echo-16k-binary echo-16k-100x4 echo-64-1000x1
     conns-10k conns-10k-fresh broadcast-1k broadcast-1k-loop broadcast-16k-100 broadcast-16k churn)
+# BENCH_ROWS="echo-64-text broadcast-1k" runs only those rows.
+if [ -n "${BENCH_ROWS:-}" ]; then
+    read -r -a MATRIX_NAMES <<<"$BENCH_ROWS"
+fi
 declare -A MATRIX_PATH=(
     [echo-64-text]=/echo [echo-64-binary]=/echo [echo-16k-binary]=/echo
     [echo-16k-100x4]=/echo [echo-64-1000x1]=/echo
@@ -98,8 +120,17 @@ stop_server() {
 }
 
 # The pid whose CPU and memory count: the server, or for nginx its one
-# worker. bench/peers sets MEASURE_PID after start_server when it differs.
+# worker. bench/peers sets MEASURE_PID after start_server when it differs;
+# bench/run, with WORKERS, to the master and its workers (PID,PID,...).
 MEASURE_PID=
+
+# server_family PID: PID and its children, as loadgen's --server-pid list.
+server_family() {
+    local kids
+    kids=$(cat "/proc/$1/task/$1/children" 2>/dev/null)
+    kids=$(echo $kids)
+    echo "$1${kids:+,${kids// /,}}"
+}
 
 # run_row NAME OUT: one row of the matrix against the running server; its
 # JSON summary is appended to OUT. Returns loadgen's status.

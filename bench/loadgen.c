@@ -118,6 +118,9 @@ static struct loadgen {
     const char *url, *label;
     char host[256], port[16], path[1024], hostport[300];
     int nconns, inflight, size, binary, json, server_pid, connect_limit;
+    /* --server-pid PID,PID...: every process of the server (moonport
+     * --workers: the master and its workers), summed; server_pid is the first. */
+    int server_pids[64], nserver_pids;
     double duration, warmup, rate, drain;
 
     /* Run state. */
@@ -365,12 +368,10 @@ static uint64_t hist_quantile(const struct hist *h, double q)
 /* ---------------------------------------------------------------------- */
 /* The server process, from /proc                                          */
 
-static long long server_ticks(void)
+static long long pid_ticks(int pid)
 {
-    if (!lg.server_pid)
-        return -1;
     char path[64], text[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", lg.server_pid);
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r");
     if (!f)
         die(NULL, "cannot read %s: %s (is the server still running?)", path, strerror(errno));
@@ -387,18 +388,36 @@ static long long server_ticks(void)
     return (long long)(utime + stime);
 }
 
-static long server_rss_kib(void)
+static long long server_ticks(void)
 {
     if (!lg.server_pid)
         return -1;
+    long long sum = 0;
+    for (int i = 0; i < lg.nserver_pids; i++)
+        sum += pid_ticks(lg.server_pids[i]);
+    return sum;
+}
+
+static long pid_rss_kib(int pid)
+{
     char path[64];
-    snprintf(path, sizeof path, "/proc/%d/statm", lg.server_pid);
+    snprintf(path, sizeof path, "/proc/%d/statm", pid);
     FILE *f = fopen(path, "r");
     long size, resident;
     if (!f || fscanf(f, "%ld %ld", &size, &resident) != 2)
         die(NULL, "cannot read %s", path);
     fclose(f);
     return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static long server_rss_kib(void)
+{
+    if (!lg.server_pid)
+        return -1;
+    long sum = 0;
+    for (int i = 0; i < lg.nserver_pids; i++)
+        sum += pid_rss_kib(lg.server_pids[i]);
+    return sum;
 }
 
 /* Busy ticks of the whole machine: whatever is neither idle nor iowait. */
@@ -1223,6 +1242,7 @@ static const char usage[] =
     "  --drain SECONDS   time allowed for what is in flight at the end (10)\n"
     "  --connect-limit N handshakes in progress at once (256)\n"
     "  --server-pid PID  sample the server's CPU time and RSS from /proc/PID\n"
+    "                    (PID,PID,...: the sum over several processes)\n"
     "  --label TEXT      a name for the summary\n"
     "  --json            print the summary as one JSON object\n"
     "\n"
@@ -1330,7 +1350,23 @@ static void parse_args(int argc, char **argv)
         } else if (!strcmp(a, "--connect-limit")) {
             lg.connect_limit = (int)number_arg(argc, argv, &i, 1, 1000000);
         } else if (!strcmp(a, "--server-pid")) {
-            lg.server_pid = (int)number_arg(argc, argv, &i, 1, 1 << 30);
+            if (i + 1 >= argc)
+                bad_usage("%s needs a value", a);
+            const char *list = argv[++i];
+            lg.nserver_pids = 0;
+            while (*list) {
+                char *end;
+                long pid = strtol(list, &end, 10);
+                if (end == list || pid < 1 || pid > (1 << 30) || (*end && *end != ',') ||
+                    lg.nserver_pids == (int)(sizeof lg.server_pids / sizeof lg.server_pids[0]))
+                    bad_usage("--server-pid takes PID or PID,PID,... (at most 64), not %s",
+                              argv[i]);
+                lg.server_pids[lg.nserver_pids++] = (int)pid;
+                list = *end ? end + 1 : end;
+            }
+            if (!lg.nserver_pids)
+                bad_usage("%s needs a pid", a);
+            lg.server_pid = lg.server_pids[0];
         } else if (!strcmp(a, "--label")) {
             if (i + 1 >= argc)
                 bad_usage("%s needs a value", a);

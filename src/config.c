@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <getopt.h>
+#include <sched.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -30,6 +31,8 @@ static const char usage[] =
     "  --tls-cert FILE    serve wss:// with this PEM certificate chain (needs --tls-key);\n"
     "                     SIGHUP reloads it and the key for new connections\n"
     "  --tls-key FILE     the PEM private key of --tls-cert\n"
+    "  --workers N|auto   serve with N processes on the one port (default 1; auto: one\n"
+    "                     per CPU this process may run on); topics reach all of them\n"
     "  -h, --help         print this help and exit\n"
     "  -v, --version      print the version and exit\n";
 
@@ -41,6 +44,7 @@ void config_init(struct config *c)
     c->log_level = LOG_INFO;
     c->log_access = 1;
     c->reload = 1;
+    c->workers = 1;
     c->max_message = 16u << 20;
     c->max_fragments = 131072; /* Autobahn 9.3.1, 9.4.1: 65,537 frames */
     c->max_head = 16384;
@@ -93,6 +97,23 @@ static char *relative_to(const char *file, const char *path)
     memcpy(out, file, dl);
     strcpy(out + dl, path);
     return out;
+}
+
+/* "auto": the CPUs this process may run on; else a number, 1 to the most. */
+static int parse_workers(const char *s, unsigned *out)
+{
+    if (strcmp(s, "auto") == 0) {
+        cpu_set_t set;
+        int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+        *out = n < 1 ? 1 : n > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX : (unsigned)n;
+        return 0;
+    }
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (*s == '\0' || *end || n < 1 || n > CONFIG_WORKERS_MAX)
+        return -1;
+    *out = (unsigned)n;
+    return 0;
 }
 
 static int field_number(lua_State *L, int t, const char *key, const char *where, double min,
@@ -243,7 +264,8 @@ struct known_keys {
 };
 
 static const char *const top_keys[] = {"host", "port", "apps", "routes", "limits", "timeouts",
-                                       "compression", "log", "tls", "reload", NULL};
+                                       "compression", "log", "tls", "reload", "workers",
+                                       NULL};
 static const char *const limits_keys[] = {"max_message", "max_fragments", "max_head",
                                           "max_headers", "send_buffer", "max_send_buffer",
                                           "max_connections", NULL};
@@ -409,6 +431,19 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     if (r)
         set_str(&c->host, s);
     NUM(t, "", "port", 0, 65535, c->port);
+    lua_getfield(L, t, "workers");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        if (parse_workers(lua_tostring(L, -1), &c->workers)) {
+            snprintf(msg, sizeof msg, "workers must be a number from 1 to %d or \"auto\", not "
+                     "\"%s\"", CONFIG_WORKERS_MAX, lua_tostring(L, -1));
+            goto bad;
+        }
+    } else if (!lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        NUM(t, "", "workers", 1, CONFIG_WORKERS_MAX, c->workers);
+        lua_pushnil(L);
+    }
+    lua_pop(L, 1);
     lua_getfield(L, t, "reload");
     if (!lua_isnil(L, -1))
         c->reload = lua_toboolean(L, -1);
@@ -541,12 +576,13 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         {"reload", required_argument, NULL, 'r'},
         {"tls-cert", required_argument, NULL, 'C'},
         {"tls-key", required_argument, NULL, 'K'},
+        {"workers", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
     };
     const char *host = NULL, *port = NULL, *level = NULL, *file = NULL, *reload = NULL;
-    const char *tls_cert = NULL, *tls_key = NULL;
+    const char *tls_cert = NULL, *tls_key = NULL, *workers = NULL;
     int ch;
     opterr = 0;
     optind = 0; /* glibc: 0 re-initialises, so SIGHUP can parse argv again */
@@ -559,6 +595,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         case 'r': reload = optarg; break;
         case 'C': tls_cert = optarg; break;
         case 'K': tls_key = optarg; break;
+        case 'w': workers = optarg; break;
         case 'h': fputs(usage, stdout); return CONFIG_EXIT_OK;
         case 'v': printf("moonport %s\n", MOONPORT_VERSION); return CONFIG_EXIT_OK;
         case ':':
@@ -602,6 +639,11 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
             return CONFIG_ERROR;
         }
         c->reload = strcmp(reload, "on") == 0;
+    }
+    if (workers && parse_workers(workers, &c->workers)) {
+        snprintf(err, errlen, "--workers must be a number from 1 to %d or auto, not \"%s\"",
+                 CONFIG_WORKERS_MAX, workers);
+        return CONFIG_ERROR;
     }
     if (tls_cert)
         set_str(&c->tls_cert, tls_cert);

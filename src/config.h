@@ -22,6 +22,7 @@ struct config {
     int reload; /* watch app files and reload them on change */
     char *tls_cert; /* PEM certificate chain; with tls_key, serve wss:// */
     char *tls_key;  /* PEM private key; both NULL: plain ws:// */
+    unsigned workers; /* processes serving (workers.h), 1 to CONFIG_WORKERS_MAX */
 
     struct route_spec *routes; /* explicit routes from the config file, in order */
     size_t nroutes;
@@ -48,6 +49,8 @@ struct config {
     double publish_delay; /* published output may wait this long to leave
                              with more; 0: it leaves in its loop turn */
 };
+
+#define CONFIG_WORKERS_MAX 256
 
 /* CONFIG_ERROR: a bad command line; CONFIG_FILE_ERROR: a bad config file. */
 enum { CONFIG_OK = 0, CONFIG_EXIT_OK = 1, CONFIG_ERROR = -1, CONFIG_FILE_ERROR = -2 };

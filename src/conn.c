@@ -31,6 +31,7 @@
 #include "slab.h"
 #include "snapshot.h"
 #include "tls.h"
+#include "workers.h"
 #include "ws_utf8.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -129,7 +130,7 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
     }
     c->srv = srv;
     c->lua_ref = LUA_NOREF;
-    c->id = ++srv->next_id;
+    c->id = srv->shared ? workers_next_id(srv->shared) : ++srv->next_id;
     ws_parser_init_shared(&c->parser, limits);
 
     ev_io_init(&c->io, on_io, fd, EV_READ);

@@ -867,6 +867,18 @@ static void drain(struct lbridge *lb)
     draining = 0;
 }
 
+void lbridge_hold(struct lbridge *lb, struct lb_call *hold)
+{
+    *hold = (struct lb_call){NULL, 0, LUA_NOREF, lb->call};
+    lb->call = hold;
+}
+
+void lbridge_unhold(struct lbridge *lb, struct lb_call *hold)
+{
+    lb->call = hold->prev;
+    drain(lb);
+}
+
 /* Queue c's on_close until the running call returns; 0, or -1 if out of
  * memory. */
 static int defer_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,

@@ -72,6 +72,14 @@ struct lb_call {
     struct lb_call *prev;
 };
 
+/* For C code that may end connections outside any Lua call, and must not
+ * run Lua meanwhile (a publish from another worker, mesh.c): between
+ * lbridge_hold and lbridge_unhold, an on_close waits as it does inside a
+ * call, and lbridge_unhold runs those that waited. */
+struct lbridge;
+void lbridge_hold(struct lbridge *lb, struct lb_call *hold);
+void lbridge_unhold(struct lbridge *lb, struct lb_call *hold);
+
 struct lb_deferred_close; /* lbridge.c */
 
 /* Messages per protected call at most (see lbridge_message). */

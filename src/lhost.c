@@ -1,5 +1,5 @@
 /* lhost: the moonport module apps require: log, now, after, every,
- * publish, subscribers (topics: pubsub.h; their argument checks are
+ * worker and workers (where the app runs: workers.h), publish, subscribers (topics: pubsub.h; their argument checks are
  * lconn.c's, shared with ws:publish), and the timer type, which ws:after
  * and ws:every (lconn.c) share. A timer is a userdata holding its
  * ev_timer; while it is armed, the registry holds the timer and its
@@ -245,6 +245,10 @@ void lhost_open(lua_State *L, struct server *srv)
     }
     lua_pushliteral(L, MOONPORT_VERSION);
     lua_setfield(L, -2, "version");
+    lua_pushinteger(L, (lua_Integer)srv->worker);
+    lua_setfield(L, -2, "worker");
+    lua_pushinteger(L, (lua_Integer)srv->nworkers);
+    lua_setfield(L, -2, "workers");
     lua_setfield(L, -2, "moonport");
     lua_pop(L, 2);
 }

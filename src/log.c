@@ -11,6 +11,16 @@
 
 int log_threshold = LOG_INFO;
 int log_access_on = 1;
+int log_worker, log_nworkers;
+
+const char *log_in_workers(void)
+{
+    static char note[32];
+    if (log_nworkers <= 1)
+        return "";
+    snprintf(note, sizeof note, " in %d workers", log_nworkers);
+    return note;
+}
 
 static const char *const names[] = {"error", "warn", "info", "debug"};
 
@@ -58,8 +68,13 @@ void log_msg(int level, const char *fmt, ...)
 {
     if (level > log_threshold)
         return;
-    char prefix[16];
-    snprintf(prefix, sizeof prefix, "%-5s ", log_level_name(level));
+    char prefix[32];
+    if (log_nworkers > 1 && log_worker > 0)
+        snprintf(prefix, sizeof prefix, "%-5s [w%d] ", log_level_name(level), log_worker);
+    else if (log_nworkers > 1)
+        snprintf(prefix, sizeof prefix, "%-5s [master] ", log_level_name(level));
+    else
+        snprintf(prefix, sizeof prefix, "%-5s ", log_level_name(level));
     va_list ap;
     va_start(ap, fmt);
     emit(stderr, prefix, fmt, ap);

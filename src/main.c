@@ -1,11 +1,14 @@
 /* main: the moonport command. Reads the options and the config file, loads
  * every app through reload.c (a broken one stops the start with file:line),
  * binds, and runs the loop. A mistake at start is one line on stderr and exit status 1
- * (2 for a bad command line). */
+ * (2 for a bad command line). With --workers N > 1 the start goes through
+ * workers.c, which forks N copies of the server this file runs. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "buf.h"
 #include "compress.h"
@@ -14,14 +17,19 @@
 #include "handshake.h"
 #include "lbridge.h"
 #include "log.h"
+#include "mesh.h"
 #include "pubsub.h"
 #include "reload.h"
 #include "router.h"
 #include "server.h"
 #include "tls.h"
+#include "workers.h"
 
 /* Each connection is a descriptor: take the hard limit, not the soft 1024
  * most shells start with, so thousands of clients fit. */
+static int main_argc; /* for SIGHUP, which reads the options again */
+static char **main_argv;
+
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
@@ -31,10 +39,81 @@ static void raise_fd_limit(void)
     }
 }
 
+/* Today's server, in this process: with one worker, the whole of it; with
+ * --workers, one worker of it (env: what the master gave it). Returns the
+ * exit status. */
+static int serve(struct config *cfg, const struct worker_env *env)
+{
+    static struct server srv;
+    char err[1024];
+    srv.cfg = cfg;
+    srv.argc = main_argc;
+    srv.argv = main_argv;
+    srv.worker = env ? env->worker : 1;
+    srv.nworkers = env ? env->nworkers : 1;
+    srv.shared = env ? env->shared : NULL;
+    srv.loop = ev_default_loop(EVFLAG_AUTO);
+    srv.lfd = -1;
+    srv.router = router_new();
+    srv.lb = srv.router ? lbridge_new(&srv, cfg->apps_dir, err, sizeof err) : NULL;
+    srv.z = compress_new(cfg);
+    int rc = 1;
+    if (!srv.lb || !srv.z) {
+        fprintf(stderr, "moonport: out of memory\n");
+        goto out;
+    }
+    if (cfg->tls_cert && !(srv.tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key, err, sizeof err))) {
+        fprintf(stderr, "moonport: %s\n", err);
+        goto out;
+    }
+    if (env) {
+        server_adopt(&srv, env->lfd);
+        if (!(srv.mesh = mesh_new(&srv, env->peers))) {
+            fprintf(stderr, "moonport: out of memory\n");
+            goto out;
+        }
+    }
+    if (reload_start(&srv, err, sizeof err) || (!env && server_listen(&srv, err, sizeof err))) {
+        fprintf(stderr, "moonport: %s\n", err);
+        goto out;
+    }
+    for (size_t i = 0; i < router_count(srv.router); i++) {
+        const struct route *r = router_at(srv.router, i);
+        log_once(LOG_INFO, "route %s -> %s", r->pattern, r->app->file);
+    }
+    if (env) { /* the master writes the line when every worker serves */
+        struct worker_ready ready = {env->worker, (unsigned)router_count(srv.router), ""};
+        snprintf(ready.bound, sizeof ready.bound, "%s", srv.bound);
+        if (write(env->ready_fd, &ready, sizeof ready) != (ssize_t)sizeof ready)
+            log_warn("cannot tell the master this worker serves: %s", strerror(errno));
+    } else {
+        /* The one line every run prints, whatever the level: tools wait for it. */
+        int level = log_threshold;
+        log_threshold = LOG_INFO;
+        log_info("moonport %s listening on %s://%s/ (%zu routes)", MOONPORT_VERSION,
+                 srv.tls ? "wss" : "ws", srv.bound, router_count(srv.router));
+        log_threshold = level;
+    }
+    rc = server_run(&srv);
+out:
+    reload_stop(&srv);
+    mesh_free(srv.mesh);
+    lbridge_free(srv.lb);
+    router_free(srv.router);
+    compress_free(srv.z);
+    pubsub_free(&srv);
+    tls_ctx_free(srv.tls);
+    free(srv.flush);
+    free(srv.later);
+    server_limits_free(&srv);
+    buf_pool_drain();
+    hs_pool_drain();
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static struct config cfg;
-    static struct server srv;
     char err[1024];
     config_init(&cfg);
     int rc = config_load(&cfg, argc, argv, err, sizeof err);
@@ -47,51 +126,9 @@ int main(int argc, char **argv)
     log_threshold = cfg.log_level;
     log_access_on = cfg.log_access;
     raise_fd_limit();
-
-    srv.cfg = &cfg;
-    srv.argc = argc;
-    srv.argv = argv;
-    srv.loop = ev_default_loop(EVFLAG_AUTO);
-    srv.lfd = -1;
-    srv.router = router_new();
-    srv.lb = srv.router ? lbridge_new(&srv, cfg.apps_dir, err, sizeof err) : NULL;
-    srv.z = compress_new(&cfg);
-    rc = 1;
-    if (!srv.lb || !srv.z) {
-        fprintf(stderr, "moonport: out of memory\n");
-        goto out;
-    }
-    if (cfg.tls_cert && !(srv.tls = tls_ctx_new(cfg.tls_cert, cfg.tls_key, err, sizeof err))) {
-        fprintf(stderr, "moonport: %s\n", err);
-        goto out;
-    }
-    if (reload_start(&srv, err, sizeof err) || server_listen(&srv, err, sizeof err)) {
-        fprintf(stderr, "moonport: %s\n", err);
-        goto out;
-    }
-    for (size_t i = 0; i < router_count(srv.router); i++) {
-        const struct route *r = router_at(srv.router, i);
-        log_info("route %s -> %s", r->pattern, r->app->file);
-    }
-    /* The one line every run prints, whatever the level: tools wait for it. */
-    int level = log_threshold;
-    log_threshold = LOG_INFO;
-    log_info("moonport %s listening on %s://%s/ (%zu routes)", MOONPORT_VERSION,
-             srv.tls ? "wss" : "ws", srv.bound, router_count(srv.router));
-    log_threshold = level;
-    rc = server_run(&srv);
-out:
-    reload_stop(&srv);
-    lbridge_free(srv.lb);
-    router_free(srv.router);
-    compress_free(srv.z);
-    pubsub_free(&srv);
-    tls_ctx_free(srv.tls);
-    free(srv.flush);
-    free(srv.later);
-    server_limits_free(&srv);
-    buf_pool_drain();
-    hs_pool_drain();
+    main_argc = argc;
+    main_argv = argv;
+    rc = cfg.workers > 1 ? workers_master(&cfg, serve) : serve(&cfg, NULL);
     config_free(&cfg);
     return rc;
 }

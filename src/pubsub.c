@@ -23,6 +23,7 @@
 
 #include "compress.h"
 #include "conn.h"
+#include "mesh.h"
 #include "server.h"
 #include "topic.h"
 
@@ -101,7 +102,7 @@ static int deliver(void *ctx, void *owner, unsigned cls)
     return conn_send_shared(c, frame, f->opcode, f->dlen) == 0;
 }
 
-size_t pubsub_publish(struct server *s, const char *name, size_t len, uint8_t opcode,
+size_t pubsub_deliver(struct server *s, const char *name, size_t len, uint8_t opcode,
                       const void *data, size_t dlen, struct conn *skip)
 {
     struct topic *t = topic_find(s->topics, name, len);
@@ -119,6 +120,15 @@ size_t pubsub_publish(struct server *s, const char *name, size_t len, uint8_t op
     size_t n = topic_publish(s->topics, t, skip, deliver, &f);
     conn_frame_release(f.plain);
     conn_frame_release(f.zframe);
+    return n;
+}
+
+size_t pubsub_publish(struct server *s, const char *name, size_t len, uint8_t opcode,
+                      const void *data, size_t dlen, struct conn *skip)
+{
+    size_t n = pubsub_deliver(s, name, len, opcode, data, dlen, skip);
+    if (s->mesh) /* the other workers' subscribers (--workers) */
+        mesh_publish(s->mesh, name, len, opcode, data, dlen);
     return n;
 }
 

@@ -27,9 +27,14 @@ const char *pubsub_topic(const struct server *s, const struct conn *c, size_t i,
 size_t pubsub_subscribers(const struct server *s, const char *name, size_t len);
 
 /* Queue a text or binary message (opcode) to every subscriber of name but
- * skip (NULL: none) that can take it. Returns how many it was queued to.
- * With permessage-deflate, see pubsub.c for which frame each gets. */
+ * skip (NULL: none) that can take it, in this worker and (mesh.h) in every
+ * other. Returns how many it was queued to in this worker: the others
+ * deliver it later, on their own. With permessage-deflate, see pubsub.c
+ * for which frame each gets. */
 size_t pubsub_publish(struct server *s, const char *name, size_t len, uint8_t opcode,
+                      const void *data, size_t dlen, struct conn *skip);
+/* The same in this worker only: a message another worker published. */
+size_t pubsub_deliver(struct server *s, const char *name, size_t len, uint8_t opcode,
                       const void *data, size_t dlen, struct conn *skip);
 
 /* c is ending: it leaves every topic (before its on_close runs). */

@@ -3,7 +3,9 @@
  * by truncate-and-write, or in several writes, and only the directory sees
  * all of those. Events only arm a short timer; when writes have settled,
  * every app and module file is stat'ed and whatever changed is reloaded.
- * A broken version is logged (file:line) and the old one keeps serving. */
+ * A broken version is logged (file:line) and the old one keeps serving.
+ * With --workers, every worker watches and reloads for itself; the lines
+ * they would all write alike are written by worker 1 (log_once). */
 #include "reload.h"
 
 #include <dirent.h>
@@ -222,10 +224,11 @@ static void reload_app(struct server *s, struct app *a, const char *why)
     if (f) /* require(NAME) gets this version, without running it again */
         lbridge_provide(s->lb, a, f->name);
     if (rc == 0)
-        log_info("reload %s (%s) v%u ok in %.1f ms (%s)", a->name, a->file, a->version, ms, why);
+        log_once(LOG_INFO, "reload %s (%s) v%u ok in %.1f ms (%s)%s", a->name, a->file, a->version,
+                 ms, why, log_in_workers());
     else
-        log_error("reload %s (%s) failed in %.1f ms, v%u keeps serving: %s", a->name, a->file, ms,
-                  a->version, err);
+        log_once(LOG_ERROR, "reload %s (%s) failed in %.1f ms, v%u keeps serving%s: %s", a->name,
+                 a->file, ms, a->version, log_in_workers(), err);
 }
 
 /* Put a file that ran as a possible app where it belongs now: a route if
@@ -246,10 +249,10 @@ static void settle(struct server *s, struct dir_file *f)
     char err[1024];
     if (want == DIR_ROUTE) {
         if (serve(s, a, f->route, err, sizeof err)) {
-            log_error("%s: not served: %s", f->file, err);
+            log_once(LOG_ERROR, "%s: not served: %s", f->file, err);
             f->state = DIR_HELPER;
         } else if (was != DIR_NEW) {
-            log_info("%s: now an app at %s (it defines a handler)", f->file, f->route);
+            log_once(LOG_INFO, "%s: now an app at %s (it defines a handler)", f->file, f->route);
         }
         return;
     }
@@ -259,9 +262,9 @@ static void settle(struct server *s, struct dir_file *f)
             close_app_conns(s, a, "is a module now");
     }
     if (m)
-        log_info("%s: a module, not a route (required by %s)", f->file, required_by(m));
+        log_once(LOG_INFO, "%s: a module, not a route (required by %s)", f->file, required_by(m));
     else
-        log_info("%s: a module, not a route (it defines none of on_connect, on_message, "
+        log_once(LOG_INFO, "%s: a module, not a route (it defines none of on_connect, on_message, "
                  "on_close)", f->file);
 }
 
@@ -273,7 +276,7 @@ static int examine(struct server *s, struct dir_file *f, char *err, size_t errle
     const char *bad = unroutable_char(f->name);
     if (bad) {
         f->state = DIR_REFUSED;
-        log_warn("%s: not served: its route %s would need percent-encoding ('%c' is byte "
+        log_once(LOG_WARN, "%s: not served: its route %s would need percent-encoding ('%c' is byte "
                  "0x%02X), so no request could reach it; name apps with letters, digits, "
                  "- . _ ~", f->file, f->route,
                  (unsigned char)*bad >= 0x20 && (unsigned char)*bad < 0x7f ? *bad : '?',
@@ -283,7 +286,7 @@ static int examine(struct server *s, struct dir_file *f, char *err, size_t errle
     const struct module *m = required(s->lb, f->file);
     if (m) { /* an app required it first: it has run, through require */
         f->state = DIR_REQUIRED;
-        log_info("%s: a module, not a route (required by %s)", f->file, required_by(m));
+        log_once(LOG_INFO, "%s: a module, not a route (required by %s)", f->file, required_by(m));
         return 0;
     }
     s->reload->ran = 1;
@@ -325,7 +328,7 @@ static void sync_dir(struct server *s)
             if (!(f = dir_file_new(s, *p)))
                 continue;
             if (examine(s, f, err, sizeof err)) {
-                log_error("new app %s not served: %s", f->file, err);
+                log_once(LOG_ERROR, "new app %s not served: %s", f->file, err);
                 dir_file_free(f); /* looked at again on the next change */
                 continue;
             }
@@ -333,7 +336,7 @@ static void sync_dir(struct server *s)
             r->files = f;
             settle(s, f);
             if (f->state == DIR_ROUTE)
-                log_info("new app %s (%s) at %s", f->app->name, f->file, f->route);
+                log_once(LOG_INFO, "new app %s (%s) at %s", f->app->name, f->file, f->route);
             continue;
         }
         struct app *a = f->app;
@@ -343,7 +346,7 @@ static void sync_dir(struct server *s)
             a->removed = 0;
             for (size_t i = 0; i < a->npatterns; i++)
                 if (router_add(s->router, a->patterns[i], a, err, sizeof err))
-                    log_error("app %s: %s", a->name, err);
+                    log_once(LOG_ERROR, "app %s: %s", a->name, err);
         }
     }
     /* A file that never ran as an app is forgotten when it goes, so that
@@ -381,7 +384,7 @@ static void check_changes(struct server *s, int force)
         m->stale = force || !file_sig_equal(&sig, &m->sig);
         m->sig = sig;
         if (m->stale && !force)
-            log_info("module %s (%s) changed", m->name, m->file);
+            log_once(LOG_INFO, "module %s (%s) changed", m->name, m->file);
     }
     /* A module that ran first as a possible app (see examine) is recorded
      * as an app by the modules it required: treat it as their parent. */
@@ -431,7 +434,7 @@ static void watch_dir(struct reload *r, const char *dir)
     uint32_t mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE |
                     IN_MODIFY | IN_ATTRIB;
     if (inotify_add_watch(r->ifd, dir, mask) < 0)
-        log_warn("cannot watch %s for changes: %s", dir, strerror(errno));
+        log_once(LOG_WARN, "cannot watch %s for changes: %s", dir, strerror(errno));
 }
 
 /* The directory part of a path ("." for none). */
@@ -516,7 +519,7 @@ static void watching(struct server *s, int on)
     if (on && r->ifd < 0) {
         r->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
         if (r->ifd < 0) {
-            log_warn("cannot watch app files (inotify: %s); SIGHUP still reloads",
+            log_once(LOG_WARN, "cannot watch app files (inotify: %s); SIGHUP still reloads",
                      strerror(errno));
             return;
         }
@@ -542,18 +545,21 @@ static void reload_config(struct server *s)
     char err[1024];
     config_init(&fresh);
     if (config_load(&fresh, s->argc, s->argv, err, sizeof err) != CONFIG_OK) {
-        log_error("SIGHUP: config not reloaded, the running one stays: %s", err);
+        log_once(LOG_ERROR, "SIGHUP: config not reloaded, the running one stays: %s", err);
         config_free(&fresh);
         return;
     }
     if (strcmp(fresh.host, c->host) != 0 || (fresh.port != c->port && fresh.port != 0))
-        log_warn("SIGHUP: the listen address changed to %s:%d; it takes effect on restart",
+        log_once(LOG_WARN, "SIGHUP: the listen address changed to %s:%d; it takes effect on restart",
                  fresh.host, fresh.port);
+    if (fresh.workers != c->workers)
+        log_once(LOG_WARN, "SIGHUP: workers changed to %u; it takes effect on restart",
+                 fresh.workers);
     if ((fresh.apps_dir == NULL) != (c->apps_dir == NULL) ||
         (fresh.apps_dir && strcmp(fresh.apps_dir, c->apps_dir) != 0))
-        log_warn("SIGHUP: the apps directory changed; it takes effect on restart");
+        log_once(LOG_WARN, "SIGHUP: the apps directory changed; it takes effect on restart");
     if (!fresh.tls_cert != !c->tls_cert) {
-        log_warn("SIGHUP: TLS was turned %s; it takes effect on restart",
+        log_once(LOG_WARN, "SIGHUP: TLS was turned %s; it takes effect on restart",
                  fresh.tls_cert ? "on" : "off");
     } else if (fresh.tls_cert) { /* reload_tls reads them */
         free(c->tls_cert);
@@ -594,7 +600,7 @@ static void reload_config(struct server *s)
         while (j < fresh.nroutes && strcmp(fresh.routes[j].pattern, c->routes[i].pattern) != 0)
             j++;
         if (j == fresh.nroutes && router_remove(s->router, c->routes[i].pattern))
-            log_info("SIGHUP: route %s removed", c->routes[i].pattern);
+            log_once(LOG_INFO, "SIGHUP: route %s removed", c->routes[i].pattern);
     }
     for (size_t i = 0; i < fresh.nroutes; i++) {
         const char *file = fresh.routes[i].file;
@@ -604,7 +610,7 @@ static void reload_config(struct server *s)
         snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "."), base);
         struct app *a = lbridge_app(s->lb, file, name, err, sizeof err);
         if (!a || serve(s, a, fresh.routes[i].pattern, err, sizeof err))
-            log_error("SIGHUP: route %s not served: %s", fresh.routes[i].pattern, err);
+            log_once(LOG_ERROR, "SIGHUP: route %s not served: %s", fresh.routes[i].pattern, err);
     }
     for (size_t i = 0; i < c->nroutes; i++) {
         free(c->routes[i].pattern);
@@ -617,7 +623,7 @@ static void reload_config(struct server *s)
     fresh.nroutes = 0;
     c->reload = fresh.reload;
     config_free(&fresh);
-    log_info("SIGHUP: config %s reloaded", c->config_file);
+    log_once(LOG_INFO, "SIGHUP: config %s reloaded", c->config_file);
 }
 
 /* Read the certificate and key again (renewed, say): connections from now
@@ -630,12 +636,12 @@ static void reload_tls(struct server *s)
     char err[1024];
     struct ssl_ctx_st *fresh = tls_ctx_new(c->tls_cert, c->tls_key, err, sizeof err);
     if (!fresh) {
-        log_error("SIGHUP: TLS certificate not reloaded, the running one stays: %s", err);
+        log_once(LOG_ERROR, "SIGHUP: TLS certificate not reloaded, the running one stays: %s", err);
         return;
     }
     tls_ctx_free(s->tls);
     s->tls = fresh;
-    log_info("SIGHUP: TLS certificate %s and key %s reloaded", c->tls_cert, c->tls_key);
+    log_once(LOG_INFO, "SIGHUP: TLS certificate %s and key %s reloaded", c->tls_cert, c->tls_key);
 }
 
 void reload_all(struct server *s)
@@ -656,7 +662,7 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
     (void)loop;
     (void)revents;
     struct reload *r = container_of(w, struct reload, hup_w);
-    log_info("SIGHUP: reloading the config and every app");
+    log_once(LOG_INFO, "SIGHUP: reloading the config and every app");
     reload_all(r->srv);
 }
 

@@ -19,20 +19,20 @@
 #include "conn.h"
 #include "lbridge.h"
 #include "log.h"
+#include "workers.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
-int server_listen(struct server *s, char *err, size_t errlen)
+int server_open(const struct config *cfg, int port_num, int reuseport, char *err, size_t errlen)
 {
-    const struct config *cfg = s->cfg;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res;
     char port[16];
-    snprintf(port, sizeof port, "%d", cfg->port);
+    snprintf(port, sizeof port, "%d", port_num);
     int rc = getaddrinfo(cfg->host, port, &hints, &res);
     if (rc) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, cfg->port, gai_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, port_num, gai_strerror(rc));
         return -1;
     }
     int fd = -1, saved = 0;
@@ -44,6 +44,8 @@ int server_listen(struct server *s, char *err, size_t errlen)
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (reuseport)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
             break;
         saved = errno;
@@ -51,16 +53,29 @@ int server_listen(struct server *s, char *err, size_t errlen)
         fd = -1;
     }
     freeaddrinfo(res);
-    if (fd < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s%s", cfg->host, cfg->port,
+    if (fd < 0)
+        snprintf(err, errlen, "cannot listen on %s:%d: %s%s", cfg->host, port_num,
                  strerror(saved), saved == EADDRINUSE ? " (another server is using the port?)" : "");
+    return fd;
+}
+
+int server_port_of(int fd)
+{
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0)
         return -1;
-    }
+    return ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                          : ((struct sockaddr_in *)&sa)->sin_port);
+}
+
+void server_adopt(struct server *s, int fd)
+{
+    const struct config *cfg = s->cfg;
     struct sockaddr_storage sa;
     socklen_t len = sizeof sa;
     getsockname(fd, (struct sockaddr *)&sa, &len);
-    int bound_port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
-                                                    : ((struct sockaddr_in *)&sa)->sin_port);
+    int bound_port = server_port_of(fd);
     static const struct in6_addr any6 = IN6ADDR_ANY_INIT;
     if (sa.ss_family == AF_INET6 && len <= sizeof s->local) {
         memcpy(&s->local, &sa, len);
@@ -74,6 +89,14 @@ int server_listen(struct server *s, char *err, size_t errlen)
     else
         snprintf(s->bound, sizeof s->bound, "%s:%d", cfg->host, bound_port);
     s->lfd = fd;
+}
+
+int server_listen(struct server *s, char *err, size_t errlen)
+{
+    int fd = server_open(s->cfg, s->cfg->port, 0, err, errlen);
+    if (fd < 0)
+        return -1;
+    server_adopt(s, fd);
     return 0;
 }
 
@@ -100,7 +123,8 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             log_error("accept: %s", strerror(errno));
             return;
         }
-        if (s->nconns >= s->cfg->max_connections) {
+        if (s->shared ? !workers_admit(s->shared, s->cfg->max_connections)
+                      : s->nconns >= s->cfg->max_connections) {
             /* One line a second at most, with the count: a flood of
              * refusals must not become a flood of log lines. */
             s->refused++;
@@ -116,6 +140,8 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (!conn_new(s, fd, (struct sockaddr *)&peer)) {
+            if (s->shared)
+                workers_release(s->shared);
             log_error("out of memory for a new connection");
             close(fd);
         }
@@ -331,6 +357,8 @@ void server_conn_add(struct server *s, struct conn *c)
     c->stamp = server_ms(s);
     list_append(&s->handshaking, c);
     s->nconns++;
+    if (s->shared)
+        workers_conn_added(s->shared, s->worker);
     if (!ev_is_active(&s->handshake_w))
         arm(s, &s->handshake_w, &s->handshaking, s->cfg->handshake_timeout);
 }
@@ -352,6 +380,8 @@ void server_conn_dead(struct server *s, struct conn *c)
     list_remove(list_of(s, c->state), c);
     c->state = CONN_DEAD;
     s->nconns--;
+    if (s->shared)
+        workers_conn_gone(s->shared, s->worker);
     c->next = s->dead_list; /* out of every list, so next links the dead */
     s->dead_list = c;
 }

@@ -30,6 +30,8 @@ struct reload;
 struct compress;
 struct topic_table;
 struct ssl_ctx_st;
+struct workers_shared;
+struct mesh;
 
 /* Connections in the order they entered a state. */
 struct conn_list {
@@ -46,6 +48,9 @@ struct server {
     struct topic_table *topics; /* pubsub.h: NULL until the first subscribe */
     struct conn_reply *connect_reply; /* the decision of the on_connect running now */
     struct ssl_ctx_st *tls; /* TLS for new connections (tls.h), or NULL: plain ws:// */
+    unsigned worker, nworkers; /* this worker, 1..N, and N: 1 and 1 without --workers */
+    struct workers_shared *shared; /* workers.h: counts across workers; NULL with one */
+    struct mesh *mesh; /* mesh.h: publishes to the other workers; NULL with one */
     int argc; /* kept for SIGHUP, which reads the options and config again */
     char **argv;
 
@@ -95,6 +100,12 @@ struct server {
 
 /* Bind and listen. Returns 0, or -1 with err set ("port in use"...). */
 int server_listen(struct server *s, char *err, size_t errlen);
+/* The parts of it: a listening socket on cfg's host and port (with
+ * SO_REUSEPORT when reuseport: workers share the port), or -1 with err
+ * set; its port; and the server using fd as its listener. */
+int server_open(const struct config *cfg, int port, int reuseport, char *err, size_t errlen);
+int server_port_of(int fd);
+void server_adopt(struct server *s, int fd);
 
 /* Run the loop until shutdown. Returns the exit status. */
 int server_run(struct server *s);

@@ -287,22 +287,26 @@ describe("workers", function()
         assert.are.equal(1, testing.count(log, "error %[w%d+%] reload where"))
       end)
 
-      it("closes every connection in every worker with 1001 on SIGTERM and exits 0", function()
-        server = start(n)
-        local conns = {}
-        for k = 1, n do
-          conns[k] = on_worker(server, k, "/where")
-        end
-        assert.truthy(server:signal("TERM"))
-        for k = 1, n do
-          assert.are.equal(1001, (conns[k]:expect_close(10)))
-          conns[k]:shutdown()
-        end
-        assert.are.equal(0, server:wait(15))
-        for k = 1, n do
-          assert.truthy(server:stderr():find("[w" .. k .. "] SIGTERM: closing", 1, true))
-        end
-      end)
+      for _, sig in ipairs({ "TERM", "INT" }) do
+        it("closes every connection in every worker with 1001 on SIG" .. sig .. " and exits 0", function()
+          server = start(n)
+          local conns = {}
+          for k = 1, n do
+            conns[k] = on_worker(server, k, "/where")
+          end
+          assert.truthy(server:signal(sig))
+          for k = 1, n do
+            assert.are.equal(1001, (conns[k]:expect_close(10)))
+            conns[k]:shutdown()
+          end
+          assert.are.equal(0, server:wait(15))
+          for k = 1, n do
+            assert.truthy(server:stderr():find("[w" .. k .. "] SIG" .. sig .. ": closing", 1, true))
+          end
+          assert.truthy(server:stderr():find("[master] SIG" .. sig .. ": stopping " .. n .. " workers", 1, true),
+                        server:stderr())
+        end)
+      end
     end)
   end
 

@@ -42,8 +42,13 @@ BENCH_SECONDS=${BENCH_SECONDS:-5}
 # compare in one run; broadcast-16k-100 and broadcast-16k show what 16 KiB
 # messages to 100 and to 1,000 subscribers cost in server memory (each
 # queue holds a reference to one copy of the frame, not a copy of its own).
+# broadcast-1k-over and its -loop twin ask for 5 M deliveries a second, more
+# than one core delivers one write per subscriber per publish: they show the
+# server at its ceiling (what it delivers, its latency and its memory) rather
+# than collapsing.
 MATRIX_NAMES=(echo-64-text echo-64-binary echo-16k-binary echo-16k-100x4 echo-64-1000x1
-    conns-10k conns-10k-fresh broadcast-1k broadcast-1k-loop broadcast-16k-100 broadcast-16k churn)
+    conns-10k conns-10k-fresh broadcast-1k broadcast-1k-loop broadcast-1k-over
+    broadcast-1k-over-loop broadcast-16k-100 broadcast-16k churn)
 # BENCH_ROWS="echo-64-text broadcast-1k" runs only those rows.
 if [ -n "${BENCH_ROWS:-}" ]; then
     read -r -a MATRIX_NAMES <<<"$BENCH_ROWS"
@@ -52,7 +57,8 @@ declare -A MATRIX_PATH=(
     [echo-64-text]=/echo [echo-64-binary]=/echo [echo-16k-binary]=/echo
     [echo-16k-100x4]=/echo [echo-64-1000x1]=/echo
     [conns-10k]=/echo [conns-10k-fresh]=/echo [broadcast-1k]=/broadcast
-    [broadcast-1k-loop]=/broadcast-loop [broadcast-16k-100]=/broadcast [broadcast-16k]=/broadcast [churn]=/echo
+    [broadcast-1k-loop]=/broadcast-loop [broadcast-1k-over]=/broadcast
+    [broadcast-1k-over-loop]=/broadcast-loop [broadcast-16k-100]=/broadcast [broadcast-16k]=/broadcast [churn]=/echo
 )
 declare -A MATRIX_ARGS=(
     [echo-64-text]="echo -c 100 -p 16 -s 64 --text -d $BENCH_SECONDS -w 1"
@@ -64,6 +70,8 @@ declare -A MATRIX_ARGS=(
     [conns-10k-fresh]="conns -c 10000 -d 2 -w 0"
     [broadcast-1k]="broadcast -c 1000 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
     [broadcast-1k-loop]="broadcast -c 1000 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
+    [broadcast-1k-over]="broadcast -c 1000 -r 5000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 10"
+    [broadcast-1k-over-loop]="broadcast -c 1000 -r 5000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 10"
     [broadcast-16k-100]="broadcast -c 100 -r 10 -s 16384 --binary -d $BENCH_SECONDS -w 1 --drain 5"
     [broadcast-16k]="broadcast -c 1000 -r 10 -s 16384 --binary -d $BENCH_SECONDS -w 1 --drain 5"
     [churn]="churn -c 16 -d $BENCH_SECONDS -w 1"

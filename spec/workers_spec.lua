@@ -287,6 +287,26 @@ describe("workers", function()
         assert.are.equal(1, testing.count(log, "error %[w%d+%] reload where"))
       end)
 
+      it("counts the workers a reload is live in: one that fails it is not one of them", function()
+        server = start(n, { args = { "--log-level", "debug" } })
+        local conns = {}
+        for k = 1, n do
+          conns[k] = on_worker(server, k, "/where")
+        end
+        -- v2 loads in every worker but the last: its reload fails there.
+        local v2 = WHERE:gsub('"v1"', '"v2"'):gsub("local app = {}", "if moonport.worker == "
+          .. n .. ' then error("not in worker ' .. n .. '") end\nlocal app = {}', 1)
+        server:write_app("where", v2)
+        local line = server:wait_log("error %[w1%] reload where %(%S+%) v2 ok in [%d.]+ ms %(file changed%) in "
+          .. (n - 1) .. " of " .. n .. " workers %(1 failed, 0 did not answer%)", 10)
+        assert.truthy(line, server:stderr())
+        for k = 1, n - 1 do
+          assert.are.equal("v2 in " .. k, ask(conns[k], "version"))
+        end
+        assert.are.equal("v1 in " .. n, ask(conns[n], "version"))
+        assert.are.equal(0, testing.count(server:stderr(), "info  %[w%d+%] reload where"))
+      end)
+
       for _, sig in ipairs({ "TERM", "INT" }) do
         it("closes every connection in every worker with 1001 on SIG" .. sig .. " and exits 0", function()
           server = start(n)

@@ -18,6 +18,7 @@
 #include "lbridge.h"
 #include "log.h"
 #include "pubsub.h"
+#include "reload.h"
 #include "server.h"
 #include "topic.h"
 
@@ -73,6 +74,11 @@ static void drop_part(struct peer *p)
     p->part_len = p->part_size = 0;
 }
 
+/* The opcode of a packet that is no publish: a worker's word on a reload,
+ * to worker 1 (reload_note): the "topic" is the app's name, the payload one
+ * byte, 1 if the reload went well. */
+#define NOTE_RELOAD 0
+
 static void deliver(struct mesh *m, const uint8_t *topic, size_t tlen, uint8_t opcode,
                     const uint8_t *data, size_t dlen)
 {
@@ -95,10 +101,18 @@ static void take_packet(struct peer *p, const uint8_t *b, size_t len)
         if (h.tlen == 0 || h.tlen > TOPIC_NAME_MAX || len < h.tlen)
             return;
         if (h.flags & LAST) {
-            if (len - h.tlen == h.dlen) /* the common case: no copy */
-                deliver(p->m, b, h.tlen, h.opcode, b + h.tlen, h.dlen);
+            if (len - h.tlen != h.dlen)
+                return;
+            if (h.opcode == NOTE_RELOAD) {
+                if (h.dlen == 1)
+                    reload_note(p->m->s, p->worker, (const char *)b, h.tlen, b[h.tlen] == 1);
+                return;
+            }
+            deliver(p->m, b, h.tlen, h.opcode, b + h.tlen, h.dlen); /* no copy */
             return;
         }
+        if (h.opcode == NOTE_RELOAD)
+            return; /* a note is one packet */
         if (h.dlen > SIZE_MAX - h.tlen || !(p->part = malloc(h.tlen + h.dlen))) {
             log_error("publish from worker %u: no memory for a message of %llu bytes; dropped",
                       p->worker, (unsigned long long)h.dlen);
@@ -264,6 +278,16 @@ void mesh_publish(struct mesh *m, const char *topic, size_t tlen, uint8_t opcode
     for (unsigned i = 0; i < m->n; i++)
         if (m->peers[i].fd >= 0)
             send_to(&m->peers[i], topic, tlen, opcode, data, dlen);
+}
+
+void mesh_note_reload(struct mesh *m, unsigned worker, const char *name, size_t len, int ok)
+{
+    uint8_t b = ok ? 1 : 0;
+    if (worker < 1 || worker > m->n || m->peers[worker - 1].fd < 0 || len == 0)
+        return;
+    if (len > TOPIC_NAME_MAX)
+        len = TOPIC_NAME_MAX;
+    send_to(&m->peers[worker - 1], name, len, NOTE_RELOAD, &b, 1);
 }
 
 struct mesh *mesh_new(struct server *s, const int *fds)

@@ -7,7 +7,8 @@
  * what a link cannot take now waits in the sender's queue for that peer,
  * bounded (MESH_QUEUE_MAX); past the bound a message is dropped for that
  * peer and the drops are logged with their count. It owns the links'
- * descriptors and watchers and runs no Lua. */
+ * descriptors and watchers and runs no Lua. The same links carry each
+ * worker's word on its reloads to worker 1 (mesh_note_reload). */
 #ifndef MOONPORT_MESH_H
 #define MOONPORT_MESH_H
 
@@ -30,5 +31,9 @@ void mesh_free(struct mesh *m);
  * text or binary) to every other worker. */
 void mesh_publish(struct mesh *m, const char *topic, size_t tlen, uint8_t opcode,
                   const void *data, size_t dlen);
+
+/* Tell worker (1..N, not this one) how this worker's reload of the app
+ * name went (reload.c counts them in worker 1). */
+void mesh_note_reload(struct mesh *m, unsigned worker, const char *name, size_t len, int ok);
 
 #endif

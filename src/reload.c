@@ -5,7 +5,10 @@
  * every app and module file is stat'ed and whatever changed is reloaded.
  * A broken version is logged (file:line) and the old one keeps serving.
  * With --workers, every worker watches and reloads for itself; the lines
- * they would all write alike are written by worker 1 (log_once). */
+ * they would all write alike are written by worker 1 (log_once), and the
+ * line of an app's reload counts the workers it is live in: each other
+ * worker tells worker 1 how its reload of the app went (mesh.h), and
+ * worker 1 writes the line once all have, or after RELOAD_TALLY_WAIT. */
 #include "reload.h"
 
 #include <dirent.h>
@@ -24,6 +27,7 @@
 #include "conn.h"
 #include "lbridge.h"
 #include "log.h"
+#include "mesh.h"
 #include "router.h"
 #include "server.h"
 #include "tls.h"
@@ -32,6 +36,24 @@
 
 #define SETTLE_SECONDS 0.1 /* quiet time after the last event */
 #define SETTLE_MAX 0.8     /* never wait longer than this after the first */
+#define RELOAD_TALLY_WAIT 2.0 /* worker 1 waits this long for the others' word */
+
+/* Worker 1's count of how an app's reload went in each worker, from the
+ * first word of it until the line is written. Its own outcome gives the
+ * line's details (version, time, reason, error). */
+struct tally {
+    struct tally *next;
+    struct server *srv;
+    ev_timer timer;
+    char *name;
+    unsigned ok, failed;
+    uint8_t *seen; /* per worker: 0 not yet, 1 ok, 2 failed */
+    int own;       /* worker 1's outcome is in: */
+    int own_ok;
+    char *own_file, *own_why, *own_err;
+    unsigned own_version;
+    double own_ms;
+};
 
 /* A NAME.lua of the apps directory and what became of it. Only a file that
  * defines a handler, and that no app or module requires, is a route: a
@@ -62,6 +84,7 @@ struct reload {
     ev_signal hup_w;
     ev_tstamp first_event;
     int ran; /* app code was loaded since the last flush of compiled code */
+    struct tally *tallies; /* worker 1, with workers: reloads being counted */
 };
 
 static double now_ms(void)
@@ -213,6 +236,105 @@ static void close_app_conns(struct server *s, const struct app *a, const char *w
              a->name, a->file, why, n);
 }
 
+static void tally_free(struct tally *t)
+{
+    free(t->name);
+    free(t->seen);
+    free(t->own_file);
+    free(t->own_why);
+    free(t->own_err);
+    free(t);
+}
+
+/* Write t's line and forget t. */
+static void tally_write(struct reload *r, struct tally *t)
+{
+    struct server *s = t->srv;
+    for (struct tally **pp = &r->tallies; *pp; pp = &(*pp)->next)
+        if (*pp == t) {
+            *pp = t->next;
+            break;
+        }
+    ev_timer_stop(s->loop, &t->timer);
+    unsigned n = s->nworkers, silent = n - t->ok - t->failed;
+    char where[96];
+    if (t->ok == n || t->failed == n)
+        snprintf(where, sizeof where, " in %u workers", n);
+    else if (t->ok)
+        snprintf(where, sizeof where, " in %u of %u workers (%u failed, %u did not answer)", t->ok,
+                 n, t->failed, silent);
+    else
+        snprintf(where, sizeof where, " in %u of %u workers (%u did not answer)", t->failed, n,
+                 silent);
+    if (!t->own)
+        log_msg(t->failed || silent ? LOG_ERROR : LOG_INFO,
+                "reload %s: ok%s; worker 1 did not reload it", t->name, where);
+    else if (t->own_ok)
+        log_msg(t->failed || silent ? LOG_ERROR : LOG_INFO, "reload %s (%s) v%u ok in %.1f ms (%s)%s",
+                t->name, t->own_file, t->own_version, t->own_ms, t->own_why, where);
+    else
+        log_msg(LOG_ERROR, "reload %s (%s) failed in %.1f ms, v%u keeps serving%s: %s", t->name,
+                t->own_file, t->own_ms, t->own_version, where, t->own_err);
+    tally_free(t);
+}
+
+static void on_tally_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct tally *t = container_of(w, struct tally, timer);
+    tally_write(t->srv->reload, t);
+}
+
+/* Worker w's reload of app name went ok or not: count it (worker 1 only).
+ * The tally for name is the newest not yet written: a worker's second word
+ * before the line is written replaces its first. */
+static struct tally *tally_count(struct server *s, unsigned w, const char *name, size_t len, int ok)
+{
+    struct reload *r = s->reload;
+    if (!r || w < 1 || w > s->nworkers)
+        return NULL;
+    struct tally *t = r->tallies;
+    while (t && !(strlen(t->name) == len && memcmp(t->name, name, len) == 0))
+        t = t->next;
+    if (!t) {
+        t = calloc(1, sizeof *t);
+        if (!t || !(t->seen = calloc(s->nworkers, 1)) || !(t->name = strndup(name, len))) {
+            if (t)
+                tally_free(t);
+            log_warn("reload %.*s: no memory to count the workers' reloads", (int)len, name);
+            return NULL;
+        }
+        t->srv = s;
+        ev_timer_init(&t->timer, on_tally_timer, RELOAD_TALLY_WAIT, 0);
+        ev_timer_start(s->loop, &t->timer);
+        t->next = r->tallies;
+        r->tallies = t;
+    }
+    uint8_t *seen = &t->seen[w - 1];
+    if (*seen == 1)
+        t->ok--;
+    else if (*seen == 2)
+        t->failed--;
+    *seen = ok ? 1 : 2;
+    if (ok)
+        t->ok++;
+    else
+        t->failed++;
+    return t;
+}
+
+static void tally_check(struct server *s, struct tally *t)
+{
+    if (t && t->own && t->ok + t->failed == s->nworkers)
+        tally_write(s->reload, t);
+}
+
+void reload_note(struct server *s, unsigned worker, const char *name, size_t len, int ok)
+{
+    tally_check(s, tally_count(s, worker, name, len, ok));
+}
+
 static void reload_app(struct server *s, struct app *a, const char *why)
 {
     char err[1024];
@@ -223,6 +345,29 @@ static void reload_app(struct server *s, struct app *a, const char *why)
     struct dir_file *f = rc == 0 ? dir_file_of_app(s->reload, a) : NULL;
     if (f) /* require(NAME) gets this version, without running it again */
         lbridge_provide(s->lb, a, f->name);
+    if (s->nworkers > 1 && s->worker == 1) { /* the line waits for the others' word */
+        struct tally *t = tally_count(s, 1, a->name, strlen(a->name), rc == 0);
+        if (t) {
+            free(t->own_file);
+            free(t->own_why);
+            free(t->own_err);
+            t->own = 1;
+            t->own_ok = rc == 0;
+            t->own_file = strdup(a->file);
+            t->own_why = strdup(why);
+            t->own_err = strdup(rc == 0 ? "" : err);
+            t->own_version = a->version;
+            t->own_ms = ms;
+            if (!t->own_file || !t->own_why || !t->own_err) {
+                tally_write(s->reload, t); /* says less, but says it now */
+                return;
+            }
+            tally_check(s, t);
+            return;
+        }
+    } else if (s->nworkers > 1 && s->mesh) {
+        mesh_note_reload(s->mesh, 1, a->name, strlen(a->name), rc == 0);
+    }
     if (rc == 0)
         log_once(LOG_INFO, "reload %s (%s) v%u ok in %.1f ms (%s)%s", a->name, a->file, a->version,
                  ms, why, log_in_workers());
@@ -751,6 +896,8 @@ void reload_stop(struct server *s)
         return;
     watching(s, 0);
     ev_signal_stop(s->loop, &r->hup_w);
+    while (r->tallies) /* stopping: what has been counted is said now */
+        tally_write(r, r->tallies);
     for (struct dir_file *f = r->files, *next; f; f = next) {
         next = f->next;
         dir_file_free(f);

@@ -24,4 +24,8 @@ void reload_stop(struct server *s);
 /* Reload everything now, as SIGHUP does. */
 void reload_all(struct server *s);
 
+/* With workers, in worker 1: worker's reload of the app name (len bytes)
+ * went ok or not (its word, through the mesh). */
+void reload_note(struct server *s, unsigned worker, const char *name, size_t len, int ok);
+
 #endif

@@ -81,26 +81,42 @@ static int closed(lua_State *L)
     return 2;
 }
 
+/* The data and kind arguments of ws:send or a publish, at idx and idx + 1
+ * (lb may be NULL): the opcode, with *data and *len. UTF-8 is checked by
+ * check_text, once the connection is known open. */
+static uint8_t check_message(lua_State *L, int idx, const char *fname, const struct lbridge *lb,
+                             const char **data, size_t *len)
+{
+    *data = lb_checklstring(L, idx, fname, len);
+    const char *kind = lb_optlstring(L, idx + 1, fname, "text", NULL);
+    int binary = lb && kind == lb->binary_str;
+    if (!binary && !(lb && kind == lb->text_str)) {
+        binary = strcmp(kind, "binary") == 0;
+        if (!binary && strcmp(kind, "text") != 0)
+            lb_argerror(L, idx + 1, fname, "kind must be \"text\" or \"binary\"");
+    }
+    return binary ? WS_OP_BINARY : WS_OP_TEXT;
+}
+
+static void check_text(lua_State *L, int idx, const char *fname, const struct lbridge *lb,
+                       uint8_t op, const char *data, size_t len)
+{
+    if (op == WS_OP_TEXT && !lb_checked_text(lb, data, len) &&
+        !ws_utf8_valid((const uint8_t *)data, len))
+        lb_argerror(L, idx, fname, "text is not valid UTF-8 (send it as \"binary\")");
+}
+
 /* ws:send(data [, kind]) */
 static int lconn_send(lua_State *L)
 {
     struct lconn *box = check_box(L, "ws:send");
     size_t len;
-    const char *data = lb_checklstring(L, 2, "ws:send", &len);
-    const char *kind = lb_optlstring(L, 3, "ws:send", "text", NULL);
+    const char *data;
     const struct lbridge *lb = box->c ? box->c->srv->lb : NULL;
-    int binary = lb && kind == lb->binary_str; /* the usual case: the same string */
-    if (!binary && !(lb && kind == lb->text_str)) {
-        binary = strcmp(kind, "binary") == 0;
-        if (!binary && strcmp(kind, "text") != 0)
-            return lb_argerror(L, 3, "ws:send", "kind must be \"text\" or \"binary\"");
-    }
+    uint8_t op = check_message(L, 2, "ws:send", lb, &data, &len);
     if (!box->c || !conn_can_send(box->c))
         return closed(L);
-    if (!binary && !lb_checked_text(lb, data, len) &&
-        !ws_utf8_valid((const uint8_t *)data, len))
-        return lb_argerror(L, 2, "ws:send", "text is not valid UTF-8 (send it as \"binary\")");
-    uint8_t op = binary ? WS_OP_BINARY : WS_OP_TEXT;
+    check_text(L, 2, "ws:send", lb, op, data, len);
     int rc;
     if (len >= CONN_REF_MIN) { /* the string itself goes out: no copy */
         lua_pushvalue(L, 2);
@@ -356,31 +372,6 @@ const char *lconn_checktopic(lua_State *L, int idx, const char *fname, size_t *l
     if (*len == 0 || *len > TOPIC_NAME_MAX)
         lb_argerror(L, idx, fname, "a topic is a string of 1 to 256 bytes");
     return name;
-}
-
-/* The data and kind arguments of a publish, at idx and idx + 1, checked as
- * ws:send checks them (lb may be NULL): the opcode, with *data and *len.
- * UTF-8 is checked by check_text, once the connection is known open. */
-static uint8_t check_message(lua_State *L, int idx, const char *fname, const struct lbridge *lb,
-                             const char **data, size_t *len)
-{
-    *data = lb_checklstring(L, idx, fname, len);
-    const char *kind = lb_optlstring(L, idx + 1, fname, "text", NULL);
-    int binary = lb && kind == lb->binary_str;
-    if (!binary && !(lb && kind == lb->text_str)) {
-        binary = strcmp(kind, "binary") == 0;
-        if (!binary && strcmp(kind, "text") != 0)
-            lb_argerror(L, idx + 1, fname, "kind must be \"text\" or \"binary\"");
-    }
-    return binary ? WS_OP_BINARY : WS_OP_TEXT;
-}
-
-static void check_text(lua_State *L, int idx, const char *fname, const struct lbridge *lb,
-                       uint8_t op, const char *data, size_t len)
-{
-    if (op == WS_OP_TEXT && !lb_checked_text(lb, data, len) &&
-        !ws_utf8_valid((const uint8_t *)data, len))
-        lb_argerror(L, idx, fname, "text is not valid UTF-8 (send it as \"binary\")");
 }
 
 int lconn_fanout(lua_State *L, int idx, const char *fname, struct server *srv, struct conn *skip)

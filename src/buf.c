@@ -45,7 +45,7 @@ void buf_pool_drain(void)
     pool_bytes = 0;
 }
 
-uint8_t *buf_reserve(struct buf *b, size_t n)
+uint8_t *buf_reserve_grow(struct buf *b, size_t n)
 {
     struct buf_block *k = b->blk;
     if (!k && (k = pool_take(n)) != NULL)

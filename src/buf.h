@@ -19,8 +19,16 @@ struct buf {
 };
 
 /* Make room for n more bytes; returns a pointer to write them at, or NULL
- * when out of memory. buf_commit then counts them. */
-uint8_t *buf_reserve(struct buf *b, size_t n);
+ * when out of memory. buf_commit then counts them. The usual case, room in
+ * the block being filled, is inline: a short frame is queued per message. */
+uint8_t *buf_reserve_grow(struct buf *b, size_t n);
+static inline uint8_t *buf_reserve(struct buf *b, size_t n)
+{
+    struct buf_block *k = b->blk;
+    if (k && k->cap - k->len >= n)
+        return k->data + k->len;
+    return buf_reserve_grow(b, n);
+}
 static inline void buf_commit(struct buf *b, size_t n) { b->blk->len += n; }
 int buf_append(struct buf *b, const void *p, size_t n);
 static inline size_t buf_pending(const struct buf *b)

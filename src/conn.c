@@ -299,7 +299,7 @@ static int queued(struct conn *c);
 /* Append one unmasked frame to the output queue, whatever the state. */
 /* Copy one unmasked frame into the output queue; 0, or -1 if out of memory
  * (nothing is queued then). */
-static int append_frame(struct conn *c, uint8_t first_byte, const void *data, size_t len)
+static inline int append_frame(struct conn *c, uint8_t first_byte, const void *data, size_t len)
 {
     size_t hl = ws_frame_header_size(len); /* written in place */
     uint8_t *w = buf_reserve(&c->out, hl + len);
@@ -429,35 +429,20 @@ int conn_send_frame(struct conn *c, uint8_t opcode, const void *data, size_t len
 
 int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size_t len)
 {
-    /* The echo's case in a few instructions: an open connection, a short
-     * frame that fits the output block being filled, a queue that stays
-     * under both limits (so that nothing but a flush is owed). */
-    struct buf_block *b = c->out.blk;
-    if (c->state == CONN_OPEN && !c->deflate && len <= 125 && b && b->cap - b->len >= 2 + len) {
-        const struct config *cfg = c->srv->cfg;
-        size_t pending = b->len - b->off + (c->refs ? c->refs->bytes : 0) + 2 + len;
-        if (pending <= cfg->send_buffer && pending <= cfg->max_send_buffer) {
-            uint8_t *w = b->data + b->len;
-            w[0] = (uint8_t)(0x80 | opcode);
-            w[1] = (uint8_t)len;
-            memcpy(w + 2, data, len);
-            b->len += 2 + len;
-            if (!c->in_flush_list)
-                server_want_flush(c->srv, c);
-            return count_out(c, opcode, len, 0);
-        }
-    }
     if (!conn_can_send(c))
         return -1;
     if (c->deflate || len >= CONN_REF_MIN)
         return 1;
-    /* Near max_send_buffer (a frame header is at most 10 bytes) the slow
-     * path decides: it may drop the connection, and on_close is owed. */
-    if (conn_out_pending(c) + 10 + len > c->srv->cfg->max_send_buffer)
+    const struct config *cfg = c->srv->cfg;
+    size_t pending = conn_out_pending(c) + ws_frame_header_size(len) + len;
+    /* Past max_send_buffer the slow path decides: it drops the connection,
+     * and on_close is owed. */
+    if (pending > cfg->max_send_buffer || append_frame(c, (uint8_t)(0x80 | opcode), data, len))
         return 1;
-    if (append_frame(c, (uint8_t)(0x80 | opcode), data, len))
-        return 1;
-    queued(c); /* within max_send_buffer: cannot fail */
+    if (pending > cfg->send_buffer)
+        queued(c); /* pauses reading; within max_send_buffer: cannot fail */
+    else if (!c->in_flush_list) /* under both limits: only a flush is owed */
+        server_want_flush(c->srv, c);
     return count_out(c, opcode, len, 0);
 }
 

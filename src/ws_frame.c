@@ -406,24 +406,6 @@ uint16_t ws_frame_error_code(int err)
     }
 }
 
-size_t ws_frame_header(uint8_t out[10], uint8_t fin_rsv_op, uint64_t payload_len)
-{
-    out[0] = fin_rsv_op;
-    if (payload_len <= 125) {
-        out[1] = (uint8_t)payload_len;
-        return 2;
-    }
-    if (payload_len <= 0xFFFF) {
-        out[1] = 126;
-        out[2] = (uint8_t)(payload_len >> 8);
-        out[3] = (uint8_t)payload_len;
-        return 4;
-    }
-    out[1] = 127;
-    for (int i = 0; i < 8; i++)
-        out[2 + i] = (uint8_t)(payload_len >> (56 - 8 * i));
-    return 10;
-}
 
 void ws_unmask(uint8_t *p, size_t len, const uint8_t key[4], uint8_t *pos)
 {

@@ -150,7 +150,24 @@ uint16_t ws_frame_error_code(int err);
 /* Write the header of an unmasked server frame into out (at most 10 bytes)
  * and return its length. fin_rsv_op is the first byte: 0x80 for FIN, RSV
  * bits, opcode. */
-size_t ws_frame_header(uint8_t out[10], uint8_t fin_rsv_op, uint64_t payload_len);
+static inline size_t ws_frame_header(uint8_t out[10], uint8_t fin_rsv_op, uint64_t payload_len)
+{
+    out[0] = fin_rsv_op;
+    if (payload_len <= 125) {
+        out[1] = (uint8_t)payload_len;
+        return 2;
+    }
+    if (payload_len <= 0xFFFF) {
+        out[1] = 126;
+        out[2] = (uint8_t)(payload_len >> 8);
+        out[3] = (uint8_t)payload_len;
+        return 4;
+    }
+    out[1] = 127;
+    for (int i = 0; i < 8; i++)
+        out[2 + i] = (uint8_t)(payload_len >> (56 - 8 * i));
+    return 10;
+}
 
 /* The length ws_frame_header gives for payload_len: 2, 4 or 10. */
 static inline size_t ws_frame_header_size(uint64_t payload_len)

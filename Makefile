@@ -12,6 +12,10 @@ VERSION    := 0.1.0
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla
 CSTD    := -std=c11 -D_GNU_SOURCE
 OPT     ?= -O2 -g
+# The release build is optimized across files: the per-message path crosses
+# conn.c, lbridge.c, lconn.c and buf.c, and inlining across them saves ~6%
+# of its instructions (bench/callgrind: 998 -> 943 per echoed 64 B message).
+LTO     ?= -flto=auto
 LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
 LUAJIT_LIBS   := $(shell pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1)
 
@@ -49,14 +53,14 @@ all: bin/moonport
 
 bin/moonport: $(REL_OBJ)
 	@mkdir -p bin
-	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LIBS) $(LDFLAGS)
+	$(CC) $(CFLAGS_ALL) $(LTO) -o $@ $^ $(LIBS) $(LDFLAGS)
 
 build/asan/moonport: $(ASAN_OBJ)
 	$(CC) $(CFLAGS_ALL) $(SAN) -o $@ $^ $(LIBS) $(LDFLAGS)
 
 build/rel/%.o: src/%.c $(wildcard src/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+	$(CC) $(CFLAGS_ALL) $(LTO) -c -o $@ $<
 
 build/asan/%.o: src/%.c $(wildcard src/*.h)
 	@mkdir -p $(@D)

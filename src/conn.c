@@ -684,6 +684,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     }
     const char *target = hs_target(c->hs);
     struct route_match m;
+    m.route = NULL; /* router_match sets it when it matches; say so to the compiler */
     int routed = router_match(c->srv->router, target, strcspn(target, "?#"), &m);
     union conn_addr local;
     local_addr(c, &local);

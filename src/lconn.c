@@ -446,7 +446,7 @@ static int lconn_topics(lua_State *L)
     size_t n = pubsub_count(srv, box->c);
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
-        size_t len;
+        size_t len = 0;
         const char *name = pubsub_topic(srv, box->c, i, &len);
         lua_pushlstring(L, name, len); /* may raise: the table is unchanged */
         lua_rawseti(L, -2, (int)i + 1);

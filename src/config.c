@@ -33,6 +33,8 @@ static const char usage[] =
     "  --tls-key FILE     the PEM private key of --tls-cert\n"
     "  --workers N|auto   serve with N processes on the one port (default 1; auto: one\n"
     "                     per CPU this process may run on); topics reach all of them\n"
+    "  --admin HOST:PORT  serve /metrics (Prometheus) and /healthz over HTTP there\n"
+    "                     (default: off; keep it off the public network)\n"
     "  -h, --help         print this help and exit\n"
     "  -v, --version      print the version and exit\n";
 
@@ -70,6 +72,7 @@ void config_free(struct config *c)
     free(c->config_file);
     free(c->tls_cert);
     free(c->tls_key);
+    free(c->admin);
     for (size_t i = 0; i < c->nroutes; i++) {
         free(c->routes[i].pattern);
         free(c->routes[i].file);
@@ -265,7 +268,7 @@ struct known_keys {
 
 static const char *const top_keys[] = {"host", "port", "apps", "routes", "limits", "timeouts",
                                        "compression", "log", "tls", "reload", "workers",
-                                       NULL};
+                                       "admin", NULL};
 static const char *const limits_keys[] = {"max_message", "max_fragments", "max_head",
                                           "max_headers", "send_buffer", "max_send_buffer",
                                           "max_connections", NULL};
@@ -448,6 +451,10 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     if (!lua_isnil(L, -1))
         c->reload = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    if ((r = field_string(L, t, "admin", &s, msg, sizeof msg)) < 0)
+        goto bad;
+    if (r)
+        set_str(&c->admin, s);
     if ((r = field_string(L, t, "apps", &s, msg, sizeof msg)) < 0)
         goto bad;
     if (r) {
@@ -577,12 +584,13 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         {"tls-cert", required_argument, NULL, 'C'},
         {"tls-key", required_argument, NULL, 'K'},
         {"workers", required_argument, NULL, 'w'},
+        {"admin", required_argument, NULL, 'A'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
     };
     const char *host = NULL, *port = NULL, *level = NULL, *file = NULL, *reload = NULL;
-    const char *tls_cert = NULL, *tls_key = NULL, *workers = NULL;
+    const char *tls_cert = NULL, *tls_key = NULL, *workers = NULL, *admin = NULL;
     int ch;
     opterr = 0;
     optind = 0; /* glibc: 0 re-initialises, so SIGHUP can parse argv again */
@@ -596,6 +604,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         case 'C': tls_cert = optarg; break;
         case 'K': tls_key = optarg; break;
         case 'w': workers = optarg; break;
+        case 'A': admin = optarg; break;
         case 'h': fputs(usage, stdout); return CONFIG_EXIT_OK;
         case 'v': printf("moonport %s\n", MOONPORT_VERSION); return CONFIG_EXIT_OK;
         case ':':
@@ -645,6 +654,8 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
                  CONFIG_WORKERS_MAX, workers);
         return CONFIG_ERROR;
     }
+    if (admin)
+        set_str(&c->admin, admin);
     if (tls_cert)
         set_str(&c->tls_cert, tls_cert);
     if (tls_key)

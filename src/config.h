@@ -23,6 +23,7 @@ struct config {
     char *tls_cert; /* PEM certificate chain; with tls_key, serve wss:// */
     char *tls_key;  /* PEM private key; both NULL: plain ws:// */
     unsigned workers; /* processes serving (workers.h), 1 to CONFIG_WORKERS_MAX */
+    char *admin;      /* "host:port" of the admin listener (admin.h), NULL: none */
 
     struct route_spec *routes; /* explicit routes from the config file, in order */
     size_t nroutes;

@@ -26,6 +26,7 @@
 #include "handshake.h"
 #include "lbridge.h"
 #include "log.h"
+#include "metrics.h"
 #include "pubsub.h"
 #include "server.h"
 #include "slab.h"
@@ -227,6 +228,9 @@ static void finish(struct conn *c)
     c->on_close_done = 1;
     lbridge_settle(c->srv->lb, c); /* a handler of its batch may be ending it */
     uint16_t code = c->close_code ? c->close_code : WS_CLOSE_ABNORMAL;
+    METRIC_SUB(c->app->metrics->open, 1);
+    if (c->closed_by == MB_NONE) /* counted when it began, if it did */
+        metrics_close(c->srv->metrics, WS_CLOSE_ABNORMAL, MB_NONE);
     log_access("%s \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs msgs_in=%u bytes_in=%llu "
                "msgs_out=%u bytes_out=%llu",
                conn_peer(c), conn_path(c), (unsigned long long)c->id, code,
@@ -372,6 +376,7 @@ static int queued_then(struct conn *c, int later)
         log_warn("conn %llu %s: %zu bytes waiting to be sent, over limits.max_send_buffer: "
                  "dropping the connection",
                  (unsigned long long)c->id, conn_path(c), pending);
+        METRIC_ADD(c->srv->metrics->send_buffer_drops, 1);
         conn_abort(c, "send buffer over limit");
         return -1;
     }
@@ -413,6 +418,8 @@ static int count_out(struct conn *c, uint8_t opcode, size_t len, int rc)
     if (rc == 0 && (opcode == WS_OP_TEXT || opcode == WS_OP_BINARY)) {
         c->msgs_out++;
         c->bytes_out += len;
+        METRIC_ADD(c->app->metrics->msgs_out, 1);
+        METRIC_ADD(c->app->metrics->bytes_out, len);
     }
     return rc;
 }
@@ -525,6 +532,8 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
         reason = "";
     set_reason(c, code, reason, strlen(reason));
     c->close_code = 0; /* on_close reports the peer's answer, not our request */
+    c->closed_by = MB_SERVER;
+    metrics_close(c->srv->metrics, code, MB_SERVER);
     queue_close(c, code, conn_close_reason(c), c->close_reason_len);
     if (c->state != CONN_OPEN) /* the queue overflowed and dropped it */
         return;
@@ -539,6 +548,10 @@ static void conn_fail(struct conn *c, uint16_t code, const char *why)
              conn_path(c), code, why);
     if (c->state == CONN_OPEN)
         queue_close(c, code, why, strlen(why));
+    if (c->state == CONN_OPEN) {
+        c->closed_by = MB_SERVER;
+        metrics_close(c->srv->metrics, code, MB_SERVER);
+    }
     if (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
         set_reason(c, code, why, strlen(why));
         enter_linger(c);
@@ -582,6 +595,8 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
                      status, hs_reason(status), body_len,
                      headers_len && memmem(headers, headers_len, "Content-Type:", 13) ? ""
                                                                  : "Content-Type: text/plain\r\n");
+    struct metrics_app *ma = c->app ? c->app->metrics : metrics_no_app(c->srv->metrics);
+    METRIC_ADD(ma->handshakes[metrics_status_of(status)], 1);
     log_access("%s \"WSREJECT %s\" id=%llu status=%d%s%s", conn_peer(c),
                conn_path(c), (unsigned long long)c->id, status, why ? " reason=" : "",
                why ? why : "");
@@ -698,6 +713,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         http_error(c, 404, "no route");
         return;
     }
+    c->app = m.route->app; /* from here, the app's: its handshakes are counted as its own */
     struct hs_upgrade up;
     const char *why;
     int status = hs_check_upgrade(c->hs, &up, &why);
@@ -717,7 +733,6 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         c->deflate_window = (uint8_t)window;
         c->parser.rsv_allowed = 0x40; /* RSV1: "compressed", RFC 7692 section 6 */
     }
-    c->app = m.route->app;
     log_access("%s \"WSCONNECTING %s\" id=%llu", conn_peer(c), conn_path(c),
                (unsigned long long)c->id);
 
@@ -742,6 +757,8 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         send_101(c, up.key, &reply, extensions);
         server_conn_enter(c->srv, c, CONN_OPEN);
         c->accepted = 1;
+        METRIC_ADD(c->app->metrics->handshakes[MS_101], 1);
+        METRIC_ADD(c->app->metrics->open, 1);
         log_access("%s \"WSCONNECT %s\" id=%llu", conn_peer(c), conn_path(c),
                    (unsigned long long)c->id);
         hs_free(c->hs);
@@ -794,8 +811,11 @@ static void on_close_frame(struct conn *c, const struct ws_chunk *ch)
                   err == WS_ERR_UTF8 ? "close reason is not UTF-8" : "invalid close frame");
         return;
     }
-    if (c->state == CONN_OPEN) /* echo the peer's code, as RFC 6455 5.5.1 asks */
+    if (c->state == CONN_OPEN) { /* echo the peer's code, as RFC 6455 5.5.1 asks */
+        c->closed_by = MB_CLIENT;
+        metrics_close(c->srv->metrics, code, MB_CLIENT);
         queue_close(c, code, NULL, 0);
+    }
     set_reason(c, code, (const char *)reason, rlen);
     enter_linger(c);
 }

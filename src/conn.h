@@ -107,6 +107,7 @@ struct conn {
     uint8_t tls_read_wants_write : 1; /* the last read needs the socket writable */
     uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
     uint8_t in_later_list : 1; /* published output waits: server_want_flush_later */
+    uint8_t closed_by : 2;     /* who began the closing handshake: metrics.h's MB_ */
 };
 
 /* The TLS session (tls.h) on a wss:// server; NULL: plain. */

@@ -25,6 +25,7 @@
 #include "lalloc.h"
 #include "log.h"
 #include "lrequest.h"
+#include "metrics.h"
 #include "router.h"
 #include "server.h"
 
@@ -729,6 +730,7 @@ struct app *lbridge_app(struct lbridge *lb, const char *file, const char *name, 
         return NULL;
     }
     file_sig_read(file, &a->sig);
+    a->metrics = metrics_app(lb->srv->metrics, a->name);
     /* Listed while its file runs, so its requires are recorded as its own. */
     a->next = lb->apps;
     lb->apps = a;
@@ -801,6 +803,7 @@ static int push_handler(lua_State *L, const struct app *app, int which)
 static void log_handler_error(lua_State *L, const struct app *app, const char *path,
                               uint64_t conn_id, const char *handler)
 {
+    METRIC_ADD(app->metrics->lua_errors, 1);
     log_error("app %s (%s) conn %llu: error in %s: %s", app->name, path,
               (unsigned long long)conn_id, handler, lua_tostring(L, -1));
     lua_pop(L, 1);
@@ -932,6 +935,8 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
     if (c->app->handler_ref[H_MESSAGE] == LUA_NOREF) { /* counted, never delivered */
         c->msgs_in++;
         c->bytes_in += len;
+        METRIC_ADD(c->app->metrics->msgs_in, 1);
+        METRIC_ADD(c->app->metrics->bytes_in, len);
         return;
     }
     if (b->n && b->c != c) /* another connection's: the caller forgot to dispatch */
@@ -957,12 +962,16 @@ void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, si
 void lbridge_settle(struct lbridge *lb, struct conn *c)
 {
     struct lb_batch *b = &lb->batch;
-    if (b->c != c)
+    if (b->c != c || b->counted >= b->shared.cur)
         return;
-    for (; b->counted < b->shared.cur; b->counted++) {
-        c->msgs_in++;
-        c->bytes_in += b->len[b->counted];
-    }
+    uint64_t bytes = 0;
+    int from = b->counted;
+    for (; b->counted < b->shared.cur; b->counted++)
+        bytes += b->len[b->counted];
+    c->msgs_in += (uint32_t)(b->counted - from);
+    c->bytes_in += bytes;
+    METRIC_ADD(c->app->metrics->msgs_in, (uint64_t)(b->counted - from));
+    METRIC_ADD(c->app->metrics->bytes_in, bytes);
 }
 
 /* The Lua side of lbridge_dispatch, made once: on_message once per waiting
@@ -1108,6 +1117,8 @@ void lbridge_timer(struct lbridge *lb, struct app *app, uint64_t conn_id, int na
     lua_State *L = lb->L;
     struct lb_call call = {app, conn_id, LUA_NOREF, NULL};
     if (run(lb, &call, nargs, 0)) {
+        if (app)
+            METRIC_ADD(app->metrics->lua_errors, 1);
         if (conn_id)
             log_error("app %s conn %llu: error in a timer callback: %s", app ? app->name : "?",
                       (unsigned long long)conn_id, lua_tostring(L, -1));

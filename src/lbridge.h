@@ -16,6 +16,7 @@
 
 struct server;
 struct conn;
+struct metrics_app;
 struct route_match;
 
 /* What a file looked like when it was loaded: a change means reload. */
@@ -39,6 +40,7 @@ struct app {
     int dirty;        /* a module it requires changed: reload it */
     char **patterns;  /* the routes that serve it, to restore them */
     size_t npatterns;
+    struct metrics_app *metrics; /* its counts (metrics.h): never NULL once made */
     struct app *next;
 };
 

@@ -10,6 +10,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <sys/mman.h>
+
+#include "admin.h"
 #include "buf.h"
 #include "compress.h"
 #include "config.h"
@@ -18,6 +21,7 @@
 #include "lbridge.h"
 #include "log.h"
 #include "mesh.h"
+#include "metrics.h"
 #include "pubsub.h"
 #include "reload.h"
 #include "router.h"
@@ -29,6 +33,10 @@
  * most shells start with, so thousands of clients fit. */
 static int main_argc; /* for SIGHUP, which reads the options again */
 static char **main_argv;
+/* Made before any worker starts, so every worker has them: the admin
+ * listener (worker 1 serves it) and each worker's block of counts. */
+static int admin_fd = -1;
+static struct metrics *metric_blocks;
 
 static void raise_fd_limit(void)
 {
@@ -52,6 +60,10 @@ static int serve(struct config *cfg, const struct worker_env *env)
     srv.worker = env ? env->worker : 1;
     srv.nworkers = env ? env->nworkers : 1;
     srv.shared = env ? env->shared : NULL;
+    srv.metrics_all = metric_blocks;
+    srv.metrics_n = srv.nworkers;
+    srv.metrics = &metric_blocks[srv.worker - 1];
+    metrics_init(srv.metrics, (int)getpid());
     srv.loop = ev_default_loop(EVFLAG_AUTO);
     srv.lfd = -1;
     srv.router = router_new();
@@ -77,6 +89,13 @@ static int serve(struct config *cfg, const struct worker_env *env)
         fprintf(stderr, "moonport: %s\n", err);
         goto out;
     }
+    if (admin_fd >= 0 && srv.worker == 1 && !(srv.admin = admin_start(&srv, admin_fd))) {
+        fprintf(stderr, "moonport: out of memory\n");
+        goto out;
+    } else if (admin_fd >= 0 && srv.worker != 1) {
+        close(admin_fd);
+    }
+    admin_fd = -1; /* the admin owns it now */
     for (size_t i = 0; i < router_count(srv.router); i++) {
         const struct route *r = router_at(srv.router, i);
         log_once(LOG_INFO, "route %s -> %s", r->pattern, r->app->file);
@@ -96,6 +115,7 @@ static int serve(struct config *cfg, const struct worker_env *env)
     }
     rc = server_run(&srv);
 out:
+    admin_free(srv.admin);
     reload_stop(&srv);
     mesh_free(srv.mesh);
     lbridge_free(srv.lb);
@@ -128,7 +148,30 @@ int main(int argc, char **argv)
     raise_fd_limit();
     main_argc = argc;
     main_argv = argv;
+    size_t metrics_size = cfg.workers * sizeof *metric_blocks; /* SIGHUP may change cfg */
+    metric_blocks = mmap(NULL, metrics_size, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (metric_blocks == MAP_FAILED) {
+        fprintf(stderr, "moonport: out of memory for the metrics\n");
+        config_free(&cfg);
+        return 1;
+    }
+    if (cfg.admin) {
+        char bound[300];
+        if ((admin_fd = admin_listen(cfg.admin, bound, sizeof bound, err, sizeof err)) < 0) {
+            fprintf(stderr, "moonport: %s\n", err);
+            config_free(&cfg);
+            return 1;
+        }
+        int level = log_threshold;
+        log_threshold = LOG_INFO; /* tools wait for this line, as for "listening" */
+        log_info("admin listening on http://%s/ (/metrics, /healthz)", bound);
+        log_threshold = level;
+    }
     rc = cfg.workers > 1 ? workers_master(&cfg, serve) : serve(&cfg, NULL);
+    if (admin_fd >= 0)
+        close(admin_fd);
+    munmap(metric_blocks, metrics_size);
     config_free(&cfg);
     return rc;
 }

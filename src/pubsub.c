@@ -24,6 +24,7 @@
 #include "compress.h"
 #include "conn.h"
 #include "mesh.h"
+#include "metrics.h"
 #include "server.h"
 #include "topic.h"
 
@@ -126,6 +127,7 @@ size_t pubsub_deliver(struct server *s, const char *name, size_t len, uint8_t op
 size_t pubsub_publish(struct server *s, const char *name, size_t len, uint8_t opcode,
                       const void *data, size_t dlen, struct conn *skip)
 {
+    METRIC_ADD(s->metrics->publishes, 1);
     size_t n = pubsub_deliver(s, name, len, opcode, data, dlen, skip);
     if (s->mesh) /* the other workers' subscribers (--workers) */
         mesh_publish(s->mesh, name, len, opcode, data, dlen);

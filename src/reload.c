@@ -27,6 +27,7 @@
 #include "conn.h"
 #include "lbridge.h"
 #include "log.h"
+#include "metrics.h"
 #include "mesh.h"
 #include "router.h"
 #include "server.h"
@@ -112,6 +113,7 @@ static int serve(struct server *s, struct app *a, const char *pattern, char *err
     }
     a->patterns = p;
     a->npatterns++;
+    metrics_app_routes(a->metrics, a->patterns, a->npatterns);
     return 0;
 }
 
@@ -123,6 +125,7 @@ static void unserve(struct server *s, struct app *a, const char *pattern)
         if (strcmp(a->patterns[i], pattern) == 0) {
             free(a->patterns[i]);
             a->patterns[i] = a->patterns[--a->npatterns];
+            metrics_app_routes(a->metrics, a->patterns, a->npatterns);
             return;
         }
     }
@@ -342,6 +345,8 @@ static void reload_app(struct server *s, struct app *a, const char *why)
     s->reload->ran = 1;
     int rc = lbridge_reload(s->lb, a, err, sizeof err);
     double ms = now_ms() - t0;
+    if (s->worker == 1) /* one count per reload, as one log line, however many workers */
+        METRIC_ADD(*(rc == 0 ? &s->metrics->reloads_ok : &s->metrics->reloads_failed), 1);
     struct dir_file *f = rc == 0 ? dir_file_of_app(s->reload, a) : NULL;
     if (f) /* require(NAME) gets this version, without running it again */
         lbridge_provide(s->lb, a, f->name);

@@ -19,20 +19,27 @@
 #include "conn.h"
 #include "lbridge.h"
 #include "log.h"
+#include "metrics.h"
+#include "topic.h"
 #include "workers.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
 int server_open(const struct config *cfg, int port_num, int reuseport, char *err, size_t errlen)
 {
+    return server_open_host(cfg->host, port_num, reuseport, err, errlen);
+}
+
+int server_open_host(const char *host, int port_num, int reuseport, char *err, size_t errlen)
+{
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res;
     char port[16];
     snprintf(port, sizeof port, "%d", port_num);
-    int rc = getaddrinfo(cfg->host, port, &hints, &res);
+    int rc = getaddrinfo(host, port, &hints, &res);
     if (rc) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->host, port_num, gai_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", host, port_num, gai_strerror(rc));
         return -1;
     }
     int fd = -1, saved = 0;
@@ -54,7 +61,7 @@ int server_open(const struct config *cfg, int port_num, int reuseport, char *err
     }
     freeaddrinfo(res);
     if (fd < 0)
-        snprintf(err, errlen, "cannot listen on %s:%d: %s%s", cfg->host, port_num,
+        snprintf(err, errlen, "cannot listen on %s:%d: %s%s", host, port_num,
                  strerror(saved), saved == EADDRINUSE ? " (another server is using the port?)" : "");
     return fd;
 }
@@ -217,6 +224,26 @@ static void release_later(struct server *s, int flush)
         s->later = NULL;
         s->later_cap = 0;
     }
+}
+
+/* Twice a second: how late this runs is the loop's lag (the time handlers
+ * and I/O held the loop past when it was due), and the topic gauges. */
+#define METRICS_TICK 0.5
+
+static void on_metrics_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct server *s = container_of(w, struct server, metrics_w);
+    double late = ev_time() - s->metrics_due;
+    metrics_lag(s->metrics, late > 0 ? late : 0);
+    size_t topics = 0, owners = 0, subscriptions = 0;
+    if (s->topics)
+        topic_table_stats(s->topics, &topics, &owners, &subscriptions);
+    METRIC_SET(s->metrics->topics, topics);
+    METRIC_SET(s->metrics->subscriptions, subscriptions);
+    s->metrics_due = ev_now(loop) + METRICS_TICK;
+    ev_timer_set(w, METRICS_TICK, 0);
+    ev_timer_start(loop, w);
 }
 
 static void on_publish_delay(struct ev_loop *loop, ev_timer *w, int revents)
@@ -547,6 +574,9 @@ int server_run(struct server *s)
     ev_init(&s->closing_w, on_closing_timeout);
     ev_init(&s->keepalive_w, on_keepalive);
     ev_init(&s->publish_w, on_publish_delay);
+    ev_timer_init(&s->metrics_w, on_metrics_tick, METRICS_TICK, 0);
+    s->metrics_due = ev_now(loop) + METRICS_TICK;
+    ev_timer_start(loop, &s->metrics_w);
     /* Timers and signals must not keep a finished loop alive. */
     ev_run(loop, 0);
     log_info("stopped");

@@ -32,6 +32,8 @@ struct topic_table;
 struct ssl_ctx_st;
 struct workers_shared;
 struct mesh;
+struct metrics;
+struct admin;
 
 /* Connections in the order they entered a state. */
 struct conn_list {
@@ -51,6 +53,12 @@ struct server {
     unsigned worker, nworkers; /* this worker, 1..N, and N: 1 and 1 without --workers */
     struct workers_shared *shared; /* workers.h: counts across workers; NULL with one */
     struct mesh *mesh; /* mesh.h: publishes to the other workers; NULL with one */
+    struct metrics *metrics; /* metrics.h: this worker's counts */
+    struct metrics *metrics_all; /* every worker's, for /metrics: metrics_n of them */
+    unsigned metrics_n;
+    struct admin *admin; /* admin.h: the admin listener, in worker 1; else NULL */
+    ev_timer metrics_w;  /* samples gauges and the loop's lag twice a second */
+    ev_tstamp metrics_due;
     int argc; /* kept for SIGHUP, which reads the options and config again */
     char **argv;
 
@@ -104,6 +112,7 @@ int server_listen(struct server *s, char *err, size_t errlen);
  * SO_REUSEPORT when reuseport: workers share the port), or -1 with err
  * set; its port; and the server using fd as its listener. */
 int server_open(const struct config *cfg, int port, int reuseport, char *err, size_t errlen);
+int server_open_host(const char *host, int port, int reuseport, char *err, size_t errlen);
 int server_port_of(int fd);
 void server_adopt(struct server *s, int fd);
 

@@ -37,6 +37,7 @@ testing.start(opts) -> server | nil, err, stderr_text
 
 The server object:
   .host .port .pid .dir (the temp dir) .apps_dir
+  .admin_port             the admin listener's port, when started with --admin
   .scheme                 "ws", or "wss" when the server said it serves TLS
   :stderr() :stdout()     what the server wrote so far (stdout is the
                           access log, stderr everything else).
@@ -372,6 +373,7 @@ function testing.start(opts)
         if port then
             self.scheme = scheme
             self.port = tonumber(port)
+            self.admin_port = tonumber(err:match("admin listening on http://%S-:(%d+)/"))
             if opts.host ~= false then
                 self.host = opts.host or "127.0.0.1"
             else

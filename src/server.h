@@ -32,6 +32,7 @@ struct topic_table;
 struct ssl_ctx_st;
 struct workers_shared;
 struct mesh;
+struct backplane;
 
 /* Connections in the order they entered a state. */
 struct conn_list {
@@ -51,6 +52,7 @@ struct server {
     unsigned worker, nworkers; /* this worker, 1..N, and N: 1 and 1 without --workers */
     struct workers_shared *shared; /* workers.h: counts across workers; NULL with one */
     struct mesh *mesh; /* mesh.h: publishes to the other workers; NULL with one */
+    struct backplane *bp; /* backplane.h: topics across nodes; NULL without one */
     int argc; /* kept for SIGHUP, which reads the options and config again */
     char **argv;
 

@@ -118,8 +118,8 @@ struct target {
  * server's (a Redis backplane, the other node of a pair). */
 struct aux {
     const char *name;
-    int pid;
-    long long t0, t1; /* its ticks at the window's edges */
+    int pids[16], npids; /* NAME=PID,PID...: a server and its workers */
+    long long t0, t1;    /* their ticks at the window's edges */
 };
 
 struct cpu_sample {
@@ -413,6 +413,14 @@ static long long server_ticks(void)
     long long sum = 0;
     for (int i = 0; i < lg.nserver_pids; i++)
         sum += pid_ticks(lg.server_pids[i]);
+    return sum;
+}
+
+static long long aux_ticks(const struct aux *a)
+{
+    long long sum = 0;
+    for (int i = 0; i < a->npids; i++)
+        sum += pid_ticks(a->pids[i]);
     return sum;
 }
 
@@ -1042,7 +1050,7 @@ static int advance(void)
             lg.s0 = cpu_sample();
             lg.pub0 = lg.published;
             for (int i = 0; i < lg.naux; i++)
-                lg.aux[i].t0 = pid_ticks(lg.aux[i].pid);
+                lg.aux[i].t0 = aux_ticks(&lg.aux[i]);
         }
         break;
     case PH_MEASURE:
@@ -1051,7 +1059,7 @@ static int advance(void)
             lg.s1 = cpu_sample();
             lg.pub1 = lg.published;
             for (int i = 0; i < lg.naux; i++)
-                lg.aux[i].t1 = pid_ticks(lg.aux[i].pid);
+                lg.aux[i].t1 = aux_ticks(&lg.aux[i]);
             lg.rss_after = server_rss_kib();
             enter(PH_DRAIN);
             /* conns: are they all still there? One echo on each. */
@@ -1295,9 +1303,10 @@ static const char usage[] =
     "                    (PID,PID,...: the sum over several processes)\n"
     "  --pub-url URL     broadcast: the publisher connects here, not to --url (another\n"
     "                    node of a cluster: the fan-out then crosses the backplane)\n"
-    "  --aux-pid NAME=PID  report the CPU time of another process (a Redis, the other\n"
-    "                    node) apart: NAME_cpu_pct and, in broadcast, NAME_cpu_us_per_pub,\n"
-    "                    its CPU time per message published in the window (up to 4)\n"
+    "  --aux-pid NAME=PID[,PID...]  report the CPU time of other processes (a Redis,\n"
+    "                    the other node) apart: NAME_cpu_pct and, in broadcast,\n"
+    "                    NAME_cpu_us_per_pub, their CPU time per message published in\n"
+    "                    the window (up to 4 names)\n"
     "  --label TEXT      a name for the summary\n"
     "  --json            print the summary as one JSON object\n"
     "\n"
@@ -1396,16 +1405,25 @@ static void parse_args(int argc, char **argv)
             if (i + 1 >= argc)
                 bad_usage("%s needs a value", a);
             const char *v = argv[++i], *eq = strchr(v, '=');
-            char *end;
-            long pid = eq ? strtol(eq + 1, &end, 10) : 0;
-            if (!eq || eq == v || end == eq + 1 || *end || pid < 1 || pid > (1 << 30) ||
-                strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
-                    (size_t)(eq - v) ||
+            struct aux *x = &lg.aux[lg.naux];
+            size_t nlen = eq ? (size_t)(eq - v) : 0;
+            if (!eq || !nlen || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789_") != nlen ||
                 lg.naux == (int)(sizeof lg.aux / sizeof lg.aux[0]))
-                bad_usage("--aux-pid takes NAME=PID (NAME letters, digits, _; at most 4), not %s",
-                          v);
-            lg.aux[lg.naux].name = strndup(v, (size_t)(eq - v));
-            lg.aux[lg.naux++].pid = (int)pid;
+                bad_usage("--aux-pid takes NAME=PID[,PID...] (NAME letters, digits, _; at most "
+                          "4), not %s", v);
+            for (const char *list = eq + 1; *list || !x->npids;) {
+                char *end;
+                long pid = strtol(list, &end, 10);
+                if (end == list || pid < 1 || pid > (1 << 30) || (*end && *end != ',') ||
+                    x->npids == (int)(sizeof x->pids / sizeof x->pids[0]))
+                    bad_usage("--aux-pid takes NAME=PID[,PID...] (NAME letters, digits, _; at "
+                              "most 4), not %s", v);
+                x->pids[x->npids++] = (int)pid;
+                list = *end ? end + 1 : end;
+            }
+            x->name = strndup(v, nlen);
+            lg.naux++;
         } else if (!strcmp(a, "-c")) {
             lg.nconns = (int)number_arg(argc, argv, &i, 1, 1000000);
         } else if (!strcmp(a, "-p")) {

@@ -448,6 +448,30 @@ describe("backplane", function()
     stop(a, b)
   end)
 
+  it("AUTH: a password from the URL or MOONPORT_REDIS_PASSWORD; a wrong one is logged", function()
+    local r = start_redis({ password = "p@ss word" })
+    local a = node(r) -- r:url() carries the password, percent-escaped
+    local b = assert(testing.start { apps = { bp = APP },
+      args = {"--backplane", "redis://127.0.0.1:" .. r.port},
+      env = "MOONPORT_REDIS_PASSWORD='p@ss word'" })
+    servers[#servers + 1] = b
+    local sa = assert(connect(a, "/bp?sub=sec"))
+    local sb = assert(connect(b, "/bp?sub=sec"))
+    numsub(r, "sec", 2)
+    assert.are.equal("hi", ask(sa, "pub sec hi"))
+    assert.are.equal("hi", recv(sb))
+    local bad = assert(testing.start { apps = { bp = APP },
+      args = {"--backplane", "redis://:wrong@127.0.0.1:" .. r.port} })
+    servers[#servers + 1] = bad
+    assert.truthy(bad:wait_log("backplane: redis://127%.0%.0%.1:%d+ unreachable %(AUTH refused: [^)]+%)"))
+    assert.is_nil(bad:stderr():find("wrong", 1, true)) -- the password is never logged
+    local status, out = testing.capture(testing.quote(BIN) .. " publish --backplane " ..
+      testing.quote(r:url()) .. " sec 'from cli'", 10)
+    assert.are.equal(0, status, out)
+    assert.are.equal("from cli", recv(sb))
+    stop(a, b, bad)
+  end)
+
   it("config: backplane = {...}, --backplane, and their mistakes", function()
     local r = start_redis()
     local s, err, stderr = testing.start { apps = { bp = APP },

@@ -2,7 +2,8 @@
  *
  * A link is this worker's pair of connections to one Redis server. It is
  * DOWN (a retry timer runs), CONNECTING (both contexts exist, commands
- * queue in them) or UP (both connected: publishes go out). Any failure of
+ * queue in them) or UP (both have answered their first command, so any
+ * AUTH went through: publishes go out). Any failure of
  * either connection tears the pair down and retries both, with backoff
  * from 0.1 s doubling to 5 s and jitter, so a server restarting does not
  * see every node at the same instant. A new pair subscribes every topic
@@ -56,7 +57,7 @@ struct link {
     char name[300];  /* redis://host:port, for the log (never the password) */
     redisAsyncContext *sub, *cmd;
     int state;
-    int connected;    /* of the pair, while CONNECTING */
+    int ready;        /* of the pair that answered, while CONNECTING */
     int ever_up;
     int outage;       /* the current outage is logged */
     uint64_t outage_drops;
@@ -95,6 +96,7 @@ struct backplane {
 
 static void link_fail(struct link *l, const char *why);
 static void link_connect(struct link *l);
+static void link_ready(struct link *l);
 
 /* A channel: prefix then topic, in buf (room for CONFIG_PREFIX_MAX +
  * TOPIC_NAME_MAX bytes). */
@@ -272,6 +274,8 @@ static void sub_reply(redisAsyncContext *ac, void *reply, void *priv)
     } else if (strcmp(type, "subscribe") == 0 || strcmp(type, "unsubscribe") == 0) {
         size_t cost = chan->len + SUB_COST;
         l->sub_pending = l->sub_pending > cost ? l->sub_pending - cost : 0;
+    } else if (strcmp(type, "psubscribe") == 0 && l->state == CONNECTING) {
+        link_ready(l); /* the anchor: the subscriber connection works */
     }
 }
 
@@ -317,6 +321,15 @@ static void link_fail(struct link *l, const char *why)
     ev_timer_start(bp->s->loop, &l->retry);
 }
 
+static void link_up(struct link *l);
+
+/* One of the pair answered its first command. */
+static void link_ready(struct link *l)
+{
+    if (++l->ready == 2)
+        link_up(l);
+}
+
 static void link_up(struct link *l)
 {
     struct backplane *bp = l->bp;
@@ -351,8 +364,6 @@ static void on_connect(const redisAsyncContext *ac, int status)
         link_fail(l, ac->errstr[0] ? ac->errstr : "cannot connect");
         return;
     }
-    if (++l->connected == 2)
-        link_up(l);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -368,15 +379,28 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     link_fail(l, ac->err && ac->errstr[0] ? ac->errstr : "the server closed the connection");
 }
 
-static void auth_reply(redisAsyncContext *ac, void *reply, void *priv)
+static const char *password(const struct link *l)
+{
+    const char *pw = l->url.password[0] ? l->url.password : getenv("MOONPORT_REDIS_PASSWORD");
+    return pw && pw[0] ? pw : NULL;
+}
+
+/* The answer to AUTH on either connection, or to the command connection's
+ * first command (AUTH, or PING without a password): an error ends the
+ * pair; the command connection's first answer makes it ready. */
+static void first_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     struct link *l = priv;
     const redisReply *r = reply;
-    if (!r || (ac != l->sub && ac != l->cmd) || r->type != REDIS_REPLY_ERROR)
+    if (!r || (ac != l->sub && ac != l->cmd) || l->state != CONNECTING)
         return;
-    char why[200];
-    snprintf(why, sizeof why, "AUTH refused: %.150s", r->str);
-    link_fail(l, why);
+    if (r->type == REDIS_REPLY_ERROR) {
+        char why[200];
+        snprintf(why, sizeof why, "%s refused: %.150s", password(l) ? "AUTH" : "PING", r->str);
+        link_fail(l, why);
+    } else if (ac == l->cmd) {
+        link_ready(l);
+    }
 }
 
 static redisAsyncContext *open_one(struct link *l)
@@ -395,8 +419,8 @@ static redisAsyncContext *open_one(struct link *l)
     redisLibevAttach(l->bp->s->loop, ac);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    const char *pw = l->url.password[0] ? l->url.password : getenv("MOONPORT_REDIS_PASSWORD");
-    if (pw && pw[0]) { /* AUTH [user] password, answered before anything else */
+    const char *pw = password(l);
+    if (pw) { /* AUTH [user] password, answered before anything else */
         const char *argv[3] = {"AUTH"};
         size_t lens[3] = {4};
         int argc = 1;
@@ -406,7 +430,7 @@ static redisAsyncContext *open_one(struct link *l)
         }
         argv[argc] = pw;
         lens[argc++] = strlen(pw);
-        redisAsyncCommandArgv(ac, auth_reply, l, argc, argv, lens);
+        redisAsyncCommandArgv(ac, first_reply, l, argc, argv, lens);
     }
     return ac;
 }
@@ -414,7 +438,7 @@ static redisAsyncContext *open_one(struct link *l)
 static void link_connect(struct link *l)
 {
     l->state = CONNECTING;
-    l->connected = 0;
+    l->ready = 0;
     if (!(l->sub = open_one(l))) {
         if (l->state != DOWN)
             link_fail(l, "out of memory");
@@ -423,6 +447,11 @@ static void link_connect(struct link *l)
     if (!(l->cmd = open_one(l))) {
         if (l->state != DOWN)
             link_fail(l, "out of memory");
+        return;
+    }
+    /* Without AUTH, a PING tells that the command connection works. */
+    if (!password(l) && redisAsyncCommand(l->cmd, first_reply, l, "PING") != REDIS_OK) {
+        link_fail(l, "cannot queue a command");
         return;
     }
     /* The anchor first (see above), then every topic there is now. */

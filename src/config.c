@@ -40,10 +40,10 @@ static const char usage[] =
     "  -h, --help         print this help and exit\n"
     "  -v, --version      print the version and exit\n"
     "\n"
-    "       moonport publish [--config FILE] [--backplane URL] [--binary] TOPIC MESSAGE\n"
+    "   or: moonport publish [--config FILE] [--backplane URL] [--binary] TOPIC MESSAGE\n"
     "\n"
-    "Publish MESSAGE (- reads it from stdin) to TOPIC on every node, through the\n"
-    "backplane of FILE or --backplane; text unless --binary.\n";
+    "publishes MESSAGE (- reads it from stdin) to TOPIC on every node, through the\n"
+    "backplane of FILE or --backplane; text unless --binary (see moonport publish --help).\n";
 
 void config_init(struct config *c)
 {

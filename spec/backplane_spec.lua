@@ -161,6 +161,10 @@ end
 
 describe("backplane", function()
   after_each(function()
+    for _, ws in ipairs(clients) do
+      ws:close(1000)
+      ws:shutdown()
+    end
     for _, s in ipairs(servers) do s:cleanup() end
     for _, r in ipairs(rediss) do r:stop() end
     servers, rediss, clients = {}, {}, {}
@@ -469,7 +473,25 @@ describe("backplane", function()
       testing.quote(r:url()) .. " sec 'from cli'", 10)
     assert.are.equal(0, status, out)
     assert.are.equal("from cli", recv(sb))
-    stop(a, b, bad)
+    -- An ACL user that may subscribe but not publish: the node works
+    -- locally, and the refusals are logged with their count.
+    assert.are.equal("OK\n", (r:cli("ACL", "SETUSER", "bob", "on", ">pw", "~*", "&*", "+@all",
+      "-publish")))
+    local limited = assert(testing.start { apps = { bp = APP },
+      args = {"--backplane", "redis://bob:pw@127.0.0.1:" .. r.port} })
+    servers[#servers + 1] = limited
+    local sl = assert(connect(limited, "/bp?sub=sec"))
+    numsub(r, "sec", 3)
+    assert.are.equal("refused", ask(sl, "pub sec refused"))
+    assert.truthy(limited:wait_log("refused 1 PUBLISH%(es%), the last with: NOPERM"))
+    assert.are.equal("n 1", recv(sl))
+    assert.are.equal("to-bob", ask(sb, "pub sec to-bob"))
+    assert.are.equal("n 1", recv(sb))
+    assert.are.equal("to-bob", recv(sl)) -- bob may subscribe
+    assert.are.equal("n 1", recv(sa)) -- what a had not read yet, then, since
+    assert.are.equal("from cli", recv(sa)) -- "refused" never reached it, "to-bob"
+    assert.are.equal("to-bob", recv(sa))
+    stop(a, b, bad, limited)
   end)
 
   it("config: backplane = {...}, --backplane, and their mistakes", function()
@@ -482,6 +504,13 @@ describe("backplane", function()
     wait_until("app1:z", function() return r:numsub("app1:z") == 1 end)
     assert.are.equal("1\n", (r:cli("PUBLISH", "app1:z", "prefixed")))
     assert.are.equal("prefixed", recv(ws))
+    -- SIGHUP reads the config again: the backplane stays as it started.
+    testing.write_file(s.dir .. "/config.lua",
+      ("return { backplane = { redis = %q, prefix = 'app2:' } }"):format(r:url()))
+    s:signal("HUP")
+    assert.truthy(s:wait_log("SIGHUP: the backplane changed; it takes effect on restart"))
+    assert.are.equal("1\n", (r:cli("PUBLISH", "app1:z", "still app1")))
+    assert.are.equal("still app1", recv(ws))
     -- Without a backplane, moonport.backplane() is nil.
     local plain = assert(testing.start { apps = { bp = APP } })
     servers[#servers + 1] = plain

@@ -67,6 +67,8 @@ struct link {
     size_t sub_pending; /* bytes of (UN)SUBSCRIBE channels without a reply */
     uint64_t slow_drops;
     ev_tstamp slow_logged;
+    uint64_t refused; /* PUBLISHes answered with an error since the last line */
+    ev_tstamp refused_logged;
     size_t topics; /* subscribed when the pair was made */
 };
 
@@ -481,8 +483,16 @@ static void published(redisAsyncContext *ac, void *reply, void *priv)
     size_t cost = (size_t)(uintptr_t)priv;
     l->pending = l->pending > cost ? l->pending - cost : 0;
     const redisReply *r = reply;
-    if (r && r->type == REDIS_REPLY_ERROR)
-        log_warn("backplane: %s refused a PUBLISH: %.200s", l->name, r->str);
+    if (!r || r->type != REDIS_REPLY_ERROR)
+        return;
+    l->refused++; /* a Redis out of memory, say: a line a second at most */
+    ev_tstamp now = ev_now(l->bp->s->loop);
+    if (now - l->refused_logged < 1)
+        return;
+    log_warn("backplane: %s refused %llu PUBLISH(es), the last with: %.200s", l->name,
+             (unsigned long long)l->refused, r->str);
+    l->refused = 0;
+    l->refused_logged = now;
 }
 
 static void count_slow(struct link *l)

@@ -44,8 +44,8 @@
 #define ANCHOR "__moonport_anchor__"
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
-#define SUB_COST 32    /* bytes counted per channel of a (UN)SUBSCRIBE, over its name */
-#define PUB_COST 64    /* bytes counted per PUBLISH, over its channel and payload */
+#define SUB_COST 32     /* bytes counted per channel of a (UN)SUBSCRIBE, over its name */
+#define PUB_COST 64     /* bytes counted per PUBLISH, over its channel and payload */
 #define RESUB_BATCH 256 /* channels per SUBSCRIBE on reconnect */
 #define BAD_REASONS 8
 
@@ -54,12 +54,12 @@ enum { DOWN, CONNECTING, UP };
 struct link {
     struct backplane *bp;
     struct bp_url url;
-    char name[300];  /* redis://host:port, for the log (never the password) */
+    char name[300]; /* redis://host:port, for the log (never the password) */
     redisAsyncContext *sub, *cmd;
     int state;
-    int ready;        /* of the pair that answered, while CONNECTING */
+    int ready; /* of the pair that answered, while CONNECTING */
     int ever_up;
-    int outage;       /* the current outage is logged */
+    int outage; /* the current outage is logged */
     uint64_t outage_drops;
     double backoff;
     ev_timer retry;
@@ -94,7 +94,7 @@ struct backplane {
     struct link links[];
 };
 
-#define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 static void link_fail(struct link *l, const char *why);
 static void link_connect(struct link *l);
@@ -312,7 +312,8 @@ static void link_fail(struct link *l, const char *why)
         l->outage_drops = 0;
         if (was == UP)
             log_warn("backplane: lost %s (%s), retrying in %.1fs; local delivery goes on, "
-                     "publishes to it are dropped until it is back", l->name, why, delay);
+                     "publishes to it are dropped until it is back",
+                     l->name, why, delay);
         else
             log_warn("backplane: %s unreachable (%s), retrying in %.1fs; local delivery goes on",
                      l->name, why, delay);
@@ -341,11 +342,12 @@ static void link_up(struct link *l)
         bp->stats.reconnects++;
     if (l->ever_up)
         log_warn("backplane: connected to %s again; %zu topic(s) re-subscribed; %llu "
-                 "publish(es) were dropped while it was away", l->name, l->topics,
-                 (unsigned long long)l->outage_drops);
+                 "publish(es) were dropped while it was away",
+                 l->name, l->topics, (unsigned long long)l->outage_drops);
     else if (l->outage)
         log_warn("backplane: connected to %s (node %s), reachable at last; %llu publish(es) "
-                 "were dropped until now", l->name, bp->node, (unsigned long long)l->outage_drops);
+                 "were dropped until now",
+                 l->name, bp->node, (unsigned long long)l->outage_drops);
     else
         log_info("backplane: connected to %s (node %s)", l->name, bp->node);
     l->ever_up = 1;
@@ -504,8 +506,9 @@ static void count_slow(struct link *l)
     if (now - l->slow_logged < 1)
         return;
     log_warn("backplane: %s does not keep up (%zu bytes of publishes unanswered, "
-             "backplane.max_pending is %zu); %llu publish(es) dropped", l->name, l->pending,
-             bp->s->cfg->backplane_max_pending, (unsigned long long)l->slow_drops);
+             "backplane.max_pending is %zu); %llu publish(es) dropped",
+             l->name, l->pending, bp->s->cfg->backplane_max_pending,
+             (unsigned long long)l->slow_drops);
     l->slow_drops = 0;
     l->slow_logged = now;
 }

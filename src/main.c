@@ -2,7 +2,9 @@
  * every app through reload.c (a broken one stops the start with file:line),
  * binds, and runs the loop. A mistake at start is one line on stderr and exit status 1
  * (2 for a bad command line). With --workers N > 1 the start goes through
- * workers.c, which forks N copies of the server this file runs. */
+ * workers.c, which forks N copies of the server this file runs; the node's
+ * backplane id is made before that, so they share it. `moonport publish`
+ * is bpcli.c's. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

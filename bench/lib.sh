@@ -46,9 +46,23 @@ BENCH_SECONDS=${BENCH_SECONDS:-5}
 # than one core delivers one write per subscriber per publish: they show the
 # server at its ceiling (what it delivers, its latency and its memory) rather
 # than collapsing.
+# The backplane rows (README "Scaling out") run broadcast-1k's and
+# broadcast-1k-over's load with a Redis backplane: backplane-local-1k and
+# backplane-local-1k-over on one node started with --backplane, to set
+# against the same rows without (what publishing to Redis costs a local
+# fan-out, per server CPU-second); backplane-fanout with two nodes, the
+# 1,000 subscribers on node B (the measured server) and the publisher on
+# node A, so every message crosses Redis (latency added against
+# broadcast-1k, and Redis's CPU per published message). At 1,000 messages
+# a second to 1,000 subscribers one CPU is at its ceiling and the time to
+# write to 1,000 sockets sets the latency (milliseconds), so
+# backplane-fanout-10 and broadcast-10 repeat the comparison with 10
+# subscribers, where the trip through Redis itself shows.
 MATRIX_NAMES=(echo-64-text echo-64-binary echo-16k-binary echo-16k-100x4 echo-64-1000x1
     conns-10k conns-10k-fresh broadcast-1k broadcast-1k-loop broadcast-1k-over
-    broadcast-1k-over-loop broadcast-16k-100 broadcast-16k churn)
+    broadcast-1k-over-loop broadcast-16k-100 broadcast-16k churn
+    backplane-local-1k backplane-local-1k-over backplane-fanout broadcast-10
+    backplane-fanout-10)
 # BENCH_ROWS="echo-64-text broadcast-1k" runs only those rows.
 if [ -n "${BENCH_ROWS:-}" ]; then
     read -r -a MATRIX_NAMES <<<"$BENCH_ROWS"
@@ -59,6 +73,8 @@ declare -A MATRIX_PATH=(
     [conns-10k]=/echo [conns-10k-fresh]=/echo [broadcast-1k]=/broadcast
     [broadcast-1k-loop]=/broadcast-loop [broadcast-1k-over]=/broadcast
     [broadcast-1k-over-loop]=/broadcast-loop [broadcast-16k-100]=/broadcast [broadcast-16k]=/broadcast [churn]=/echo
+    [backplane-local-1k]=/broadcast [backplane-local-1k-over]=/broadcast [backplane-fanout]=/broadcast
+    [broadcast-10]=/broadcast [backplane-fanout-10]=/broadcast
 )
 declare -A MATRIX_ARGS=(
     [echo-64-text]="echo -c 100 -p 16 -s 64 --text -d $BENCH_SECONDS -w 1"
@@ -75,7 +91,21 @@ declare -A MATRIX_ARGS=(
     [broadcast-16k-100]="broadcast -c 100 -r 10 -s 16384 --binary -d $BENCH_SECONDS -w 1 --drain 5"
     [broadcast-16k]="broadcast -c 1000 -r 10 -s 16384 --binary -d $BENCH_SECONDS -w 1 --drain 5"
     [churn]="churn -c 16 -d $BENCH_SECONDS -w 1"
+    [backplane-local-1k]="broadcast -c 1000 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
+    [backplane-local-1k-over]="broadcast -c 1000 -r 5000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 10"
+    [backplane-fanout]="broadcast -c 1000 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
+    [broadcast-10]="broadcast -c 10 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
+    [backplane-fanout-10]="broadcast -c 10 -r 1000 -s 64 --text -d $BENCH_SECONDS -w 1 --drain 5"
 )
+# How a row uses the backplane: "local", one node with --backplane; "cross",
+# the publisher on a second node (see start_backplane).
+declare -A MATRIX_BACKPLANE=(
+    [backplane-local-1k]=local [backplane-local-1k-over]=local [backplane-fanout]=cross
+    [backplane-fanout-10]=cross
+)
+# Redis and node A run beside the generator: on this project's two-CPU
+# machine the measured server (node B) keeps a CPU of its own.
+AUX_CPU=${AUX_CPU:-$GEN_CPU}
 
 SERVER_PID=
 SERVER_PORT=
@@ -113,18 +143,139 @@ start_server() {
     return 1
 }
 
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    kill "$SERVER_PID" 2>/dev/null
+# stop_pid PID: SIGTERM, up to 5 s, then SIGKILL; reaps it.
+stop_pid() {
+    [ -n "$1" ] || return 0
+    kill "$1" 2>/dev/null
     # moonport closes every connection politely on SIGTERM; give it a moment.
     local _
     for _ in $(seq 100); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
+        kill -0 "$1" 2>/dev/null || break
         sleep 0.05
     done
-    kill -9 "$SERVER_PID" 2>/dev/null
-    wait "$SERVER_PID" 2>/dev/null
+    kill -9 "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+}
+
+stop_server() {
+    stop_pid "$SERVER_PID"
     SERVER_PID=
+}
+
+# ---- the backplane rows ----
+REDIS_PID=
+REDIS_PORT=
+NODE_A_PID=
+NODE_A_PORT=
+
+# redis_ask PORT COMMAND: one inline command over bash's /dev/tcp (so the
+# bench needs no redis-cli); prints the first line of the reply.
+redis_ask() {
+    local line
+    {
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+        printf '%s\r\n' "$2" >&3
+        read -r -t 2 line <&3 || { exec 3<&-; return 1; }
+        exec 3<&-
+    } 2>/dev/null
+    printf '%s\n' "${line%$'\r'}"
+}
+
+# start_redis DIR: a redis-server without persistence on a free port, bound
+# to 127.0.0.1, on AUX_CPU, answering PING. Sets REDIS_PID and REDIS_PORT.
+# Returns 2 when there is no redis-server (the row is then skipped).
+start_redis() {
+    local dir=$1 try port _
+    command -v redis-server >/dev/null 2>&1 || return 2
+    for try in 1 2 3 4 5; do
+        port=$((20000 + RANDOM % 40000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue # taken
+        taskset -c "$AUX_CPU" redis-server --port "$port" --bind 127.0.0.1 --save "" \
+            --appendonly no --daemonize no --dir "$dir" >"$dir/redis-$try.log" 2>&1 &
+        REDIS_PID=$!
+        for _ in $(seq 100); do
+            if [ "$(redis_ask "$port" PING)" = +PONG ]; then
+                REDIS_PORT=$port
+                return 0
+            fi
+            kill -0 "$REDIS_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        stop_pid "$REDIS_PID"
+        REDIS_PID=
+    done
+    echo "bench: redis-server did not start; see $dir/redis-*.log" >&2
+    return 1
+}
+
+# redis_clients: connected clients, not counting the one asking.
+redis_clients() {
+    local line n=""
+    {
+        exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || { echo 0; return; }
+        printf 'INFO clients\r\n' >&3
+        while read -r -t 1 line <&3; do
+            case $line in
+            connected_clients:*)
+                n=${line#connected_clients:}
+                n=${n%$'\r'}
+                break
+                ;;
+            esac
+        done
+        exec 3<&-
+    } 2>/dev/null
+    echo $((${n:-1} - 1))
+}
+
+# start_backplane KIND LOG_DIR CMD...: for a backplane row, Redis (and for
+# "cross" node A, CMD with --backplane, on AUX_CPU); then sets BACKPLANE_ARGS
+# (what the measured server adds before its apps directory) and
+# ROW_EXTRA_ARGS (what loadgen adds). Returns 2 to skip the row.
+BACKPLANE_ARGS=()
+ROW_EXTRA_ARGS=()
+start_backplane() {
+    local kind=$1 dir=$2
+    shift 2
+    BACKPLANE_ARGS=()
+    ROW_EXTRA_ARGS=()
+    [ -n "$kind" ] || return 0
+    start_redis "$dir" || return $?
+    BACKPLANE_ARGS=(--backplane "redis://127.0.0.1:$REDIS_PORT")
+    ROW_EXTRA_ARGS=(--aux-pid "redis=$REDIS_PID")
+    if [ "$kind" = cross ]; then
+        # The last word of CMD is the apps directory: the flag goes before it.
+        local cmd=("$@")
+        local n=${#cmd[@]}
+        SERVER_CPU=$AUX_CPU start_server "$dir/node-a.log" 0 "${cmd[@]:0:n-1}" \
+            "${BACKPLANE_ARGS[@]}" "${cmd[n-1]}" || return 1
+        NODE_A_PID=$SERVER_PID
+        NODE_A_PORT=$SERVER_PORT
+        SERVER_PID=
+        ROW_EXTRA_ARGS+=(--pub-url "ws://127.0.0.1:$NODE_A_PORT/broadcast"
+            --aux-pid "nodeA=$(server_family "$NODE_A_PID")")
+    fi
+}
+
+# wait_backplane NODES: until Redis sees both connections (subscriber and
+# command) of every worker of NODES nodes, at most 5 s; the run goes on
+# either way (a subscriber that joins late starts from its first message).
+wait_backplane() {
+    local want=$(($1 * 2 * ${WORKERS:-1})) _
+    for _ in $(seq 100); do
+        [ "$(redis_clients)" -ge "$want" ] && return 0
+        sleep 0.05
+    done
+    echo "bench: warning: Redis sees $(redis_clients) of $want backplane connections" >&2
+}
+
+stop_backplane() {
+    stop_pid "$NODE_A_PID"
+    NODE_A_PID=
+    NODE_A_PORT=
+    stop_pid "$REDIS_PID"
+    REDIS_PID=
+    REDIS_PORT=
 }
 
 # The pid whose CPU and memory count: the server, or for nginx its one
@@ -149,7 +300,7 @@ run_row() {
     read -r -a args <<<"${MATRIX_ARGS[$name]}"
     local cmd=(taskset -c "$GEN_CPU" "$LOADGEN" "${args[@]}"
         --url "ws://127.0.0.1:$SERVER_PORT${MATRIX_PATH[$name]}" --server-pid "$pid"
-        --label "$name" --json)
+        "${ROW_EXTRA_ARGS[@]}" --label "$name" --json)
     if [ "$name" = conns-10k ]; then
         # Warm up first: the first connections touch code and library pages
         # for the first time (about 2 MiB of file-backed RSS in moonport),
@@ -171,7 +322,12 @@ run_row() {
 # The command of a row as written in RESULTS.md, with PORT and PID for what
 # changes from run to run.
 row_command() {
-    echo "taskset -c $GEN_CPU $LOADGEN ${MATRIX_ARGS[$1]} --url ws://127.0.0.1:PORT${MATRIX_PATH[$1]} --server-pid PID --json"
+    local extra=""
+    case ${MATRIX_BACKPLANE[$1]:-} in
+    local) extra=" --aux-pid redis=REDIS_PID" ;;
+    cross) extra=" --aux-pid redis=REDIS_PID --pub-url ws://127.0.0.1:NODE_A_PORT/broadcast --aux-pid nodeA=NODE_A_PID" ;;
+    esac
+    echo "taskset -c $GEN_CPU $LOADGEN ${MATRIX_ARGS[$1]} --url ws://127.0.0.1:PORT${MATRIX_PATH[$1]} --server-pid PID$extra --json"
 }
 
 # field JSON KEY: a value of a flat JSON object.
@@ -211,6 +367,12 @@ row_cells() {
         notes="$(field "$j" delivered_pct)% of $(fmt_int "$(field "$j" expected_per_s)") deliveries/s"
         [ "$(field "$j" drained)" = true ] || notes="$notes; fell behind"
         notes="$notes; latency = publish to receipt; server rss $(field "$j" rss_before_kib) -> $(field "$j" rss_after_kib) KiB"
+        if [ -n "$(field "$j" redis_cpu_pct)" ]; then
+            notes="$notes; Redis CPU $(field "$j" redis_cpu_pct)%, $(field "$j" redis_cpu_us_per_pub) µs per published message"
+        fi
+        if [ -n "$(field "$j" nodeA_cpu_pct)" ]; then
+            notes="$notes; node A (publisher's) CPU $(field "$j" nodeA_cpu_pct)%"
+        fi
         ;;
     churn) notes="handshake+close cycles; latency = one cycle" ;;
     echo) notes="round trip" ;;
@@ -252,6 +414,50 @@ markdown_table() {
         mapfile -t cells < <(row_cells "$(row_json "$file" "$name")")
         printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n" "$name" "${cells[@]}"
     done
+}
+
+# backplane_rows_ran FILE: true if a backplane row has a result in FILE.
+backplane_rows_ran() {
+    local name j
+    for name in "${MATRIX_NAMES[@]}"; do
+        [ -n "${MATRIX_BACKPLANE[$name]:-}" ] || continue
+        j=$(row_json "$1" "$name")
+        [ -n "$(field "$j" per_s)" ] && return 0
+    done
+    return 1
+}
+
+# backplane_summary FILE: the issue's numbers, from rows of this run: what
+# publishing to Redis costs a local fan-out per server CPU-second (each
+# backplane-local row against its twin without), and what crossing Redis
+# adds to p99 (backplane-fanout against broadcast-1k). Says nothing for a
+# pair that did not both run.
+backplane_summary() {
+    local file=$1 pair a b pa pb
+    local lines=()
+    for pair in backplane-local-1k:broadcast-1k backplane-local-1k-over:broadcast-1k-over; do
+        a=$(row_json "$file" "${pair%%:*}")
+        b=$(row_json "$file" "${pair#*:}")
+        pa=$(field "$a" per_server_cpu_s)
+        pb=$(field "$b" per_server_cpu_s)
+        if [ -n "$pa" ] && [ -n "$pb" ] && [ "${pb%.*}" -gt 0 ] 2>/dev/null; then
+            lines+=("- ${pair%%:*} against ${pair#*:}: $(fmt_int "$pa") vs $(fmt_int "$pb") deliveries per server CPU-second, $(awk -v a="$pa" -v b="$pb" 'BEGIN { printf "%+.1f%%", 100 * (a - b) / b }') with the backplane (goal: no worse than -10%)")
+        fi
+    done
+    for pair in backplane-fanout:broadcast-1k backplane-fanout-10:broadcast-10; do
+        a=$(row_json "$file" "${pair%%:*}")
+        b=$(row_json "$file" "${pair#*:}")
+        pa=$(field "$a" p99_us)
+        pb=$(field "$b" p99_us)
+        if [ -n "$pa" ] && [ -n "$pb" ]; then
+            lines+=("- ${pair%%:*} against ${pair#*:}: p99 $(fmt_int "$pa") µs vs $(fmt_int "$pb") µs, $(awk -v a="$pa" -v b="$pb" 'BEGIN { printf "%+.0f", a - b }') µs added by the trip through Redis (goal: under 1,000 µs; p50 $(fmt_int "$(field "$a" p50_us)") vs $(fmt_int "$(field "$b" p50_us)") µs); $(fmt_int "$(field "$a" per_s)") deliveries/s on node B; Redis $(field "$a" redis_cpu_us_per_pub) µs of CPU per published message")
+        fi
+    done
+    [ ${#lines[@]} -gt 0 ] || return 0
+    echo "Backplane (from this run's rows):"
+    echo
+    printf '%s\n' "${lines[@]}"
+    echo
 }
 
 # The machine, for RESULTS.md.

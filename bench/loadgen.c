@@ -105,6 +105,23 @@ struct hist {
     uint64_t count[HIST_BUCKETS];
 };
 
+/* Where connections go: --url, and for the broadcast publisher --pub-url
+ * (another node of a cluster, so the fan-out crosses the backplane). */
+struct target {
+    const char *url;
+    char host[256], port[16], path[1024], hostport[300];
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+};
+
+/* --aux-pid NAME=PID: a process whose CPU time is reported apart from the
+ * server's (a Redis backplane, the other node of a pair). */
+struct aux {
+    const char *name;
+    int pids[16], npids; /* NAME=PID,PID...: a server and its workers */
+    long long t0, t1;    /* their ticks at the window's edges */
+};
+
 struct cpu_sample {
     uint64_t at;          /* ns, CLOCK_MONOTONIC */
     long long srv_ticks;  /* server utime + stime, or -1 */
@@ -115,8 +132,10 @@ struct cpu_sample {
 static struct loadgen {
     /* Command line. */
     enum mode mode;
-    const char *url, *label;
-    char host[256], port[16], path[1024], hostport[300];
+    const char *label;
+    struct target sub, pub; /* pub is sub unless --pub-url */
+    struct aux aux[4];
+    int naux;
     int nconns, inflight, size, binary, json, server_pid, connect_limit;
     /* --server-pid PID,PID...: every process of the server (moonport
      * --workers: the master and its workers), summed; server_pid is the first. */
@@ -124,8 +143,6 @@ static struct loadgen {
     double duration, warmup, rate, drain;
 
     /* Run state. */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
     int ep;
     struct conn *conns;
     int nslots;         /* entries of conns: nconns, plus the publisher */
@@ -147,6 +164,7 @@ static struct loadgen {
     uint64_t checked;     /* messages received and checked, all phases */
     uint64_t pending;     /* echo: messages sent and not yet back */
     uint64_t published;   /* broadcast: messages the publisher sent */
+    uint64_t pub0, pub1;  /* broadcast: published at the window's edges */
     uint64_t pub_start;   /* broadcast: when publishing began */
     uint64_t delivered;   /* broadcast: messages subscribers got, all phases */
     int drained;          /* broadcast: every subscriber got every message */
@@ -398,6 +416,14 @@ static long long server_ticks(void)
     return sum;
 }
 
+static long long aux_ticks(const struct aux *a)
+{
+    long long sum = 0;
+    for (int i = 0; i < a->npids; i++)
+        sum += pid_ticks(a->pids[i]);
+    return sum;
+}
+
 static long pid_rss_kib(int pid)
 {
     char path[64];
@@ -587,9 +613,15 @@ static void finish_conn(struct conn *c)
     }
 }
 
+static const struct target *target_of(const struct conn *c)
+{
+    return c->role == ROLE_PUB ? &lg.pub : &lg.sub;
+}
+
 static void open_conn(struct conn *c)
 {
-    int fd = socket(lg.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const struct target *t = target_of(c);
+    int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         die(c, "socket: %s", strerror(errno));
     int one = 1;
@@ -599,8 +631,8 @@ static void open_conn(struct conn *c)
     c->deadline = c->began + HANDSHAKE_TIMEOUT_NS;
     c->sent = c->recvd = 0;
     c->has_base = 0;
-    if (connect(fd, (struct sockaddr *)&lg.addr, lg.addrlen) < 0 && errno != EINPROGRESS)
-        die(c, "connect to %s: %s", lg.hostport, strerror(errno));
+    if (connect(fd, (struct sockaddr *)&t->addr, t->addrlen) < 0 && errno != EINPROGRESS)
+        die(c, "connect to %s: %s", t->hostport, strerror(errno));
     c->state = CS_CONNECTING;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
     if (epoll_ctl(lg.ep, EPOLL_CTL_ADD, fd, &ev) < 0)
@@ -630,7 +662,7 @@ static void send_request(struct conn *c)
                      "Sec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n"
                      "\r\n",
-                     lg.path, lg.hostport, c->key);
+                     target_of(c)->path, target_of(c)->hostport, c->key);
     buf_reserve(&c->out, (size_t)n);
     memcpy(c->out.p + c->out.len, req, (size_t)n);
     c->out.len += (size_t)n;
@@ -938,7 +970,7 @@ static void on_event(struct conn *c, uint32_t events)
         socklen_t len = sizeof err;
         getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err)
-            die(c, "connect to %s: %s", lg.hostport, strerror(err));
+            die(c, "connect to %s: %s", target_of(c)->hostport, strerror(err));
         send_request(c);
         return;
     }
@@ -1016,12 +1048,18 @@ static int advance(void)
             enter(PH_MEASURE);
             lg.t0 = lg.now;
             lg.s0 = cpu_sample();
+            lg.pub0 = lg.published;
+            for (int i = 0; i < lg.naux; i++)
+                lg.aux[i].t0 = aux_ticks(&lg.aux[i]);
         }
         break;
     case PH_MEASURE:
         if (ns >= duration) {
             lg.t1 = lg.now;
             lg.s1 = cpu_sample();
+            lg.pub1 = lg.published;
+            for (int i = 0; i < lg.naux; i++)
+                lg.aux[i].t1 = aux_ticks(&lg.aux[i]);
             lg.rss_after = server_rss_kib();
             enter(PH_DRAIN);
             /* conns: are they all still there? One echo on each. */
@@ -1145,6 +1183,8 @@ static void report(void)
     if (lg.s0.all_ticks >= 0 && lg.s1.all_ticks >= 0 && secs > 0) {
         double all = 100 * (double)(lg.s1.all_ticks - lg.s0.all_ticks) / tick / secs;
         other_pct = all - gen_pct - (srv_pct > 0 ? srv_pct : 0);
+        for (int i = 0; i < lg.naux; i++)
+            other_pct -= 100 * (double)(lg.aux[i].t1 - lg.aux[i].t0) / tick / secs;
         if (other_pct < 0)
             other_pct = 0;
     }
@@ -1179,6 +1219,15 @@ static void report(void)
                    lg.rate, expected, 100 * rate / expected, lg.drained ? "true" : "false",
                    (unsigned long long)lg.published, (unsigned long long)lg.delivered,
                    lg.rss_before, lg.rss_after);
+        /* per aux process: its CPU %, and for broadcast its CPU time per
+         * message published in the window (Redis's cost of a message) */
+        for (int i = 0; i < lg.naux; i++) {
+            double cpu_s = (double)(lg.aux[i].t1 - lg.aux[i].t0) / tick;
+            printf(", \"%s_cpu_pct\": %.1f", lg.aux[i].name, secs > 0 ? 100 * cpu_s / secs : -1);
+            if (lg.mode == MODE_BROADCAST)
+                printf(", \"%s_cpu_us_per_pub\": %.2f", lg.aux[i].name,
+                       lg.pub1 > lg.pub0 ? 1e6 * cpu_s / (double)(lg.pub1 - lg.pub0) : -1);
+        }
         printf("}\n");
         return;
     }
@@ -1192,6 +1241,15 @@ static void report(void)
     snprintf(lat, sizeof lat, "p50 %.0f p99 %.0f p99.9 %.0f max %.0f us", p50, p99, p999, max);
     if (*label)
         printf("%s: ", label);
+    char auxs[256] = "";
+    for (int i = 0, at = 0; i < lg.naux && at < (int)sizeof auxs; i++) {
+        double cpu_s = (double)(lg.aux[i].t1 - lg.aux[i].t0) / tick;
+        at += snprintf(auxs + at, sizeof auxs - (size_t)at, " | %s cpu %.1f%%", lg.aux[i].name,
+                       secs > 0 ? 100 * cpu_s / secs : -1);
+        if (lg.mode == MODE_BROADCAST && lg.pub1 > lg.pub0 && at < (int)sizeof auxs)
+            at += snprintf(auxs + at, sizeof auxs - (size_t)at, ", %.1f us per published",
+                           1e6 * cpu_s / (double)(lg.pub1 - lg.pub0));
+    }
     switch (lg.mode) {
     case MODE_ECHO:
         printf("echo %d B %s, %d conns x %d in flight: %.0f msgs/s | %s | %s | latency %s\n",
@@ -1204,9 +1262,9 @@ static void report(void)
         break;
     case MODE_BROADCAST:
         printf("broadcast %d B %s, %d subscribers at %.0f msgs/s: %.0f deliveries/s (%.1f%% of "
-               "%.0f)%s | %s | %s | fan-out latency %s\n",
+               "%.0f)%s | %s | %s | fan-out latency %s%s\n",
                lg.size, kind, lg.nconns, lg.rate, rate, 100 * rate / expected, expected,
-               lg.drained ? "" : ", server fell behind", srv, gen, lat);
+               lg.drained ? "" : ", server fell behind", srv, gen, lat, auxs);
         break;
     case MODE_CHURN:
         printf("churn, %d at a time: %.0f handshakes+closes/s | %s | %s | cycle latency %s\n",
@@ -1243,6 +1301,12 @@ static const char usage[] =
     "  --connect-limit N handshakes in progress at once (256)\n"
     "  --server-pid PID  sample the server's CPU time and RSS from /proc/PID\n"
     "                    (PID,PID,...: the sum over several processes)\n"
+    "  --pub-url URL     broadcast: the publisher connects here, not to --url (another\n"
+    "                    node of a cluster: the fan-out then crosses the backplane)\n"
+    "  --aux-pid NAME=PID[,PID...]  report the CPU time of other processes (a Redis,\n"
+    "                    the other node) apart: NAME_cpu_pct and, in broadcast,\n"
+    "                    NAME_cpu_us_per_pub, their CPU time per message published in\n"
+    "                    the window (up to 4 names)\n"
     "  --label TEXT      a name for the summary\n"
     "  --json            print the summary as one JSON object\n"
     "\n"
@@ -1270,37 +1334,37 @@ static double number_arg(int argc, char **argv, int *i, double min, double max)
     return v;
 }
 
-static void parse_url(void)
+static void parse_url(struct target *t)
 {
-    const char *u = lg.url;
+    const char *u = t->url;
     if (!u || strncmp(u, "ws://", 5) != 0)
-        bad_usage("--url must be ws://HOST:PORT/PATH, not \"%s\"", u ? u : "");
+        bad_usage("--url and --pub-url must be ws://HOST:PORT/PATH, not \"%s\"", u ? u : "");
     u += 5;
     const char *slash = strchr(u, '/');
     size_t hp_len = slash ? (size_t)(slash - u) : strlen(u);
-    if (hp_len == 0 || hp_len >= sizeof lg.hostport)
-        bad_usage("bad host in \"%s\"", lg.url);
-    memcpy(lg.hostport, u, hp_len);
-    lg.hostport[hp_len] = 0;
-    snprintf(lg.path, sizeof lg.path, "%s", slash ? slash : "/");
-    const char *colon = strrchr(lg.hostport, ':');
-    if (lg.hostport[0] == '[') { /* [::1]:port */
-        const char *close = strchr(lg.hostport, ']');
+    if (hp_len == 0 || hp_len >= sizeof t->hostport)
+        bad_usage("bad host in \"%s\"", t->url);
+    memcpy(t->hostport, u, hp_len);
+    t->hostport[hp_len] = 0;
+    snprintf(t->path, sizeof t->path, "%s", slash ? slash : "/");
+    const char *colon = strrchr(t->hostport, ':');
+    if (t->hostport[0] == '[') { /* [::1]:port */
+        const char *close = strchr(t->hostport, ']');
         if (!close)
-            bad_usage("bad host in \"%s\"", lg.url);
-        snprintf(lg.host, sizeof lg.host, "%.*s", (int)(close - lg.hostport - 1), lg.hostport + 1);
+            bad_usage("bad host in \"%s\"", t->url);
+        snprintf(t->host, sizeof t->host, "%.*s", (int)(close - t->hostport - 1), t->hostport + 1);
         colon = close[1] == ':' ? close + 1 : NULL;
     } else {
-        snprintf(lg.host, sizeof lg.host, "%.*s",
-                 (int)(colon ? (size_t)(colon - lg.hostport) : hp_len), lg.hostport);
+        snprintf(t->host, sizeof t->host, "%.*s",
+                 (int)(colon ? (size_t)(colon - t->hostport) : hp_len), t->hostport);
     }
-    snprintf(lg.port, sizeof lg.port, "%s", colon ? colon + 1 : "80");
+    snprintf(t->port, sizeof t->port, "%s", colon ? colon + 1 : "80");
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
-    int rc = getaddrinfo(lg.host, lg.port, &hints, &ai);
+    int rc = getaddrinfo(t->host, t->port, &hints, &ai);
     if (rc)
         bad_usage("cannot resolve the host: %s", gai_strerror(rc));
-    memcpy(&lg.addr, ai->ai_addr, ai->ai_addrlen);
-    lg.addrlen = ai->ai_addrlen;
+    memcpy(&t->addr, ai->ai_addr, ai->ai_addrlen);
+    t->addrlen = ai->ai_addrlen;
     freeaddrinfo(ai);
 }
 
@@ -1332,7 +1396,34 @@ static void parse_args(int argc, char **argv)
         if (!strcmp(a, "--url")) {
             if (i + 1 >= argc)
                 bad_usage("%s needs a value", a);
-            lg.url = argv[++i];
+            lg.sub.url = argv[++i];
+        } else if (!strcmp(a, "--pub-url")) {
+            if (i + 1 >= argc)
+                bad_usage("%s needs a value", a);
+            lg.pub.url = argv[++i];
+        } else if (!strcmp(a, "--aux-pid")) {
+            if (i + 1 >= argc)
+                bad_usage("%s needs a value", a);
+            const char *v = argv[++i], *eq = strchr(v, '=');
+            struct aux *x = &lg.aux[lg.naux];
+            size_t nlen = eq ? (size_t)(eq - v) : 0;
+            if (!eq || !nlen || strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789_") != nlen ||
+                lg.naux == (int)(sizeof lg.aux / sizeof lg.aux[0]))
+                bad_usage("--aux-pid takes NAME=PID[,PID...] (NAME letters, digits, _; at most "
+                          "4), not %s", v);
+            for (const char *list = eq + 1; *list || !x->npids;) {
+                char *end;
+                long pid = strtol(list, &end, 10);
+                if (end == list || pid < 1 || pid > (1 << 30) || (*end && *end != ',') ||
+                    x->npids == (int)(sizeof x->pids / sizeof x->pids[0]))
+                    bad_usage("--aux-pid takes NAME=PID[,PID...] (NAME letters, digits, _; at "
+                              "most 4), not %s", v);
+                x->pids[x->npids++] = (int)pid;
+                list = *end ? end + 1 : end;
+            }
+            x->name = strndup(v, nlen);
+            lg.naux++;
         } else if (!strcmp(a, "-c")) {
             lg.nconns = (int)number_arg(argc, argv, &i, 1, 1000000);
         } else if (!strcmp(a, "-p")) {
@@ -1383,7 +1474,13 @@ static void parse_args(int argc, char **argv)
     }
     if (lg.mode != MODE_ECHO)
         lg.inflight = 1; /* conns sends one check message; the others none */
-    parse_url();
+    if (lg.pub.url && lg.mode != MODE_BROADCAST)
+        bad_usage("%s", "--pub-url is for broadcast");
+    parse_url(&lg.sub);
+    if (lg.pub.url)
+        parse_url(&lg.pub);
+    else
+        lg.pub = lg.sub;
 }
 
 /* Each connection is a descriptor: take what the hard limit allows. */
@@ -1445,6 +1542,8 @@ static void teardown(void)
     }
     free(lg.conns);
     free(lg.pattern);
+    for (int i = 0; i < lg.naux; i++)
+        free((char *)lg.aux[i].name);
     close(lg.ep);
 }
 

@@ -7,7 +7,8 @@
 # wrong kind, a close in the middle, a refused handshake, a broadcast that
 # skips a subscriber or echoes to its sender), and checks that loadgen exits
 # 0 against the right apps and 1, with the right complaint, against each
-# wrong one. Timings are never asserted. Prints "bench: N passed, N failed".
+# wrong one; and that --pub-url puts the publisher where it says. Timings
+# are never asserted. Prints "bench: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -181,6 +182,17 @@ check "broadcast to the sender too" 1 "publisher got a message" broadcast --url 
     -c 5 -r 200 "${quick[@]}"
 check "broadcast that skips a subscriber" 1 "out of order or lost" broadcast --url "$url/gap" \
     -c 5 -r 200 "${quick[@]}"
+# --pub-url (the backplane rows: publisher on one node, subscribers on
+# another) must put the publisher there and nowhere else: on /selfcast it
+# gets its own messages back, which only a publisher connected there can.
+check "broadcast --pub-url, same server" 0 "deliveries/s" broadcast --url "$url/broadcast" \
+    --pub-url "$url/broadcast" -c 5 -r 200 "${quick[@]}"
+check "broadcast --pub-url goes where it says" 1 "publisher got a message" broadcast \
+    --url "$url/broadcast" --pub-url "$url/selfcast" -c 5 -r 200 "${quick[@]}"
+check "broadcast --aux-pid reports CPU per published message" 0 \
+    '"srv_cpu_pct": [0-9.]+, "srv_cpu_us_per_pub": [0-9.]+\}' broadcast --url "$url/broadcast" \
+    -c 5 -r 200 "${quick[@]}" --aux-pid "srv=$server_pid" --json
+check "a bad --aux-pid" 2 "usage: loadgen" broadcast --url "$url/broadcast" --aux-pid "x=0"
 check "churn, right server" 0 "handshakes\\+closes/s" churn --url "$url/echo" -c 4 "${quick[@]}"
 check "a bad command line" 2 "usage: loadgen" echo --url "$url/echo" -s 3
 run_check "the codec micro-benchmark runs and checks the codec" 0 "text utf-8" "$CODEC" --quick

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bpwire.h"
 #include "log.h"
 
 static const char usage[] =
@@ -35,8 +36,16 @@ static const char usage[] =
     "                     per CPU this process may run on); topics reach all of them\n"
     "  --admin HOST:PORT  serve /metrics (Prometheus) and /healthz over HTTP there\n"
     "                     (default: off; keep it off the public network)\n"
+    "  --backplane URL    a Redis server (redis://[:password@]host[:port][/db]) that\n"
+    "                     carries topics to and from other nodes; repeat it to shard\n"
+    "                     topics over several (replaces the config's backplane.redis)\n"
     "  -h, --help         print this help and exit\n"
-    "  -v, --version      print the version and exit\n";
+    "  -v, --version      print the version and exit\n"
+    "\n"
+    "   or: moonport publish [--config FILE] [--backplane URL] [--binary] TOPIC MESSAGE\n"
+    "\n"
+    "publishes MESSAGE (- reads it from stdin) to TOPIC on every node, through the\n"
+    "backplane of FILE or --backplane; text unless --binary (see moonport publish --help).\n";
 
 void config_init(struct config *c)
 {
@@ -63,6 +72,53 @@ void config_init(struct config *c)
     c->close_timeout = 5;
     c->ping_interval = 30;
     c->idle_timeout = 90;
+    c->backplane_prefix = strdup(BP_DEFAULT_PREFIX);
+    c->backplane_max_pending = 8u << 20;
+}
+
+static void free_backplane(struct config *c)
+{
+    for (size_t i = 0; i < c->nbackplane; i++)
+        free(c->backplane[i]);
+    free(c->backplane);
+    c->backplane = NULL;
+    c->nbackplane = 0;
+}
+
+int config_set_backplane(struct config *c, const char *const *urls, size_t n, char *err,
+                         size_t errlen)
+{
+    if (n > CONFIG_BACKPLANE_MAX) {
+        snprintf(err, errlen, "the backplane takes %d Redis servers at most, not %zu",
+                 CONFIG_BACKPLANE_MAX, n);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct bp_url u;
+        char why[200];
+        if (bp_url_parse(urls[i], &u, why, sizeof why)) {
+            snprintf(err, errlen, "backplane: bad Redis URL \"%s\": %s", urls[i], why);
+            return -1;
+        }
+    }
+    char **list = n ? calloc(n, sizeof *list) : NULL;
+    if (n && !list) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!(list[i] = strdup(urls[i]))) {
+            while (i--)
+                free(list[i]);
+            free(list);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+    free_backplane(c);
+    c->backplane = list;
+    c->nbackplane = n;
+    return 0;
 }
 
 void config_free(struct config *c)
@@ -73,6 +129,8 @@ void config_free(struct config *c)
     free(c->tls_cert);
     free(c->tls_key);
     free(c->admin);
+    free_backplane(c);
+    free(c->backplane_prefix);
     for (size_t i = 0; i < c->nroutes; i++) {
         free(c->routes[i].pattern);
         free(c->routes[i].file);
@@ -268,7 +326,7 @@ struct known_keys {
 
 static const char *const top_keys[] = {"host", "port", "apps", "routes", "limits", "timeouts",
                                        "compression", "log", "tls", "reload", "workers",
-                                       "admin", NULL};
+                                       "admin", "backplane", NULL};
 static const char *const limits_keys[] = {"max_message", "max_fragments", "max_head",
                                           "max_headers", "send_buffer", "max_send_buffer",
                                           "max_connections", NULL};
@@ -278,6 +336,7 @@ static const char *const compression_keys[] = {"enabled", "threshold", "level", 
                                                "mem_level", NULL};
 static const char *const log_keys[] = {"level", "access", NULL};
 static const char *const tls_keys[] = {"cert", "key", NULL};
+static const char *const backplane_keys[] = {"redis", "prefix", "max_pending", NULL};
 
 static const struct known_keys sections[] = {
     {"", top_keys},
@@ -286,6 +345,7 @@ static const struct known_keys sections[] = {
     {"compression", compression_keys},
     {"log", log_keys},
     {"tls", tls_keys},
+    {"backplane", backplane_keys},
 };
 
 /* Edit distance counting a swap of two neighbours as one edit ("prot" is
@@ -391,6 +451,58 @@ static int check_keys(lua_State *L, int t, const char *section, char *err, size_
         }
         lua_pop(L, 1);
         return -1;
+    }
+    return 0;
+}
+
+/* backplane.redis (a URL or a list of them) and backplane.prefix, of the
+ * table at index l. */
+static int load_backplane(struct config *c, lua_State *L, int l, char *err, size_t errlen)
+{
+    const char *urls[CONFIG_BACKPLANE_MAX];
+    size_t n = 0;
+    lua_getfield(L, l, "redis");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        urls[n++] = lua_tostring(L, -1);
+    } else if (lua_istable(L, -1)) {
+        size_t len = lua_objlen(L, -1);
+        if (len == 0 || len != entries(L, -1)) {
+            snprintf(err, errlen, "backplane.redis must be a URL or a list of URLs");
+            return -1;
+        }
+        if (len > CONFIG_BACKPLANE_MAX) {
+            snprintf(err, errlen, "backplane.redis lists %zu servers; %d at most", len,
+                     CONFIG_BACKPLANE_MAX);
+            return -1;
+        }
+        for (size_t i = 1; i <= len; i++) {
+            lua_rawgeti(L, -1, (int)i);
+            if (lua_type(L, -1) != LUA_TSTRING) {
+                snprintf(err, errlen, "backplane.redis[%zu] must be a URL string, not %s", i,
+                         luaL_typename(L, -1));
+                return -1;
+            }
+            urls[n++] = lua_tostring(L, -1); /* the list holds it */
+            lua_pop(L, 1);
+        }
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(err, errlen, "backplane.redis must be a URL or a list of URLs, not %s",
+                 luaL_typename(L, -1));
+        return -1;
+    }
+    if (n && config_set_backplane(c, urls, n, err, errlen))
+        return -1;
+    lua_pop(L, 1);
+    const char *prefix;
+    int r = field_string(L, l, "prefix", &prefix, err, errlen);
+    if (r < 0)
+        return -1;
+    if (r) {
+        if (strlen(prefix) > CONFIG_PREFIX_MAX) {
+            snprintf(err, errlen, "backplane.prefix is %d bytes at most", CONFIG_PREFIX_MAX);
+            return -1;
+        }
+        set_str(&c->backplane_prefix, prefix);
     }
     return 0;
 }
@@ -543,6 +655,19 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "backplane");
+    if (lua_istable(L, -1)) {
+        int l = lua_gettop(L);
+        if (check_keys(L, l, "backplane", msg, sizeof msg) ||
+            load_backplane(c, L, l, msg, sizeof msg))
+            goto bad;
+        NUM(l, "backplane.", "max_pending", 1024, 1ull << 40, c->backplane_max_pending);
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(msg, sizeof msg, "backplane must be a table { redis = \"redis://host:port\" }");
+        goto bad;
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "log");
     if (lua_istable(L, -1)) {
         int l = lua_gettop(L);
@@ -573,6 +698,12 @@ out:
     return rc;
 }
 
+int config_load_file(struct config *c, const char *file, char *err, size_t errlen)
+{
+    set_str(&c->config_file, file);
+    return load_file(c, file, err, errlen);
+}
+
 int config_load(struct config *c, int argc, char **argv, char *err, size_t errlen)
 {
     static const struct option opts[] = {
@@ -585,12 +716,15 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         {"tls-key", required_argument, NULL, 'K'},
         {"workers", required_argument, NULL, 'w'},
         {"admin", required_argument, NULL, 'A'},
+        {"backplane", required_argument, NULL, 'B'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
     };
     const char *host = NULL, *port = NULL, *level = NULL, *file = NULL, *reload = NULL;
     const char *tls_cert = NULL, *tls_key = NULL, *workers = NULL, *admin = NULL;
+    const char *backplane[CONFIG_BACKPLANE_MAX + 1];
+    size_t nbackplane = 0;
     int ch;
     opterr = 0;
     optind = 0; /* glibc: 0 re-initialises, so SIGHUP can parse argv again */
@@ -605,6 +739,14 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         case 'K': tls_key = optarg; break;
         case 'w': workers = optarg; break;
         case 'A': admin = optarg; break;
+        case 'B':
+            if (nbackplane > CONFIG_BACKPLANE_MAX) {
+                snprintf(err, errlen, "--backplane: %d Redis servers at most",
+                         CONFIG_BACKPLANE_MAX);
+                return CONFIG_ERROR;
+            }
+            backplane[nbackplane++] = optarg;
+            break;
         case 'h': fputs(usage, stdout); return CONFIG_EXIT_OK;
         case 'v': printf("moonport %s\n", MOONPORT_VERSION); return CONFIG_EXIT_OK;
         case ':':
@@ -656,6 +798,8 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
     }
     if (admin)
         set_str(&c->admin, admin);
+    if (nbackplane && config_set_backplane(c, backplane, nbackplane, err, errlen))
+        return CONFIG_ERROR;
     if (tls_cert)
         set_str(&c->tls_cert, tls_cert);
     if (tls_key)

@@ -49,7 +49,17 @@ struct config {
     double idle_timeout;  /* close a connection silent this long; 0: never */
     double publish_delay; /* published output may wait this long to leave
                              with more; 0: it leaves in its loop turn */
+
+    /* The Redis backplane (backplane.h): topics across nodes. */
+    char **backplane;             /* redis:// URLs, checked; topics are sharded over them */
+    size_t nbackplane;            /* 0: no backplane */
+    char *backplane_prefix;       /* the Redis channel of topic T is prefix .. T */
+    size_t backplane_max_pending; /* publish bytes a Redis may owe replies for */
+    char node_id[17];             /* this node's id, hex (made by main, not read) */
 };
+
+#define CONFIG_BACKPLANE_MAX 64 /* Redis servers at most */
+#define CONFIG_PREFIX_MAX 128
 
 #define CONFIG_WORKERS_MAX 256
 
@@ -70,5 +80,14 @@ void config_free(struct config *c);
 /* Parse argv, then the config file it names, then apply argv over the file.
  * CONFIG_EXIT_OK means --help or --version was printed. */
 int config_load(struct config *c, int argc, char **argv, char *err, size_t errlen);
+
+/* Only read the config file (for `moonport publish`, which serves nothing):
+ * 0, or -1 with err set. */
+int config_load_file(struct config *c, const char *file, char *err, size_t errlen);
+
+/* Replace the backplane's URLs with urls (checked: -1 with err naming the
+ * bad one). */
+int config_set_backplane(struct config *c, const char *const *urls, size_t n, char *err,
+                         size_t errlen);
 
 #endif

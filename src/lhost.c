@@ -1,5 +1,6 @@
 /* lhost: the moonport module apps require: log, now, after, every,
- * worker and workers (where the app runs: workers.h), publish, subscribers (topics: pubsub.h; their argument checks are
+ * worker and workers (where the app runs: workers.h), backplane (its counts: backplane.h),
+ * publish, subscribers (topics: pubsub.h; their argument checks are
  * lconn.c's, shared with ws:publish), and the timer type, which ws:after
  * and ws:every (lconn.c) share. A timer is a userdata holding its
  * ev_timer; while it is armed, the registry holds the timer and its
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backplane.h"
 #include "lbridge.h"
 #include "log.h"
 #include "pubsub.h"
@@ -70,6 +72,40 @@ static int lhost_log(lua_State *L)
     else
         log_msg(level, "app: %s", lua_tostring(L, -1));
     return 0;
+}
+
+/* moonport.backplane(): this worker's backplane counts, or nil without one. */
+static int lhost_backplane(lua_State *L)
+{
+    const struct backplane *bp = host_server(L)->bp;
+    if (!bp) {
+        lua_pushnil(L);
+        return 1;
+    }
+    const struct backplane_stats *st = backplane_stats(bp);
+    const struct {
+        const char *name;
+        uint64_t v;
+    } counts[] = {
+        {"published", st->published},
+        {"received", st->received},
+        {"own", st->own},
+        {"delivered", st->delivered},
+        {"dropped_unreachable", st->dropped_unreachable},
+        {"dropped_pending", st->dropped_pending},
+        {"dropped_bad", st->dropped_bad},
+        {"reconnects", st->reconnects},
+        {"servers", backplane_servers(bp)},
+        {"connected", backplane_connected(bp)},
+    };
+    lua_createtable(L, 0, (int)(sizeof counts / sizeof counts[0]) + 1);
+    for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+        lua_pushnumber(L, (lua_Number)counts[i].v);
+        lua_setfield(L, -2, counts[i].name);
+    }
+    lua_pushstring(L, backplane_node(bp));
+    lua_setfield(L, -2, "node");
+    return 1;
 }
 
 /* moonport.publish(topic, data [, kind]): how many it was queued to. */
@@ -233,7 +269,8 @@ void lhost_open(lua_State *L, struct server *srv)
 
     static const luaL_Reg fns[] = {
         {"log", lhost_log}, {"now", lhost_now}, {"after", lhost_after}, {"every", lhost_every},
-        {"publish", lhost_publish}, {"subscribers", lhost_subscribers}, {NULL, NULL},
+        {"publish", lhost_publish}, {"subscribers", lhost_subscribers},
+        {"backplane", lhost_backplane}, {NULL, NULL},
     };
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");

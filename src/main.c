@@ -2,17 +2,23 @@
  * every app through reload.c (a broken one stops the start with file:line),
  * binds, and runs the loop. A mistake at start is one line on stderr and exit status 1
  * (2 for a bad command line). With --workers N > 1 the start goes through
- * workers.c, which forks N copies of the server this file runs. */
+ * workers.c, which forks N copies of the server this file runs; the node's
+ * backplane id is made before that, so they share it. `moonport publish`
+ * is bpcli.c's. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sys/mman.h>
 
 #include "admin.h"
+#include "backplane.h"
+#include "bpcli.h"
 #include "buf.h"
 #include "compress.h"
 #include "config.h"
@@ -78,6 +84,10 @@ static int serve(struct config *cfg, const struct worker_env *env)
         fprintf(stderr, "moonport: %s\n", err);
         goto out;
     }
+    if (cfg->nbackplane && !(srv.bp = backplane_new(&srv, err, sizeof err))) {
+        fprintf(stderr, "moonport: %s\n", err);
+        goto out;
+    }
     if (env) {
         server_adopt(&srv, env->lfd);
         if (!(srv.mesh = mesh_new(&srv, env->peers))) {
@@ -117,6 +127,8 @@ static int serve(struct config *cfg, const struct worker_env *env)
 out:
     admin_free(srv.admin);
     reload_stop(&srv);
+    backplane_free(srv.bp);
+    srv.bp = NULL;
     mesh_free(srv.mesh);
     lbridge_free(srv.lb);
     router_free(srv.router);
@@ -131,10 +143,22 @@ out:
     return rc;
 }
 
+/* The node's id for the backplane: random, made once before any worker is
+ * forked, so every worker of the node has the same. */
+static void make_node_id(struct config *cfg)
+{
+    uint64_t r;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+        r = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ (uint64_t)clock();
+    snprintf(cfg->node_id, sizeof cfg->node_id, "%016llx", (unsigned long long)r);
+}
+
 int main(int argc, char **argv)
 {
     static struct config cfg;
     char err[1024];
+    if (argc > 1 && strcmp(argv[1], "publish") == 0)
+        return bpcli_publish(argc - 1, argv + 1);
     config_init(&cfg);
     int rc = config_load(&cfg, argc, argv, err, sizeof err);
     if (rc != CONFIG_OK) {
@@ -145,6 +169,7 @@ int main(int argc, char **argv)
     }
     log_threshold = cfg.log_level;
     log_access_on = cfg.log_access;
+    make_node_id(&cfg);
     raise_fd_limit();
     main_argc = argc;
     main_argv = argv;

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backplane.h"
 #include "compress.h"
 #include "conn.h"
 #include "mesh.h"
@@ -42,6 +43,8 @@ static struct topic_table *table(struct server *s)
         if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed)
             seed = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
         s->topics = topic_table_new(seed);
+        if (s->topics && s->bp) /* subscribe in Redis what has subscribers here */
+            topic_table_watch(s->topics, backplane_watch, s->bp);
     }
     return s->topics;
 }
@@ -131,6 +134,8 @@ size_t pubsub_publish(struct server *s, const char *name, size_t len, uint8_t op
     size_t n = pubsub_deliver(s, name, len, opcode, data, dlen, skip);
     if (s->mesh) /* the other workers' subscribers (--workers) */
         mesh_publish(s->mesh, name, len, opcode, data, dlen);
+    if (s->bp) /* the other nodes' (backplane.h), through Redis */
+        backplane_publish(s->bp, name, len, opcode, data, dlen);
     return n;
 }
 

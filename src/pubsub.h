@@ -28,12 +28,13 @@ size_t pubsub_subscribers(const struct server *s, const char *name, size_t len);
 
 /* Queue a text or binary message (opcode) to every subscriber of name but
  * skip (NULL: none) that can take it, in this worker and (mesh.h) in every
- * other. Returns how many it was queued to in this worker: the others
+ * other, and send it to the other nodes (backplane.h) when there is a
+ * backplane. Returns how many it was queued to in this worker: the others
  * deliver it later, on their own. With permessage-deflate, see pubsub.c
  * for which frame each gets. */
 size_t pubsub_publish(struct server *s, const char *name, size_t len, uint8_t opcode,
                       const void *data, size_t dlen, struct conn *skip);
-/* The same in this worker only: a message another worker published. */
+/* The same in this worker only: a message another worker or node published. */
 size_t pubsub_deliver(struct server *s, const char *name, size_t len, uint8_t opcode,
                       const void *data, size_t dlen, struct conn *skip);
 

@@ -705,6 +705,13 @@ static void reload_config(struct server *s)
     if (fresh.workers != c->workers)
         log_once(LOG_WARN, "SIGHUP: workers changed to %u; it takes effect on restart",
                  fresh.workers);
+    int bp_same = fresh.nbackplane == c->nbackplane &&
+                  strcmp(fresh.backplane_prefix, c->backplane_prefix) == 0;
+    for (size_t i = 0; bp_same && i < c->nbackplane; i++)
+        bp_same = strcmp(fresh.backplane[i], c->backplane[i]) == 0;
+    if (!bp_same)
+        log_once(LOG_WARN, "SIGHUP: the backplane changed; it takes effect on restart");
+    c->backplane_max_pending = fresh.backplane_max_pending;
     if ((fresh.apps_dir == NULL) != (c->apps_dir == NULL) ||
         (fresh.apps_dir && strcmp(fresh.apps_dir, c->apps_dir) != 0))
         log_once(LOG_WARN, "SIGHUP: the apps directory changed; it takes effect on restart");

@@ -34,6 +34,7 @@ struct workers_shared;
 struct mesh;
 struct metrics;
 struct admin;
+struct backplane;
 
 /* Connections in the order they entered a state. */
 struct conn_list {
@@ -59,6 +60,7 @@ struct server {
     struct admin *admin; /* admin.h: the admin listener, in worker 1; else NULL */
     ev_timer metrics_w;  /* samples gauges and the loop's lag twice a second */
     ev_tstamp metrics_due;
+    struct backplane *bp; /* backplane.h: topics across nodes; NULL without one */
     int argc; /* kept for SIGHUP, which reads the options and config again */
     char **argv;
 

@@ -56,6 +56,8 @@ struct sub {
 struct topic_table {
     uint64_t seed;
     struct htab topics, members, subs;
+    topic_watch_fn watch; /* told when a topic comes and goes, or NULL */
+    void *watch_ctx;
 };
 
 #define HTAB_MIN 16
@@ -238,6 +240,8 @@ struct topic_table *topic_table_new(uint64_t seed)
 
 static void topic_free(struct topic_table *tt, struct topic *t)
 {
+    if (tt->watch)
+        tt->watch(tt->watch_ctx, t->name, t->len, 0);
     htab_remove(&tt->topics, &t->node);
     free(t->subs);
     free(t);
@@ -378,6 +382,8 @@ int topic_subscribe(struct topic_table *tt, void *owner, unsigned cls, const voi
     t->live++;
     t->cls_n[s->cls]++;
     htab_insert(&tt->subs, &s->node, pair_hash(t, m));
+    if (new_t && tt->watch)
+        tt->watch(tt->watch_ctx, t->name, t->len, 1);
     return 1;
 fail:
     free(s);
@@ -480,6 +486,20 @@ size_t topic_publish(struct topic_table *tt, struct topic *t, const void *skip,
             topic_free(tt, t);
     }
     return delivered;
+}
+
+void topic_table_watch(struct topic_table *tt, topic_watch_fn fn, void *ctx)
+{
+    tt->watch = fn;
+    tt->watch_ctx = ctx;
+}
+
+void topic_each(const struct topic_table *tt, void (*fn)(void *ctx, const char *name, size_t len),
+                void *ctx)
+{
+    for (size_t i = 0; tt && tt->topics.b && i <= tt->topics.mask; i++)
+        for (struct hnode *x = tt->topics.b[i]; x; x = x->next)
+            fn(ctx, ((struct topic *)x)->name, ((struct topic *)x)->len);
 }
 
 void topic_table_stats(const struct topic_table *tt, size_t *topics, size_t *owners,

@@ -77,6 +77,19 @@ typedef int (*topic_deliver_fn)(void *ctx, void *owner, unsigned cls);
 size_t topic_publish(struct topic_table *tt, struct topic *t, const void *skip,
                      topic_deliver_fn deliver, void *ctx);
 
+/* Tell fn when a topic comes to exist (exists 1: its first subscriber
+ * joined) and just before it goes (exists 0: its last left, and no fan-out
+ * runs over it), so that a table can be mirrored elsewhere (the backplane
+ * subscribes a topic in Redis while it exists here). fn must not change the
+ * table. Not called by topic_table_free. fn NULL: nobody is told. */
+typedef void (*topic_watch_fn)(void *ctx, const char *name, size_t len, int exists);
+void topic_table_watch(struct topic_table *tt, topic_watch_fn fn, void *ctx);
+
+/* Call fn for every topic that exists, in no particular order. fn must not
+ * change the table. */
+void topic_each(const struct topic_table *tt, void (*fn)(void *ctx, const char *name, size_t len),
+                void *ctx);
+
 /* Totals, for tests and for the leak check: topics, subscribers with at
  * least one topic, subscriptions. */
 void topic_table_stats(const struct topic_table *tt, size_t *topics, size_t *owners,

@@ -3,7 +3,9 @@
  * makes subscribers leave and subscribes new ones while they run: every
  * subscriber present when the fan-out starts and still there at its turn
  * is called exactly once, nobody else is, and the table is empty (nothing
- * leaked, under ASan) once everyone has left. */
+ * leaked, under ASan) once everyone has left. The watch function hears of
+ * every topic that comes and goes, once each, and topic_each visits exactly
+ * the topics that exist. */
 #include "topic.h"
 
 #include <stdio.h>
@@ -22,6 +24,45 @@ static int model[OWNERS][NAMES];
 static size_t name_len(int k)
 {
     return strlen(names[k]);
+}
+
+static int name_index(const char *name, size_t len)
+{
+    for (int k = 0; k < NAMES; k++)
+        if (len == name_len(k) && memcmp(name, names[k], len) == 0)
+            return k;
+    return -1;
+}
+
+/* What the watch function has been told: 1 while a topic exists. */
+static int watched[NAMES];
+static int watch_on;
+
+static void watch(void *ctx, const char *name, size_t len, int exists)
+{
+    CHECK(ctx == watched);
+    int k = name_index(name, len);
+    CHECK(k >= 0);
+    if (k < 0)
+        return;
+    if (watched[k] == exists) /* told twice of the same change */
+        CHECK_EQ(watched[k], !exists);
+    watched[k] = exists;
+}
+
+static void visit(void *ctx, const char *name, size_t len)
+{
+    int k = name_index(name, len);
+    CHECK(k >= 0);
+    if (k >= 0)
+        ((int *)ctx)[k]++;
+}
+
+static void watch_table(struct topic_table *tt)
+{
+    memset(watched, 0, sizeof watched);
+    watch_on = 1;
+    topic_table_watch(tt, watch, watched);
 }
 
 static void check_model(struct topic_table *tt)
@@ -55,6 +96,15 @@ static void check_model(struct topic_table *tt)
                     found = k;
             CHECK(found >= 0 && model[o][found]);
         }
+    }
+    int seen[NAMES] = {0};
+    topic_each(tt, visit, seen);
+    for (int k = 0; k < NAMES; k++) {
+        int exists = topic_find(tt, names[k], name_len(k)) != NULL;
+        if (seen[k] != exists)
+            CHECK_EQ(seen[k], exists);
+        if (watch_on && watched[k] != exists)
+            CHECK_EQ(watched[k], exists);
     }
     size_t t, m, s;
     topic_table_stats(tt, &t, &m, &s);
@@ -108,6 +158,7 @@ static int deliver(void *ctx, void *owner, unsigned cls)
 static void fanout_during_changes(void)
 {
     struct topic_table *tt = topic_table_new(12345);
+    watch_table(tt);
     memset(model, 0, sizeof model);
     for (int o = 0; o < 40; o++) {
         CHECK_EQ(topic_subscribe(tt, &owners[o], (unsigned)o % TOPIC_CLASSES, names[0], name_len(0)), 1);
@@ -149,12 +200,16 @@ static void fanout_during_changes(void)
         memset(model[o], 0, sizeof model[o]);
     }
     check_model(tt);
+    for (int k = 0; k < NAMES; k++)
+        CHECK_EQ(watched[k], 0);
     topic_table_free(tt);
+    watch_on = 0;
 }
 
 static void random_ops(void)
 {
     struct topic_table *tt = topic_table_new(99);
+    watch_table(tt);
     memset(model, 0, sizeof model);
     srand(7);
     for (int step = 0; step < 200000; step++) {
@@ -187,6 +242,7 @@ static void random_ops(void)
         CHECK_EQ(t ? topic_classes(t) : 0, want);
     }
     topic_table_free(tt); /* with subscriptions left: ASan sees any leak */
+    watch_on = 0;
 }
 
 static void names_are_bytes(void)

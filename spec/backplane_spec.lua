@@ -352,15 +352,27 @@ describe("backplane", function()
 
   it("Redis killed and restarted: local delivery goes on, it re-subscribes, no duplicate", function()
     local r = start_redis()
-    local a, b = node(r), node(r)
+    local a, b = node(r, { args = { "--admin", "127.0.0.1:0" } }), node(r)
+    -- /metrics shows the backplane's state (sampled twice a second).
+    local function metric(sample)
+      local _, _, text = a:admin("/metrics")
+      return testing.metric(text, sample)
+    end
     local sa = assert(connect(a, "/bp?sub=k,k2"))
     local sb = assert(connect(b, "/bp?sub=k"))
     numsub(r, "k", 2)
     assert.are.equal("before", ask(sa, "pub k before"))
     assert.are.equal("n 1", recv(sa))
     assert.are.equal("before", recv(sb))
+    wait_until("metrics of the backplane up", function()
+      return metric('moonport_backplane_connections{state="up"}') == 1
+        and metric('moonport_backplane_messages_total{direction="published"}') == 1
+    end)
     r:kill()
     assert.truthy(a:wait_log("backplane: lost redis://[^ ]+ %([^)]*%), retrying in"))
+    wait_until("metrics of the backplane down", function()
+      return metric('moonport_backplane_connections{state="down"}') == 1
+    end)
     assert.are.equal("during", ask(sa, "pub k during"))
     assert.are.equal("n 1", recv(sa))
     r:restart()
@@ -374,6 +386,11 @@ describe("backplane", function()
     local t = stats(sa)
     assert.are.equal(1, t.reconnects)
     assert.are.equal(1, t.dropped_unreachable)
+    wait_until("metrics of the backplane's recovery", function()
+      return metric('moonport_backplane_connections{state="up"}') == 1
+        and metric("moonport_backplane_reconnects_total") == 1
+        and metric('moonport_backplane_dropped_total{reason="unreachable"}') == 1
+    end)
     stop(a, b)
   end)
 

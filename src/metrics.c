@@ -199,6 +199,15 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
         total.reloads_ok += get(&m->reloads_ok);
         total.reloads_failed += get(&m->reloads_failed);
         total.publishes += get(&m->publishes);
+        total.bp_servers += get(&m->bp_servers);
+        total.bp_connected += get(&m->bp_connected);
+        total.bp_published += get(&m->bp_published);
+        total.bp_received += get(&m->bp_received);
+        total.bp_delivered += get(&m->bp_delivered);
+        total.bp_dropped_unreachable += get(&m->bp_dropped_unreachable);
+        total.bp_dropped_pending += get(&m->bp_dropped_pending);
+        total.bp_dropped_bad += get(&m->bp_dropped_bad);
+        total.bp_reconnects += get(&m->bp_reconnects);
         total.topics += get(&m->topics);
         total.subscriptions += get(&m->subscriptions);
         for (int i = 0; i <= METRICS_LAG_BUCKETS; i++)
@@ -270,6 +279,38 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
     put(&o, "moonport_subscriptions %llu\n", (unsigned long long)total.subscriptions);
     head(&o, "moonport_publishes_total", "counter", "Calls of moonport.publish and ws:publish.");
     put(&o, "moonport_publishes_total %llu\n", (unsigned long long)total.publishes);
+
+    if (total.bp_servers) { /* only with a backplane configured */
+        head(&o, "moonport_backplane_connections", "gauge",
+             "Redis servers of the backplane connected, summed over the workers (each worker "
+             "connects to every server).");
+        put(&o, "moonport_backplane_connections{state=\"up\"} %llu\n",
+            (unsigned long long)total.bp_connected);
+        put(&o, "moonport_backplane_connections{state=\"down\"} %llu\n",
+            (unsigned long long)(total.bp_servers - total.bp_connected));
+        head(&o, "moonport_backplane_messages_total", "counter",
+             "Backplane messages: published to Redis, received from it, delivered to "
+             "connections.");
+        put(&o, "moonport_backplane_messages_total{direction=\"published\"} %llu\n",
+            (unsigned long long)total.bp_published);
+        put(&o, "moonport_backplane_messages_total{direction=\"received\"} %llu\n",
+            (unsigned long long)total.bp_received);
+        put(&o, "moonport_backplane_messages_total{direction=\"delivered\"} %llu\n",
+            (unsigned long long)total.bp_delivered);
+        head(&o, "moonport_backplane_dropped_total", "counter",
+             "Backplane messages dropped, by reason: Redis away, too many replies owed "
+             "(backplane.max_pending), or not deliverable.");
+        put(&o, "moonport_backplane_dropped_total{reason=\"unreachable\"} %llu\n",
+            (unsigned long long)total.bp_dropped_unreachable);
+        put(&o, "moonport_backplane_dropped_total{reason=\"pending\"} %llu\n",
+            (unsigned long long)total.bp_dropped_pending);
+        put(&o, "moonport_backplane_dropped_total{reason=\"bad\"} %llu\n",
+            (unsigned long long)total.bp_dropped_bad);
+        head(&o, "moonport_backplane_reconnects_total", "counter",
+             "Connections to Redis made again after a loss.");
+        put(&o, "moonport_backplane_reconnects_total %llu\n",
+            (unsigned long long)total.bp_reconnects);
+    }
 
     head(&o, "moonport_event_loop_lag_seconds", "histogram",
          "How late the event loop runs a timer due every half second: time spent in "

@@ -62,6 +62,11 @@ struct metrics {
     uint64_t reloads_ok, reloads_failed;
     uint64_t publishes;               /* moonport.publish / ws:publish calls */
     uint64_t topics, subscriptions;   /* now (sampled) */
+    /* The Redis backplane (backplane.h), copied from its counts by the
+     * tick; servers 0 when there is none. */
+    uint64_t bp_servers, bp_connected;
+    uint64_t bp_published, bp_received, bp_delivered, bp_dropped_unreachable, bp_dropped_pending,
+        bp_dropped_bad, bp_reconnects;
     uint64_t lag_buckets[METRICS_LAG_BUCKETS + 1];
     uint64_t lag_count, lag_sum_us;
     uint32_t napps, unused;

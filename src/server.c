@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "backplane.h"
 #include "compress.h"
 #include "conn.h"
 #include "lbridge.h"
@@ -241,6 +242,19 @@ static void on_metrics_tick(struct ev_loop *loop, ev_timer *w, int revents)
         topic_table_stats(s->topics, &topics, &owners, &subscriptions);
     METRIC_SET(s->metrics->topics, topics);
     METRIC_SET(s->metrics->subscriptions, subscriptions);
+    if (s->bp) {
+        const struct backplane_stats *st = backplane_stats(s->bp);
+        struct metrics *m = s->metrics;
+        METRIC_SET(m->bp_servers, backplane_servers(s->bp));
+        METRIC_SET(m->bp_connected, backplane_connected(s->bp));
+        METRIC_SET(m->bp_published, st->published);
+        METRIC_SET(m->bp_received, st->received);
+        METRIC_SET(m->bp_delivered, st->delivered);
+        METRIC_SET(m->bp_dropped_unreachable, st->dropped_unreachable);
+        METRIC_SET(m->bp_dropped_pending, st->dropped_pending);
+        METRIC_SET(m->bp_dropped_bad, st->dropped_bad);
+        METRIC_SET(m->bp_reconnects, st->reconnects);
+    }
     s->metrics_due = ev_now(loop) + METRICS_TICK;
     ev_timer_set(w, METRICS_TICK, 0);
     ev_timer_start(loop, w);

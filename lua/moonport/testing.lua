@@ -53,6 +53,7 @@ The server object:
   :wait_log(pattern, timeout) -> the first match of a Lua pattern in stderr
                           or stdout, polled until timeout (default 5 s), or nil.
   :write_app(name, src)   writes APPS_DIR/name.lua.
+  :admin(path, method, raw) testing.http to the admin listener (--admin).
   :connect(path, opts)    client.connect to this server (over TLS, trusting
                           opts.tls.cert, when it was started with tls).
   :request(raw, timeout)  client.request to this server (the same).
@@ -67,6 +68,13 @@ testing.capture(cmd, seconds) -> exit status, everything the command printed
                           (stdout and stderr); killed after seconds (default 90)
 testing.temp_dir() -> a new private directory (the caller removes it)
 testing.count(text, pattern) -> how many times a Lua pattern matches text
+testing.http(port, path, method, raw) -> status, headers, body: one HTTP
+                          request to 127.0.0.1:port (method: GET unless given; raw: bytes to send instead of
+                          a request for path), read until the server closes.
+                          Header names are lowercase.
+testing.metric(text, sample) -> the value of one sample of a Prometheus
+                          exposition, e.g. 'moonport_workers' or
+                          'moonport_closes_total{code="1000",by="client"}', or nil.
 testing.make_cert(dir, name) -> cert, key: a throwaway self-signed PEM pair
                           for localhost and 127.0.0.1, valid one day, made
                           with the openssl command as dir/NAME-cert.pem and
@@ -190,6 +198,36 @@ testing.temp_dir = make_temp_dir
 testing.make_cert = make_cert
 testing.count = count
 
+function testing.http(port, path, method, raw)
+    local c = assert(socket.connect("127.0.0.1", port))
+    c:settimeout(10)
+    assert(c:send(raw or ((method or "GET") .. " " .. path .. " HTTP/1.1\r\nHost: x\r\n\r\n")))
+    local all = {}
+    while true do
+        local data, err, partial = c:receive(65536)
+        local got = data or partial
+        if got and #got > 0 then all[#all + 1] = got end
+        if not data then
+            assert(err == "closed", err)
+            break
+        end
+    end
+    c:close()
+    local text = table.concat(all)
+    local head, body = text:match("^(.-)\r\n\r\n(.*)$")
+    assert(head, "no HTTP answer: " .. text)
+    local headers = {}
+    for name, value in head:gmatch("\r\n([^:]+): ([^\r]*)") do headers[name:lower()] = value end
+    return tonumber(head:match("^HTTP/1%.1 (%d+)")), headers, body
+end
+
+function testing.metric(text, sample)
+    for line in text:gmatch("[^\n]+") do
+        if line:sub(1, #sample + 1) == sample .. " " then return tonumber(line:sub(#sample + 2)) end
+    end
+    return nil
+end
+
 local server = {}
 server.__index = server
 
@@ -247,6 +285,10 @@ function server:stop(timeout)
     end
     self:signal("KILL")
     return self:wait(5), "killed"
+end
+
+function server:admin(path, method, raw)
+    return testing.http(assert(self.admin_port, "started without --admin"), path, method, raw)
 end
 
 function server:rss_kib()

@@ -350,6 +350,25 @@ describe("backplane", function()
     stop(a)
   end)
 
+  it("gives up on a server that accepts the connection but never answers, and retries", function()
+    -- A listening socket nobody accepts from: the kernel completes the TCP
+    -- handshake, and nothing is ever said.
+    local mute = assert(socket.bind("127.0.0.1", 0))
+    local _, port = mute:getsockname()
+    local s = assert(testing.start { apps = { bp = APP },
+      args = { "--backplane", "redis://127.0.0.1:" .. port } })
+    servers[#servers + 1] = s
+    local ws = assert(connect(s, "/bp?sub=k"))
+    assert.truthy(s:wait_log("unreachable %(no answer within 5 s%), retrying in", 10))
+    assert.are.equal("local", ask(ws, "pub k local"))
+    assert.are.equal("n 1", recv(ws))
+    local t = stats(ws)
+    assert.are.equal(0, t.connected)
+    assert.are.equal(1, t.dropped_unreachable)
+    mute:close()
+    stop(s)
+  end)
+
   it("Redis killed and restarted: local delivery goes on, it re-subscribes, no duplicate", function()
     local r = start_redis()
     local a, b = node(r, { args = { "--admin", "127.0.0.1:0" } }), node(r)

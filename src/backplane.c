@@ -2,7 +2,8 @@
  *
  * A link is this worker's pair of connections to one Redis server. It is
  * DOWN (a retry timer runs), CONNECTING (both contexts exist, commands
- * queue in them) or UP (both have answered their first command, so any
+ * queue in them; the same timer gives up on a server that accepts the
+ * connection but does not answer within CONNECT_TIMEOUT) or UP (both have answered their first command, so any
  * AUTH went through: publishes go out). Any failure of
  * either connection tears the pair down and retries both, with backoff
  * from 0.1 s doubling to 5 s and jitter, so a server restarting does not
@@ -44,6 +45,7 @@
 #define ANCHOR "__moonport_anchor__"
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
+#define CONNECT_TIMEOUT 5.0 /* a pair that has not answered by then is given up and retried */
 #define SUB_COST 32     /* bytes counted per channel of a (UN)SUBSCRIBE, over its name */
 #define PUB_COST 64     /* bytes counted per PUBLISH, over its channel and payload */
 #define RESUB_BATCH 256 /* channels per SUBSCRIBE on reconnect */
@@ -320,6 +322,7 @@ static void link_fail(struct link *l, const char *why)
     } else {
         log_debug("backplane: %s still unreachable (%s), retrying in %.1fs", l->name, why, delay);
     }
+    ev_timer_stop(bp->s->loop, &l->retry); /* the connect timeout, if it runs */
     ev_timer_set(&l->retry, delay, 0);
     ev_timer_start(bp->s->loop, &l->retry);
 }
@@ -336,6 +339,7 @@ static void link_ready(struct link *l)
 static void link_up(struct link *l)
 {
     struct backplane *bp = l->bp;
+    ev_timer_stop(bp->s->loop, &l->retry); /* the connect timeout */
     l->state = UP;
     l->backoff = 0;
     if (l->ever_up)
@@ -468,13 +472,22 @@ static void link_connect(struct link *l)
         return;
     }
     l->topics = resubscribe(l);
+    if (l->state == CONNECTING) {
+        ev_timer_set(&l->retry, CONNECT_TIMEOUT, 0);
+        ev_timer_start(l->bp->s->loop, &l->retry);
+    }
 }
 
+/* DOWN: time to try again. CONNECTING: the server has not answered. */
 static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
-    link_connect(container_of(w, struct link, retry));
+    struct link *l = container_of(w, struct link, retry);
+    if (l->state == CONNECTING)
+        link_fail(l, "no answer within 5 s");
+    else if (l->state == DOWN)
+        link_connect(l);
 }
 
 /* ---- publishing ---- */

@@ -53,12 +53,7 @@ local function promtool_check(text)
     return status, out
 end
 
-local function free_port()
-    local s = assert(socket.bind("127.0.0.1", 0))
-    local _, port = s:getsockname()
-    s:close()
-    return tonumber(port)
-end
+local free_port = testing.free_port
 
 describe("the admin listener", function()
     local server

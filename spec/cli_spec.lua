@@ -30,13 +30,7 @@ local function lines_of(text)
     return lines
 end
 
--- A port nothing listens on right now.
-local function free_port()
-    local s = assert(socket.bind("127.0.0.1", 0))
-    local _, port = s:getsockname()
-    s:close()
-    return tonumber(port)
-end
+local free_port = testing.free_port
 
 describe("moonport command", function()
     local dir

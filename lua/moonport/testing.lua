@@ -72,6 +72,8 @@ testing.http(port, path, method, raw) -> status, headers, body: one HTTP
                           request to 127.0.0.1:port (method: GET unless given; raw: bytes to send instead of
                           a request for path), read until the server closes.
                           Header names are lowercase.
+testing.free_port() -> a TCP port of 127.0.0.1 nothing listens on right now
+                          (another process may take it before the caller does)
 testing.metric(text, sample) -> the value of one sample of a Prometheus
                           exposition, e.g. 'moonport_workers' or
                           'moonport_closes_total{code="1000",by="client"}', or nil.
@@ -219,6 +221,13 @@ function testing.http(port, path, method, raw)
     local headers = {}
     for name, value in head:gmatch("\r\n([^:]+): ([^\r]*)") do headers[name:lower()] = value end
     return tonumber(head:match("^HTTP/1%.1 (%d+)")), headers, body
+end
+
+function testing.free_port()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    return tonumber(port)
 end
 
 function testing.metric(text, sample)

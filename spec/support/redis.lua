@@ -58,14 +58,9 @@ local redis = {}
 local server = {}
 server.__index = server
 
--- A port no one listens on now: bind port 0 and give it back. Another
--- process may take it before redis-server does; start then tries again.
-local function free_port()
-    local s = assert(socket.bind("127.0.0.1", 0))
-    local _, port = s:getsockname()
-    s:close()
-    return tonumber(port)
-end
+-- Another process may take a free port before redis-server does; start
+-- then tries again.
+local free_port = testing.free_port
 
 -- Ask with RESP's PING over a plain socket (no process per try). A server
 -- that wants a password answers -NOAUTH, which also says it is up.

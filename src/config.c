@@ -35,6 +35,9 @@ static const char usage[] =
     "                     per CPU this process may run on); topics reach all of them\n"
     "  --admin HOST:PORT  serve /metrics (Prometheus) and /healthz over HTTP there\n"
     "                     (default: off; keep it off the public network)\n"
+    "  --takeover         start on the address of a moonport already serving it (a\n"
+    "                     rolling restart): both accept until the old one is sent\n"
+    "                     SIGTERM or SIGUSR2; without it, a taken port is an error\n"
     "  -h, --help         print this help and exit\n"
     "  -v, --version      print the version and exit\n";
 
@@ -63,6 +66,7 @@ void config_init(struct config *c)
     c->close_timeout = 5;
     c->ping_interval = 30;
     c->idle_timeout = 90;
+    c->drain = 10;
 }
 
 void config_free(struct config *c)
@@ -273,7 +277,7 @@ static const char *const limits_keys[] = {"max_message", "max_fragments", "max_h
                                           "max_headers", "send_buffer", "max_send_buffer",
                                           "max_connections", NULL};
 static const char *const timeouts_keys[] = {"handshake", "close", "ping", "idle",
-                                            "publish_delay", NULL};
+                                            "publish_delay", "drain", "lifetime", NULL};
 static const char *const compression_keys[] = {"enabled", "threshold", "level", "window_bits",
                                                "mem_level", NULL};
 static const char *const log_keys[] = {"level", "access", NULL};
@@ -513,6 +517,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         NUM(l, "timeouts.", "ping", 0, 86400, c->ping_interval);
         NUM(l, "timeouts.", "idle", 0, 864000, c->idle_timeout);
         NUM(l, "timeouts.", "publish_delay", 0, 1, c->publish_delay);
+        NUM(l, "timeouts.", "drain", 0, 3600, c->drain);
+        NUM(l, "timeouts.", "lifetime", 0, 30 * 86400, c->lifetime);
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "timeouts must be a table");
         goto bad;
@@ -585,13 +591,14 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         {"tls-key", required_argument, NULL, 'K'},
         {"workers", required_argument, NULL, 'w'},
         {"admin", required_argument, NULL, 'A'},
+        {"takeover", no_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
     };
     const char *host = NULL, *port = NULL, *level = NULL, *file = NULL, *reload = NULL;
     const char *tls_cert = NULL, *tls_key = NULL, *workers = NULL, *admin = NULL;
-    int ch;
+    int ch, takeover = 0;
     opterr = 0;
     optind = 0; /* glibc: 0 re-initialises, so SIGHUP can parse argv again */
     while ((ch = getopt_long(argc, argv, ":hv", opts, NULL)) != -1) {
@@ -605,6 +612,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         case 'K': tls_key = optarg; break;
         case 'w': workers = optarg; break;
         case 'A': admin = optarg; break;
+        case 'T': takeover = 1; break;
         case 'h': fputs(usage, stdout); return CONFIG_EXIT_OK;
         case 'v': printf("moonport %s\n", MOONPORT_VERSION); return CONFIG_EXIT_OK;
         case ':':
@@ -656,6 +664,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
     }
     if (admin)
         set_str(&c->admin, admin);
+    c->takeover = takeover;
     if (tls_cert)
         set_str(&c->tls_cert, tls_cert);
     if (tls_key)

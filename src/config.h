@@ -49,6 +49,10 @@ struct config {
     double idle_timeout;  /* close a connection silent this long; 0: never */
     double publish_delay; /* published output may wait this long to leave
                              with more; 0: it leaves in its loop turn */
+    double drain;    /* shutdown spreads its closes over this long (drain.h) */
+    double lifetime; /* close a connection this long after it came (+ up to
+                        10%); 0: never */
+    int takeover;    /* --takeover: share the port with a moonport serving it */
 };
 
 #define CONFIG_WORKERS_MAX 256

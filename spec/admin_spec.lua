@@ -59,12 +59,7 @@ local function metrics(server)
 end
 
 -- The value of one sample, e.g. value(text, 'moonport_connections{app="a",route="/a"}').
-local function value(text, sample)
-    for line in text:gmatch("[^\n]+") do
-        if line:sub(1, #sample + 1) == sample .. " " then return tonumber(line:sub(#sample + 2)) end
-    end
-    return nil
-end
+local value = testing.metric_value
 
 -- Wait until fn() is true (the gauges are sampled twice a second).
 local function eventually(fn, seconds)
@@ -76,13 +71,7 @@ local function eventually(fn, seconds)
     return fn()
 end
 
-local function promtool_check(text)
-    local dir = testing.temp_dir()
-    testing.write_file(dir .. "/m.txt", text)
-    local status, out = testing.capture("promtool check metrics < " .. testing.quote(dir .. "/m.txt"))
-    os.execute("rm -rf " .. testing.quote(dir))
-    return status, out
-end
+local promtool_check = testing.promtool_check
 
 local function free_port()
     local s = assert(socket.bind("127.0.0.1", 0))

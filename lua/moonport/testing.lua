@@ -67,6 +67,11 @@ testing.capture(cmd, seconds) -> exit status, everything the command printed
                           (stdout and stderr); killed after seconds (default 90)
 testing.temp_dir() -> a new private directory (the caller removes it)
 testing.count(text, pattern) -> how many times a Lua pattern matches text
+testing.metric_value(text, sample) -> the value of one sample of a Prometheus
+                          exposition, e.g. 'moonport_draining' or
+                          'moonport_connections{app="a",route="/a"}', or nil
+testing.promtool_check(text) -> exit status and output of Debian's
+                          `promtool check metrics` on an exposition
 testing.make_cert(dir, name) -> cert, key: a throwaway self-signed PEM pair
                           for localhost and 127.0.0.1, valid one day, made
                           with the openssl command as dir/NAME-cert.pem and
@@ -137,6 +142,13 @@ local function count(text, pattern)
         n = n + 1
     end
     return n
+end
+
+function testing.metric_value(text, sample)
+    for line in text:gmatch("[^\n]+") do
+        if line:sub(1, #sample + 1) == sample .. " " then return tonumber(line:sub(#sample + 2)) end
+    end
+    return nil
 end
 
 local function dirname(path)
@@ -399,6 +411,14 @@ function testing.start(opts)
         end
         socket.sleep(0.02)
     end
+end
+
+function testing.promtool_check(text)
+    local dir = testing.temp_dir()
+    testing.write_file(dir .. "/m.txt", text)
+    local status, out = testing.capture("promtool check metrics < " .. testing.quote(dir .. "/m.txt"))
+    os.execute("rm -rf " .. testing.quote(dir))
+    return status, out
 end
 
 return testing

@@ -235,9 +235,10 @@ describe("a rolling restart", function()
         assert(testing.run("python3 spec/support/restart_client.py " .. old.port .. " " ..
                            testing.quote(stop) .. " 3 >" .. testing.quote(out) .. " 2>&1 &"))
         testing.sleep(0.3)
-        -- Two switches: to one process, then to two workers.
+        -- Three switches: to one process, to two workers, back to one
+        -- (the master of the workers holds their listeners too).
         local prev = old
-        for round, workers in ipairs { 1, 2 } do
+        for round, workers in ipairs { 1, 2, 1 } do
             local new = start { config = config, port = old.port,
                                 args = { "--takeover", "--workers", tostring(workers) } }
             servers[#servers + 1] = new

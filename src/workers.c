@@ -117,6 +117,20 @@ static void forward(struct master *m, int sig)
             kill(m->slots[i].pid, sig);
 }
 
+/* Stopping: the master's copies of the listening sockets go, so that each
+ * socket closes when its worker's drain closes it (after taking in what it
+ * queued). Kept open, the kernel would go on queueing connections on them
+ * for nobody, and reset those at the master's exit: during a rolling
+ * restart they belong to the new server. */
+static void close_listeners(struct master *m)
+{
+    for (unsigned i = 0; i < m->n; i++)
+        if (m->lfds[i] >= 0) {
+            close(m->lfds[i]);
+            m->lfds[i] = -1;
+        }
+}
+
 static unsigned running(const struct master *m)
 {
     unsigned live = 0;
@@ -290,6 +304,7 @@ int workers_master(struct config *cfg, worker_fn serve)
                              running(&m));
                 stopping = 1;
                 forward(&m, sig); /* a second one drops every connection, as with one */
+                close_listeners(&m);
             } else if (sig == SIGCHLD) {
                 int st;
                 pid_t pid;

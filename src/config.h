@@ -49,7 +49,7 @@ struct config {
     double idle_timeout;  /* close a connection silent this long; 0: never */
     double publish_delay; /* published output may wait this long to leave
                              with more; 0: it leaves in its loop turn */
-    double drain;    /* shutdown spreads its closes over this long (drain.h) */
+    double drain;    /* shutdown spreads its closes over this long (drain.h); 0: at once */
     double lifetime; /* close a connection this long after it came (+ up to
                         10%); 0: never */
     int takeover;    /* --takeover: share the port with a moonport serving it */

@@ -45,13 +45,7 @@ local function eventually(fn, seconds)
     return fn()
 end
 
-local function promtool_check(text)
-    local dir = testing.temp_dir()
-    testing.write_file(dir .. "/m.txt", text)
-    local status, out = testing.capture("promtool check metrics < " .. testing.quote(dir .. "/m.txt"))
-    os.execute("rm -rf " .. testing.quote(dir))
-    return status, out
-end
+local promtool_check = testing.promtool_check
 
 local free_port = testing.free_port
 

@@ -39,6 +39,9 @@ static const char usage[] =
     "  --backplane URL    a Redis server (redis://[:password@]host[:port][/db]) that\n"
     "                     carries topics to and from other nodes; repeat it to shard\n"
     "                     topics over several (replaces the config's backplane.redis)\n"
+    "  --takeover         start on the address of a moonport already serving it (a\n"
+    "                     rolling restart): both accept until the old one is sent\n"
+    "                     SIGTERM or SIGUSR2; without it, a taken port is an error\n"
     "  -h, --help         print this help and exit\n"
     "  -v, --version      print the version and exit\n"
     "\n"
@@ -74,6 +77,7 @@ void config_init(struct config *c)
     c->idle_timeout = 90;
     c->backplane_prefix = strdup(BP_DEFAULT_PREFIX);
     c->backplane_max_pending = 8u << 20;
+    c->drain = 10;
 }
 
 static void free_backplane(struct config *c)
@@ -331,7 +335,7 @@ static const char *const limits_keys[] = {"max_message", "max_fragments", "max_h
                                           "max_headers", "send_buffer", "max_send_buffer",
                                           "max_connections", NULL};
 static const char *const timeouts_keys[] = {"handshake", "close", "ping", "idle",
-                                            "publish_delay", NULL};
+                                            "publish_delay", "drain", "lifetime", NULL};
 static const char *const compression_keys[] = {"enabled", "threshold", "level", "window_bits",
                                                "mem_level", NULL};
 static const char *const log_keys[] = {"level", "access", NULL};
@@ -625,6 +629,8 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         NUM(l, "timeouts.", "ping", 0, 86400, c->ping_interval);
         NUM(l, "timeouts.", "idle", 0, 864000, c->idle_timeout);
         NUM(l, "timeouts.", "publish_delay", 0, 1, c->publish_delay);
+        NUM(l, "timeouts.", "drain", 0, 3600, c->drain);
+        NUM(l, "timeouts.", "lifetime", 0, 30 * 86400, c->lifetime);
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "timeouts must be a table");
         goto bad;
@@ -717,6 +723,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         {"workers", required_argument, NULL, 'w'},
         {"admin", required_argument, NULL, 'A'},
         {"backplane", required_argument, NULL, 'B'},
+        {"takeover", no_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'v'},
         {NULL, 0, NULL, 0},
@@ -725,7 +732,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
     const char *tls_cert = NULL, *tls_key = NULL, *workers = NULL, *admin = NULL;
     const char *backplane[CONFIG_BACKPLANE_MAX + 1];
     size_t nbackplane = 0;
-    int ch;
+    int ch, takeover = 0;
     opterr = 0;
     optind = 0; /* glibc: 0 re-initialises, so SIGHUP can parse argv again */
     while ((ch = getopt_long(argc, argv, ":hv", opts, NULL)) != -1) {
@@ -747,6 +754,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
             }
             backplane[nbackplane++] = optarg;
             break;
+        case 'T': takeover = 1; break;
         case 'h': fputs(usage, stdout); return CONFIG_EXIT_OK;
         case 'v': printf("moonport %s\n", MOONPORT_VERSION); return CONFIG_EXIT_OK;
         case ':':
@@ -800,6 +808,7 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
         set_str(&c->admin, admin);
     if (nbackplane && config_set_backplane(c, backplane, nbackplane, err, errlen))
         return CONFIG_ERROR;
+    c->takeover = takeover;
     if (tls_cert)
         set_str(&c->tls_cert, tls_cert);
     if (tls_key)

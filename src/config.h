@@ -56,6 +56,10 @@ struct config {
     char *backplane_prefix;       /* the Redis channel of topic T is prefix .. T */
     size_t backplane_max_pending; /* publish bytes a Redis may owe replies for */
     char node_id[17];             /* this node's id, hex (made by main, not read) */
+    double drain;    /* shutdown spreads its closes over this long (drain.h); 0: at once */
+    double lifetime; /* close a connection this long after it came (+ up to
+                        10%); 0: never */
+    int takeover;    /* --takeover: share the port with a moonport serving it */
 };
 
 #define CONFIG_BACKPLANE_MAX 64 /* Redis servers at most */

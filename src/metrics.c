@@ -208,6 +208,8 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
         total.bp_dropped_pending += get(&m->bp_dropped_pending);
         total.bp_dropped_bad += get(&m->bp_dropped_bad);
         total.bp_reconnects += get(&m->bp_reconnects);
+        total.drain_closes += get(&m->drain_closes);
+        total.lifetime_closes += get(&m->lifetime_closes);
         total.topics += get(&m->topics);
         total.subscriptions += get(&m->subscriptions);
         for (int i = 0; i <= METRICS_LAG_BUCKETS; i++)
@@ -330,6 +332,12 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
     put(&o, "moonport_workers %u\n", live);
     head(&o, "moonport_draining", "gauge", "1 while the server shuts down (/healthz answers 503).");
     put(&o, "moonport_draining %d\n", draining ? 1 : 0);
+    head(&o, "moonport_drain_closes_total", "counter",
+         "Connections closed by a drain (SIGTERM, SIGINT: 1001; SIGUSR2: 1012).");
+    put(&o, "moonport_drain_closes_total %llu\n", (unsigned long long)total.drain_closes);
+    head(&o, "moonport_lifetime_closes_total", "counter",
+         "Connections closed with 1001 after timeouts.lifetime.");
+    put(&o, "moonport_lifetime_closes_total %llu\n", (unsigned long long)total.lifetime_closes);
     head(&o, "process_resident_memory_bytes", "gauge",
          "Resident memory of the worker processes, summed.");
     put(&o, "process_resident_memory_bytes %llu\n", (unsigned long long)proc->rss_bytes);

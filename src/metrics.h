@@ -61,6 +61,8 @@ struct metrics {
     uint64_t send_buffer_drops; /* connections dropped over limits.max_send_buffer */
     uint64_t reloads_ok, reloads_failed;
     uint64_t publishes;               /* moonport.publish / ws:publish calls */
+    uint64_t drain_closes;    /* connections the drain closed (drain.h) */
+    uint64_t lifetime_closes; /* connections closed at timeouts.lifetime */
     uint64_t topics, subscriptions;   /* now (sampled) */
     /* The Redis backplane (backplane.h), copied from its counts by the
      * tick; servers 0 when there is none. */

@@ -18,6 +18,7 @@
 #include "backplane.h"
 #include "compress.h"
 #include "conn.h"
+#include "drain.h"
 #include "lbridge.h"
 #include "log.h"
 #include "metrics.h"
@@ -99,37 +100,56 @@ void server_adopt(struct server *s, int fd)
     s->lfd = fd;
 }
 
+int server_open_listener(const struct config *cfg, int port, char *err, size_t errlen)
+{
+    if (!cfg->takeover) {
+        int probe = server_open(cfg, port, 0, err, errlen);
+        if (probe < 0)
+            return -1;
+        port = server_port_of(probe); /* --port 0 picks it once, here */
+        close(probe);
+    }
+    int fd = server_open(cfg, port, 1, err, errlen);
+    if (fd < 0 && cfg->takeover)
+        snprintf(err + strlen(err), errlen - strlen(err),
+                 "; --takeover shares a port only with a moonport (of the same user) serving it");
+    return fd;
+}
+
 int server_listen(struct server *s, char *err, size_t errlen)
 {
-    int fd = server_open(s->cfg, s->cfg->port, 0, err, errlen);
+    int fd = server_open_listener(s->cfg, s->cfg->port, err, errlen);
     if (fd < 0)
         return -1;
     server_adopt(s, fd);
     return 0;
 }
 
-static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+/* Accept up to max connections; returns how many were taken (refused
+ * ones too) before the queue was empty or an error stopped it. */
+static size_t accept_some(struct server *s, size_t max)
 {
-    (void)revents;
-    struct server *s = container_of(w, struct server, accept_w);
-    for (int i = 0; i < 256; i++) { /* bounded: let other watchers run too */
+    struct ev_loop *loop = s->loop;
+    size_t i;
+    for (i = 0; i < max; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof peer;
         int fd = accept4(s->lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
-                errno == ECONNABORTED)
-                return;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return i;
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* Out of descriptors: stop accepting for a moment rather
                  * than spin on a listening socket that stays readable. */
                 log_warn("accept: %s; pausing accepts for 100 ms", strerror(errno));
                 ev_io_stop(loop, &s->accept_w);
                 ev_timer_start(loop, &s->accept_retry);
-                return;
+                return i;
             }
             log_error("accept: %s", strerror(errno));
-            return;
+            return i;
         }
         if (s->shared ? !workers_admit(s->shared, s->cfg->max_connections)
                       : s->nconns >= s->cfg->max_connections) {
@@ -154,6 +174,19 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
         }
     }
+    return i;
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    accept_some(container_of(w, struct server, accept_w), 256); /* let other watchers run too */
+}
+
+size_t server_accept_pending(struct server *s)
+{
+    return s->lfd >= 0 ? accept_some(s, SIZE_MAX) : 0;
 }
 
 static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
@@ -344,6 +377,7 @@ static void list_remove(struct conn_list *l, struct conn *c)
     else
         l->tail = c->prev;
     c->prev = c->next = NULL;
+    l->n--;
 }
 
 static void list_append(struct conn_list *l, struct conn *c)
@@ -355,6 +389,7 @@ static void list_append(struct conn_list *l, struct conn *c)
     else
         l->head = c;
     l->tail = c;
+    l->n++;
 }
 
 /* A list's timer wakes when its head falls due. */
@@ -372,20 +407,28 @@ static void arm(struct server *s, ev_timer *w, const struct conn_list *l, double
 
 /* Keepalive looks at every open connection this often: a few times per
  * timeouts.ping (or idle), so a ping goes out at most a quarter of that
- * late, and no more than once a second nor less than every 5 s. */
+ * late, and no more than once a second nor less than every 5 s; and ten
+ * times per timeouts.lifetime, as precise as its jitter. */
+static int keepalive_on(const struct config *cfg)
+{
+    return cfg->ping_interval > 0 || cfg->idle_timeout > 0 || cfg->lifetime > 0;
+}
+
 static double keepalive_period(const struct config *cfg)
 {
     double t = cfg->ping_interval > 0 ? cfg->ping_interval : cfg->idle_timeout;
     if (cfg->idle_timeout > 0 && cfg->idle_timeout < t)
         t = cfg->idle_timeout;
     t /= 4;
+    if (cfg->lifetime > 0 && (t <= 0 || cfg->lifetime / 10 < t))
+        t = cfg->lifetime / 10;
     return t < 0.01 ? 0.01 : t > 5 ? 5 : t;
 }
 
 static void start_keepalive(struct server *s)
 {
     const struct config *cfg = s->cfg;
-    if (ev_is_active(&s->keepalive_w) || (cfg->ping_interval <= 0 && cfg->idle_timeout <= 0))
+    if (ev_is_active(&s->keepalive_w) || !keepalive_on(cfg))
         return;
     double period = keepalive_period(cfg);
     ev_timer_set(&s->keepalive_w, period, period);
@@ -465,9 +508,10 @@ static void on_keepalive(struct ev_loop *loop, ev_timer *w, int revents)
         struct conn *c = s->open.head;
         list_remove(&s->open, c);
         list_append(&s->open, c);
-        conn_keepalive(c);
+        if (!drain_lifetime_check(s, c))
+            conn_keepalive(c);
     }
-    if (!s->open.head || (cfg->ping_interval <= 0 && cfg->idle_timeout <= 0)) {
+    if (!s->open.head || !keepalive_on(cfg)) {
         ev_timer_stop(loop, w);
         return;
     }
@@ -537,36 +581,17 @@ static void on_shutdown_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
+    (void)loop;
     (void)revents;
-    struct server *s = w->signum == SIGINT ? container_of(w, struct server, sigint_w)
-                                           : container_of(w, struct server, sigterm_w);
+    struct server *s = w->signum == SIGINT    ? container_of(w, struct server, sigint_w)
+                       : w->signum == SIGUSR2 ? container_of(w, struct server, sigusr2_w)
+                                              : container_of(w, struct server, sigterm_w);
     if (s->shutting_down) {
         log_warn("second signal: dropping every connection now");
         drop_all(s);
         return;
     }
-    s->shutting_down = 1;
-    log_info("%s: closing %zu connection(s) with 1001 and exiting",
-             w->signum == SIGINT ? "SIGINT" : "SIGTERM", s->nconns);
-    ev_io_stop(loop, &s->accept_w);
-    ev_timer_stop(loop, &s->accept_retry);
-    close(s->lfd);
-    s->lfd = -1;
-    /* conn_close moves each open conn to the closing list (or drops it). */
-    while (s->open.head)
-        conn_close(s->open.head, WS_CLOSE_GOING_AWAY, "server shutting down");
-    for (struct conn *c = s->handshaking.head, *next; c; c = next) {
-        next = c->next;
-        if (!c->in_connect)
-            conn_abort(c, "shutdown");
-    }
-    for (struct conn *c = s->closing.head, *next; c; c = next) {
-        next = c->next;
-        if (c->state == CONN_LINGER && c->shut_wr)
-            conn_abort(c, "shutdown"); /* all sent: only the peer's FIN is missing */
-    }
-    ev_timer_set(&s->shutdown_w, s->cfg->close_timeout + 0.5, 0);
-    ev_timer_start(loop, &s->shutdown_w);
+    drain_begin(s, w->signum);
 }
 
 int server_run(struct server *s)
@@ -579,8 +604,10 @@ int server_run(struct server *s)
     ev_timer_init(&s->accept_retry, on_accept_retry, 0.1, 0);
     ev_signal_init(&s->sigint_w, on_signal, SIGINT);
     ev_signal_init(&s->sigterm_w, on_signal, SIGTERM);
+    ev_signal_init(&s->sigusr2_w, on_signal, SIGUSR2);
     ev_signal_start(loop, &s->sigint_w);
     ev_signal_start(loop, &s->sigterm_w);
+    ev_signal_start(loop, &s->sigusr2_w);
     ev_prepare_init(&s->prepare_w, on_prepare);
     ev_prepare_start(loop, &s->prepare_w);
     ev_init(&s->shutdown_w, on_shutdown_timeout);

@@ -1,8 +1,8 @@
 /* server: the event loop's owner. It listens, accepts, keeps the lists of
  * connections and runs their timeouts, flushes their output once per loop
  * iteration (so frames queued by one handler leave in one write), frees
- * dead connections at a safe point, and shuts down on SIGINT/SIGTERM by
- * closing every connection with 1001.
+ * dead connections at a safe point, and shuts down on SIGINT/SIGTERM (or
+ * SIGUSR2) through drain.c, which closes every connection, spread out.
  *
  * Timeouts cost a connection nothing of its own: every connection in a
  * state with a fixed timeout (the handshake, the closing handshake and the
@@ -39,6 +39,7 @@ struct backplane;
 /* Connections in the order they entered a state. */
 struct conn_list {
     struct conn *head, *tail;
+    size_t n;
 };
 
 struct server {
@@ -67,9 +68,15 @@ struct server {
     int lfd;
     ev_io accept_w;
     ev_timer accept_retry; /* after EMFILE: try accepting again later */
-    ev_signal sigint_w, sigterm_w;
+    ev_signal sigint_w, sigterm_w, sigusr2_w;
     ev_prepare prepare_w; /* flush output and sweep dead conns */
     ev_timer shutdown_w;  /* bound on the graceful shutdown */
+    /* The drain (drain.h): its pace, and how far it has gone. */
+    ev_timer drain_w;
+    ev_tstamp drain_began, drain_window;
+    size_t drain_planned, drain_closed;
+    uint64_t drain_seed; /* the jitter of its ticks */
+    uint16_t drain_code; /* 1001, or 1012 for SIGUSR2 */
 
     struct conn_list handshaking; /* CONN_HANDSHAKE: timeouts.handshake from accept */
     struct conn_list open;        /* CONN_OPEN: swept for keepalive */
@@ -116,7 +123,17 @@ int server_listen(struct server *s, char *err, size_t errlen);
 int server_open(const struct config *cfg, int port, int reuseport, char *err, size_t errlen);
 int server_open_host(const char *host, int port, int reuseport, char *err, size_t errlen);
 int server_port_of(int fd);
+/* The first listener of a server: shared (SO_REUSEPORT), so that a new
+ * moonport started with --takeover can accept beside it during a rolling
+ * restart. Without cfg->takeover a plain bind is tried first, and fails as
+ * before when anyone holds the port, a moonport or not; with it, only a
+ * listener opened for sharing (a moonport's) lets it in. */
+int server_open_listener(const struct config *cfg, int port, char *err, size_t errlen);
 void server_adopt(struct server *s, int fd);
+/* Accept every connection the listening socket has queued, until it has
+ * none (or no room): the drain does this before it closes the socket.
+ * Returns how many it accepted. */
+size_t server_accept_pending(struct server *s);
 
 /* Run the loop until shutdown. Returns the exit status. */
 int server_run(struct server *s);

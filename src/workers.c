@@ -117,6 +117,20 @@ static void forward(struct master *m, int sig)
             kill(m->slots[i].pid, sig);
 }
 
+/* Stopping: the master's copies of the listening sockets go, so that each
+ * socket closes when its worker's drain closes it (after taking in what it
+ * queued). Kept open, the kernel would go on queueing connections on them
+ * for nobody, and reset those at the master's exit: during a rolling
+ * restart they belong to the new server. */
+static void close_listeners(struct master *m)
+{
+    for (unsigned i = 0; i < m->n; i++)
+        if (m->lfds[i] >= 0) {
+            close(m->lfds[i]);
+            m->lfds[i] = -1;
+        }
+}
+
 static unsigned running(const struct master *m)
 {
     unsigned live = 0;
@@ -150,15 +164,13 @@ static int setup(struct master *m, char *err, size_t errlen)
         m->lfds[i] = -1;
     for (size_t i = 0; i < (size_t)n * n; i++)
         m->pairs[i] = -1;
-    /* A plain bind first: it fails, as with one worker, when anyone holds
-     * the port (SO_REUSEPORT alone would join another server's group), and
-     * it picks the port once for --port 0. */
-    int probe = server_open(m->cfg, m->cfg->port, 0, err, errlen);
-    if (probe < 0)
+    /* The first as with one worker: it fails when anyone holds the port,
+     * unless --takeover (SO_REUSEPORT alone would join another server's
+     * group), and it picks the port once for --port 0. */
+    if ((m->lfds[0] = server_open_listener(m->cfg, m->cfg->port, err, errlen)) < 0)
         return -1;
-    int port = server_port_of(probe);
-    close(probe);
-    for (unsigned i = 0; i < n; i++)
+    int port = server_port_of(m->lfds[0]);
+    for (unsigned i = 1; i < n; i++)
         if ((m->lfds[i] = server_open(m->cfg, port, 1, err, errlen)) < 0)
             return -1;
     for (unsigned i = 0; i < n; i++)
@@ -189,6 +201,7 @@ static int setup(struct master *m, char *err, size_t errlen)
     sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR2);
     sigprocmask(SIG_BLOCK, &set, &m->oldmask);
     m->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
     if (m->sigfd < 0) {
@@ -282,12 +295,16 @@ int workers_master(struct config *cfg, worker_fn serve)
             if (sig == SIGHUP) {
                 log_debug("SIGHUP: forwarded to %u workers", running(&m));
                 forward(&m, SIGHUP);
-            } else if (sig == SIGINT || sig == SIGTERM) {
+            } else if (sig == SIGINT || sig == SIGTERM || sig == SIGUSR2) {
+                /* SIGUSR2: the same drain, with 1012 (drain.h). */
                 if (!stopping)
-                    log_info("%s: stopping %u workers", sig == SIGINT ? "SIGINT" : "SIGTERM",
+                    log_info("%s: stopping %u workers", sig == SIGINT    ? "SIGINT"
+                                                        : sig == SIGUSR2 ? "SIGUSR2"
+                                                                         : "SIGTERM",
                              running(&m));
                 stopping = 1;
                 forward(&m, sig); /* a second one drops every connection, as with one */
+                close_listeners(&m);
             } else if (sig == SIGCHLD) {
                 int st;
                 pid_t pid;

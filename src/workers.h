@@ -2,7 +2,7 @@
  * master: it opens the listening sockets (one per worker, SO_REUSEPORT on
  * one port, so the kernel spreads connections), the socket pairs between
  * workers (mesh.h) and a page of shared memory for what the server counts
- * as a whole; it forks the workers, forwards SIGHUP, SIGINT and SIGTERM to
+ * as a whole; it forks the workers, forwards SIGHUP, SIGINT, SIGTERM and SIGUSR2 to
  * them, logs a worker that dies and starts another in its place, and runs
  * no Lua and no event loop of its own. Each worker is today's server, in
  * its own process: its own libev loop, Lua state and apps, so nothing in

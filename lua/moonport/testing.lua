@@ -77,6 +77,8 @@ testing.free_port() -> a TCP port of 127.0.0.1 nothing listens on right now
 testing.metric(text, sample) -> the value of one sample of a Prometheus
                           exposition, e.g. 'moonport_workers' or
                           'moonport_closes_total{code="1000",by="client"}', or nil.
+testing.promtool_check(text) -> exit status and output of Debian's
+                          `promtool check metrics` on an exposition
 testing.make_cert(dir, name) -> cert, key: a throwaway self-signed PEM pair
                           for localhost and 127.0.0.1, valid one day, made
                           with the openssl command as dir/NAME-cert.pem and
@@ -450,6 +452,14 @@ function testing.start(opts)
         end
         socket.sleep(0.02)
     end
+end
+
+function testing.promtool_check(text)
+    local dir = testing.temp_dir()
+    testing.write_file(dir .. "/m.txt", text)
+    local status, out = testing.capture("promtool check metrics < " .. testing.quote(dir .. "/m.txt"))
+    os.execute("rm -rf " .. testing.quote(dir))
+    return status, out
 end
 
 return testing

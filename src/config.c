@@ -276,7 +276,7 @@ static const char *const timeouts_keys[] = {"handshake", "close", "ping", "idle"
                                             "publish_delay", NULL};
 static const char *const compression_keys[] = {"enabled", "threshold", "level", "window_bits",
                                                "mem_level", NULL};
-static const char *const log_keys[] = {"level", "access", NULL};
+static const char *const log_keys[] = {"level", "access", "format", NULL};
 static const char *const tls_keys[] = {"cert", "key", NULL};
 
 static const struct known_keys sections[] = {
@@ -558,6 +558,14 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         if (!lua_isnil(L, -1))
             c->log_access = lua_toboolean(L, -1);
         lua_pop(L, 1);
+        if ((r = field_string(L, l, "format", &s, msg, sizeof msg)) < 0)
+            goto bad;
+        if (r && strcmp(s, "text") && strcmp(s, "json")) {
+            snprintf(msg, sizeof msg, "log.format must be \"text\" or \"json\", not \"%s\"", s);
+            goto bad;
+        }
+        if (r)
+            c->log_json = strcmp(s, "json") == 0;
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "log must be a table");
         goto bad;

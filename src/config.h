@@ -19,6 +19,7 @@ struct config {
     char *config_file; /* NULL: none */
     int log_level;
     int log_access;
+    int log_json; /* log.format = "json": the access log as JSON lines */
     int reload; /* watch app files and reload them on change */
     char *tls_cert; /* PEM certificate chain; with tls_key, serve wss:// */
     char *tls_key;  /* PEM private key; both NULL: plain ws:// */

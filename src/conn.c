@@ -219,6 +219,24 @@ static const char *conn_close_reason(const struct conn *c)
     return c->close_reason_len && c->req ? snap_reason(c->req) : NULL;
 }
 
+/* An access log event about c (log.h). */
+static struct access_event access_event(const struct conn *c, const char *event,
+                                        const char *reason)
+{
+    return (struct access_event){.event = event,
+                                 .client = conn_peer(c),
+                                 .path = conn_path(c),
+                                 .route = c->app ? c->app->metrics->route : NULL,
+                                 .id = (unsigned long long)c->id,
+                                 .reason = reason};
+}
+
+static void log_event(const struct conn *c, const char *event, const char *reason)
+{
+    struct access_event e = access_event(c, event, reason);
+    log_access_event(&e);
+}
+
 /* Tell the app, once, that an accepted connection ended, and log it. */
 static void finish(struct conn *c)
 {
@@ -231,11 +249,16 @@ static void finish(struct conn *c)
     METRIC_SUB(c->app->metrics->open, 1);
     if (c->closed_by == MB_NONE) /* counted when it began, if it did */
         metrics_close(c->srv->metrics, WS_CLOSE_ABNORMAL, MB_NONE);
-    log_access("%s \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs msgs_in=%u bytes_in=%llu "
-               "msgs_out=%u bytes_out=%llu",
-               conn_peer(c), conn_path(c), (unsigned long long)c->id, code,
-               ev_now(c->srv->loop) - c->req->started, c->msgs_in,
-               (unsigned long long)c->bytes_in, c->msgs_out, (unsigned long long)c->bytes_out);
+    struct access_event e = access_event(c, "WSDISCONNECT", NULL);
+    e.code = code;
+    e.duration = ev_now(c->srv->loop) - c->req->started;
+    e.msgs_in = c->msgs_in;
+    e.msgs_out = c->msgs_out;
+    e.bytes_in = c->bytes_in;
+    e.bytes_out = c->bytes_out;
+    e.close_reason = conn_close_reason(c);
+    e.close_reason_len = c->close_reason_len;
+    log_access_event(&e);
     lbridge_close(c->srv->lb, c, code, conn_close_reason(c), c->close_reason_len);
 }
 
@@ -597,9 +620,9 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
                                                                  : "Content-Type: text/plain\r\n");
     struct metrics_app *ma = c->app ? c->app->metrics : metrics_no_app(c->srv->metrics);
     METRIC_ADD(ma->handshakes[metrics_status_of(status)], 1);
-    log_access("%s \"WSREJECT %s\" id=%llu status=%d%s%s", conn_peer(c),
-               conn_path(c), (unsigned long long)c->id, status, why ? " reason=" : "",
-               why ? why : "");
+    struct access_event e = access_event(c, "WSREJECT", why);
+    e.status = status;
+    log_access_event(&e);
     buf_reset(&c->out); /* frames an app queued in on_connect never go out */
     refs_drop(c);
     buf_append(&c->out, head, (size_t)n);
@@ -733,8 +756,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         c->deflate_window = (uint8_t)window;
         c->parser.rsv_allowed = 0x40; /* RSV1: "compressed", RFC 7692 section 6 */
     }
-    log_access("%s \"WSCONNECTING %s\" id=%llu", conn_peer(c), conn_path(c),
-               (unsigned long long)c->id);
+    log_event(c, "WSCONNECTING", NULL);
 
     struct conn_reply reply = {0};
     c->srv->connect_reply = &reply;
@@ -759,8 +781,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         c->accepted = 1;
         METRIC_ADD(c->app->metrics->handshakes[MS_101], 1);
         METRIC_ADD(c->app->metrics->open, 1);
-        log_access("%s \"WSCONNECT %s\" id=%llu", conn_peer(c), conn_path(c),
-                   (unsigned long long)c->id);
+        log_event(c, "WSCONNECT", NULL);
         hs_free(c->hs);
         c->hs = NULL;
         if (used < n) /* the client's first frames came with the head */
@@ -1224,9 +1245,10 @@ void conn_timeout(struct conn *c)
     case CONN_HANDSHAKE:
         log_info("conn %llu from %s: handshake not complete after %gs: closing",
                  (unsigned long long)c->id, conn_peer(c), c->srv->cfg->handshake_timeout);
-        log_access("%s \"WSTIMEOUT %s\" id=%llu reason=handshake not complete after %gs",
-                   conn_peer(c), conn_path(c), (unsigned long long)c->id,
-                   c->srv->cfg->handshake_timeout);
+        char why[80];
+        snprintf(why, sizeof why, "handshake not complete after %gs",
+                 c->srv->cfg->handshake_timeout);
+        log_event(c, "WSTIMEOUT", why);
         conn_abort(c, "handshake timeout");
         break;
     case CONN_CLOSING:

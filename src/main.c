@@ -145,6 +145,7 @@ int main(int argc, char **argv)
     }
     log_threshold = cfg.log_level;
     log_access_on = cfg.log_access;
+    log_json = cfg.log_json;
     raise_fd_limit();
     main_argc = argc;
     main_argv = argv;

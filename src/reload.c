@@ -722,6 +722,8 @@ static void reload_config(struct server *s)
     c->log_access = fresh.log_access;
     log_threshold = c->log_level;
     log_access_on = c->log_access;
+    c->log_json = fresh.log_json;
+    log_json = c->log_json;
     c->max_message = fresh.max_message;
     c->max_fragments = fresh.max_fragments;
     c->max_head = fresh.max_head;

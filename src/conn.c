@@ -31,6 +31,7 @@
 #include "server.h"
 #include "slab.h"
 #include "snapshot.h"
+#include "throttle.h"
 #include "tls.h"
 #include "workers.h"
 #include "ws_utf8.h"
@@ -188,6 +189,46 @@ static void refs_drop(struct conn *c)
     c->refs = NULL;
 }
 
+/* The memory a message arriving in pieces holds, as limits.inbound_memory
+ * counts it: its whole block. */
+static size_t msg_memory(const struct conn *c)
+{
+    return c->msg.blk ? sizeof *c->msg.blk + c->msg.blk->cap : 0;
+}
+
+static void msg_reset(struct conn *c)
+{
+    size_t had = msg_memory(c);
+    buf_reset(&c->msg);
+    if (had)
+        throttle_in_charge(c, had, 0);
+}
+
+static void fail_message(struct conn *c, uint16_t code, const char *why);
+
+/* Add a fragment to the message arriving in pieces, within
+ * limits.inbound_memory (which may hold c's reading, or fail c). Returns
+ * 0, or -1 when c was failed. */
+static int msg_append(struct conn *c, const uint8_t *p, size_t n)
+{
+    size_t had = msg_memory(c);
+    if (buf_append(&c->msg, p, n)) {
+        fail_message(c, WS_CLOSE_TOO_BIG, "out of memory for a message");
+        return -1;
+    }
+    size_t now = msg_memory(c);
+    if (now == had)
+        return 0;
+    const char *why = NULL;
+    int code = throttle_in_check(c, had, now, &why);
+    throttle_in_charge(c, had, now);
+    if (code) {
+        fail_message(c, (uint16_t)code, why);
+        return -1;
+    }
+    return 0;
+}
+
 void conn_free(struct conn *c)
 {
     if (!c)
@@ -196,7 +237,9 @@ void conn_free(struct conn *c)
         free(c->partial);
     else
         hs_free(c->hs);
-    buf_reset(&c->msg);
+    msg_reset(c);
+    if (c->held | c->throttled)
+        throttle_conn_free(c);
     buf_reset(&c->out);
     snap_free(c->req);
     tls_free(conn_tls(c));
@@ -297,7 +340,7 @@ static void partial_drop(struct conn *c)
 static int tls_events(const struct conn *c)
 {
     int events = 0;
-    if (!c->read_paused)
+    if (!(c->read_paused | c->held))
         events |= c->tls_read_wants_write ? EV_WRITE : EV_READ;
     if (conn_out_pending(c) || (c->state == CONN_LINGER && !c->shut_wr))
         events |= c->tls_write_wants_read ? EV_READ : EV_WRITE;
@@ -310,7 +353,8 @@ static void update_io(struct conn *c)
     if (c->state == CONN_DEAD)
         return;
     int events = conn_tls(c) ? tls_events(c)
-                        : (c->read_paused ? 0 : EV_READ) | (conn_out_pending(c) ? EV_WRITE : 0);
+                        : (c->read_paused | c->held ? 0 : EV_READ) |
+                              (conn_out_pending(c) ? EV_WRITE : 0);
     if (events == c->io_events)
         return;
     struct ev_loop *loop = c->srv->loop;
@@ -319,6 +363,16 @@ static void update_io(struct conn *c)
     if (events)
         ev_io_start(loop, &c->io);
     c->io_events = (uint8_t)events;
+}
+
+void conn_hold(struct conn *c, int hold)
+{
+    c->held = hold != 0;
+    update_io(c);
+    /* As when the send buffer's pause ends (conn_flush): input OpenSSL
+     * holds will not make the socket readable. */
+    if (!hold && conn_tls(c) && c->state != CONN_DEAD && tls_pending(conn_tls(c)))
+        ev_feed_event(c->srv->loop, &c->io, EV_READ);
 }
 
 static int queued(struct conn *c);
@@ -589,7 +643,9 @@ static void enter_linger(struct conn *c)
     if (c->state == CONN_LINGER || c->state == CONN_DEAD)
         return;
     server_conn_enter(c->srv, c, CONN_LINGER);
-    buf_reset(&c->msg);
+    msg_reset(c);
+    if (c->held) /* from now on it reads only to see the peer's EOF */
+        throttle_release(c);
     partial_drop(c); /* no frame is parsed from now on */
     finish(c);
     if (c->state == CONN_DEAD)
@@ -880,16 +936,14 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
                 deliver(c, ch->opcode, ch->data, ch->len, 1);
             return;
         }
-        if (buf_append(&c->msg, ch->data, ch->len)) {
-            fail_message(c, WS_CLOSE_TOO_BIG, "out of memory for a message");
+        if (msg_append(c, ch->data, ch->len))
             return;
-        }
         if (ch->flags & WS_CHUNK_MSG_END) {
             if (c->msg_compressed)
                 deliver_compressed(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg));
             else
                 deliver(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg), 0);
-            buf_reset(&c->msg);
+            msg_reset(c);
         }
         return;
     case WS_OP_PING:
@@ -1014,7 +1068,10 @@ static void on_readable_tls(struct conn *c)
     uint8_t *buf = c->srv->rbuf;
     do {
         size_t kept = take_partial(c, buf);
-        long n = tls_read(conn_tls(c), buf + kept, SERVER_READ_BUF - kept);
+        size_t room = SERVER_READ_BUF - kept;
+        if (c->srv->throttle.rate_on)
+            room = throttle_read_room(c, room);
+        long n = tls_read(conn_tls(c), buf + kept, room);
         if (n == TLS_WANT_READ || n == TLS_WANT_WRITE) {
             c->tls_read_wants_write = n == TLS_WANT_WRITE;
             update_io(c);
@@ -1030,7 +1087,9 @@ static void on_readable_tls(struct conn *c)
             return;
         }
         input(c, buf, kept + (size_t)n);
-    } while (c->state != CONN_DEAD && !c->read_paused && tls_pending(conn_tls(c)));
+        if (c->srv->throttle.rate_on)
+            throttle_read(c, (size_t)n);
+    } while (c->state != CONN_DEAD && !(c->read_paused | c->held) && tls_pending(conn_tls(c)));
 }
 
 static void on_readable(struct conn *c)
@@ -1041,7 +1100,10 @@ static void on_readable(struct conn *c)
     }
     uint8_t *buf = c->srv->rbuf;
     size_t kept = take_partial(c, buf);
-    ssize_t n = recv(c->io.fd, buf + kept, SERVER_READ_BUF - kept, 0);
+    size_t room = SERVER_READ_BUF - kept;
+    if (c->srv->throttle.rate_on)
+        room = throttle_read_room(c, room);
+    ssize_t n = recv(c->io.fd, buf + kept, room, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -1053,6 +1115,8 @@ static void on_readable(struct conn *c)
         return;
     }
     input(c, buf, kept + (size_t)n);
+    if (c->srv->throttle.rate_on) /* once per read, not per message */
+        throttle_read(c, (size_t)n);
 }
 
 /* The output in write order: c->out's bytes with the refs at their places.
@@ -1193,6 +1257,9 @@ void conn_flush(struct conn *c)
             buf_consume(&c->out, (size_t)n);
     }
     size_t pending = conn_out_pending(c);
+    /* Output the socket would not take counts in limits.outbound_memory. */
+    if ((pending || c->out_charged) && throttle_out(c, pending))
+        return;
     int resumed = 0;
     /* Back at half of send_buffer, not just under it: reading resumes, and
      * on_drain runs, only once there is room for a good part of the queue
@@ -1229,13 +1296,13 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         int read_ready = revents & (c->tls_read_wants_write ? EV_WRITE : EV_READ);
         if (write_ready)
             conn_flush(c);
-        if (read_ready && c->state != CONN_DEAD && !c->read_paused)
+        if (read_ready && c->state != CONN_DEAD && !(c->read_paused | c->held))
             on_readable_tls(c);
         return;
     }
     if (revents & EV_WRITE)
         conn_flush(c);
-    if ((revents & EV_READ) && c->state != CONN_DEAD && !c->read_paused)
+    if ((revents & EV_READ) && c->state != CONN_DEAD && !(c->read_paused | c->held))
         on_readable(c);
 }
 

@@ -67,6 +67,17 @@ testing.capture(cmd, seconds) -> exit status, everything the command printed
                           (stdout and stderr); killed after seconds (default 90)
 testing.temp_dir() -> a new private directory (the caller removes it)
 testing.count(text, pattern) -> how many times a Lua pattern matches text
+testing.http(port, path, method, raw) -> status, headers (lowercase names),
+                          body of one HTTP/1.1 request to 127.0.0.1:port
+                          (raw: the bytes to send instead of a GET)
+testing.metrics(server) -> the text of GET /metrics on the server's admin
+                          port (started with --admin), checked to be 200
+testing.metric_value(text, sample) -> the value of one sample in that text,
+                          e.g. 'moonport_connections{app="a",route="/a"}', or nil
+testing.eventually(fn, seconds) -> true once fn() is, polled until seconds
+                          (default 5) have passed; then fn()'s last answer
+testing.promtool_check(text) -> exit status and output of
+                          `promtool check metrics` on the text
 testing.make_cert(dir, name) -> cert, key: a throwaway self-signed PEM pair
                           for localhost and 127.0.0.1, valid one day, made
                           with the openssl command as dir/NAME-cert.pem and
@@ -399,6 +410,62 @@ function testing.start(opts)
         end
         socket.sleep(0.02)
     end
+end
+
+function testing.http(port, path, method, raw)
+    local c = assert(socket.connect("127.0.0.1", port))
+    c:settimeout(10)
+    assert(c:send(raw or ((method or "GET") .. " " .. path .. " HTTP/1.1\r\nHost: x\r\n\r\n")))
+    local all = {}
+    while true do
+        local data, err, partial = c:receive(65536)
+        local got = data or partial
+        if got and #got > 0 then all[#all + 1] = got end
+        if not data then
+            assert(err == "closed", err)
+            break
+        end
+    end
+    c:close()
+    local text = table.concat(all)
+    local head, body = text:match("^(.-)\r\n\r\n(.*)$")
+    assert(head, "no HTTP answer: " .. text)
+    local status = tonumber(head:match("^HTTP/1%.1 (%d+)"))
+    local headers = {}
+    for name, value in head:gmatch("\r\n([^:]+): ([^\r]*)") do headers[name:lower()] = value end
+    return status, headers, body
+end
+
+function testing.metrics(srv)
+    local status, headers, body = testing.http(srv.admin_port, "/metrics")
+    assert(status == 200, "GET /metrics: " .. tostring(status))
+    assert(headers["content-type"]:find("text/plain; version=0.0.4", 1, true),
+        "GET /metrics: " .. tostring(headers["content-type"]))
+    return body
+end
+
+function testing.metric_value(text, sample)
+    for line in text:gmatch("[^\n]+") do
+        if line:sub(1, #sample + 1) == sample .. " " then return tonumber(line:sub(#sample + 2)) end
+    end
+    return nil
+end
+
+function testing.eventually(fn, seconds)
+    local deadline = socket.gettime() + (seconds or 5)
+    repeat
+        if fn() then return true end
+        socket.sleep(0.05)
+    until socket.gettime() > deadline
+    return fn()
+end
+
+function testing.promtool_check(text)
+    local dir = testing.temp_dir()
+    testing.write_file(dir .. "/m.txt", text)
+    local status, out = testing.capture("promtool check metrics < " .. testing.quote(dir .. "/m.txt"))
+    os.execute("rm -rf " .. testing.quote(dir))
+    return status, out
 end
 
 return testing

@@ -23,7 +23,6 @@ struct throttle_slot {
     double bytes;       /* tokens of the byte bucket (negative: in debt) */
     float msgs;         /* tokens of the message bucket */
     uint32_t stamp;     /* server_ms() of the last refill */
-    uint32_t msgs_seen; /* c->msgs_in when last charged */
     uint8_t logged;     /* its going over a rate was logged */
     size_t out;         /* output charged to the outbound budget */
 };
@@ -41,12 +40,19 @@ struct throttle_held {
 #define LOW_WATER(budget) ((budget) - (budget) / 8)
 
 static void on_rate(struct ev_loop *loop, ev_timer *w, int revents);
+static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* How often slots that hold nothing any more (full buckets, no output
+ * charge, not held) are given up, so that a connection that was busy and
+ * is idle again costs nothing here. */
+#define SWEEP_EVERY 2.0
 
 void throttle_init(struct throttle *t, struct server *s)
 {
     memset(t, 0, sizeof *t);
     t->srv = s;
     ev_init(&t->rate_w, on_rate);
+    ev_init(&t->sweep_w, on_sweep);
     throttle_configure(t);
 }
 
@@ -65,6 +71,7 @@ void throttle_configure(struct throttle *t)
 void throttle_free(struct throttle *t)
 {
     ev_timer_stop(t->srv->loop, &t->rate_w);
+    ev_timer_stop(t->srv->loop, &t->sweep_w);
     free(t->slots);
     free(t->held);
     t->slots = NULL;
@@ -92,9 +99,9 @@ static struct throttle_slot *slot_find(struct throttle *t, const struct conn *c)
     }
 }
 
-static int slots_grow(struct throttle *t)
+/* Rehash into cap slots (a power of two, over twice nslots). */
+static int slots_resize(struct throttle *t, size_t cap)
 {
-    size_t cap = t->cap ? t->cap * 2 : 64;
     struct throttle_slot *old = t->slots, *fresh = calloc(cap, sizeof *fresh);
     if (!fresh)
         return -1;
@@ -109,6 +116,17 @@ static int slots_grow(struct throttle *t)
     free(old);
     t->slots = fresh;
     t->cap = cap;
+    return 0;
+}
+
+static int slots_grow(struct throttle *t)
+{
+    if (slots_resize(t, t->cap ? t->cap * 2 : 64))
+        return -1;
+    if (!ev_is_active(&t->sweep_w)) {
+        ev_timer_set(&t->sweep_w, SWEEP_EVERY, SWEEP_EVERY);
+        ev_timer_start(t->srv->loop, &t->sweep_w);
+    }
     return 0;
 }
 
@@ -129,8 +147,7 @@ static struct throttle_slot *slot_get(struct throttle *t, struct conn *c)
     *s = (struct throttle_slot){.c = c,
                                 .bytes = cfg->burst_bytes,
                                 .msgs = (float)cfg->burst_messages,
-                                .stamp = server_ms(t->srv),
-                                .msgs_seen = c->msgs_in};
+                                .stamp = server_ms(t->srv)};
     t->nslots++;
     c->throttled = 1;
     return s;
@@ -152,6 +169,38 @@ static void slot_remove(struct throttle *t, struct throttle_slot *s)
             t->slots[j].c = NULL;
             i = j;
         }
+    }
+}
+
+/* Give up the slots that hold nothing, and the table's room when few are
+ * left. */
+static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct throttle *t = container_of(w, struct throttle, sweep_w);
+    const struct config *cfg = t->srv->cfg;
+    uint32_t now = server_ms(t->srv);
+    for (size_t i = 0; i < t->cap;) {
+        struct throttle_slot *s = &t->slots[i];
+        double dt = (uint32_t)(now - s->stamp) / 1000.0;
+        if (!s->c || s->out || s->c->held ||
+            (cfg->messages_per_second > 0 && s->msgs + dt * cfg->messages_per_second < cfg->burst_messages) ||
+            (cfg->bytes_per_second > 0 && s->bytes + dt * cfg->bytes_per_second < cfg->burst_bytes)) {
+            i++;
+            continue;
+        }
+        slot_remove(t, s); /* a later slot may have moved into i: look at it again */
+    }
+    if (t->nslots == 0) {
+        free(t->slots);
+        t->slots = NULL;
+        t->cap = 0;
+        ev_timer_stop(loop, w);
+    } else if (t->cap > 64 && t->nslots * 8 < t->cap) {
+        size_t cap = t->cap;
+        while (cap > 64 && t->nslots * 8 < cap)
+            cap /= 2;
+        slots_resize(t, cap); /* out of memory: keep the larger table */
     }
 }
 
@@ -287,9 +336,13 @@ void throttle_conn_free(struct conn *c)
 size_t throttle_read_room(struct conn *c, size_t room)
 {
     const struct config *cfg = c->srv->cfg;
+    struct throttle *t = &c->srv->throttle;
+    /* A read that begins in the handshake is not charged: an idle
+     * connection then never has a slot. */
+    t->reading = c->state == CONN_OPEN ? c : NULL;
+    t->msgs_before = c->msgs_in;
     if (c->state != CONN_OPEN || cfg->bytes_per_second <= 0)
         return room;
-    struct throttle *t = &c->srv->throttle;
     struct throttle_slot *s = c->throttled ? slot_find(t, c) : NULL;
     double tokens = cfg->burst_bytes;
     if (s) {
@@ -305,16 +358,16 @@ void throttle_read(struct conn *c, size_t n)
 {
     struct throttle *t = &c->srv->throttle;
     const struct config *cfg = c->srv->cfg;
-    if (c->state != CONN_OPEN)
+    if (c->state != CONN_OPEN || t->reading != c)
         return; /* the handshake and the closing handshake are not charged */
+    t->reading = NULL;
+    uint32_t msgs = c->msgs_in - t->msgs_before;
     struct throttle_slot *s = slot_get(t, c);
     if (!s)
         return; /* out of memory: the limit is not enforced for c, c goes on */
     uint32_t now = server_ms(c->srv);
     double dt = (uint32_t)(now - s->stamp) / 1000.0;
     s->stamp = now;
-    uint32_t msgs = c->msgs_in - s->msgs_seen;
-    s->msgs_seen = c->msgs_in;
     double wait = 0;
     if (cfg->messages_per_second > 0) {
         double m = s->msgs + dt * cfg->messages_per_second;
@@ -408,6 +461,8 @@ int throttle_out(struct conn *c, size_t pending)
     t->out_used += pending - had;
     METRIC_SET(c->srv->metrics->budget_used[1], t->out_used);
     if (pending < had) {
+        if (!pending && !t->rate_on)
+            slot_remove(t, s); /* nothing left here: the slot goes */
         if (t->held_out && t->out_used <= LOW_WATER(t->out_budget))
             resume_all(t, HELD_OUT);
         return 0;

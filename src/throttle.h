@@ -26,6 +26,10 @@ struct throttle_held;
 struct throttle {
     struct server *srv;
     int rate_on; /* a rate is set: conn.c charges each read */
+    /* The connection being read now and its message count before the read
+     * (throttle_read_room notes them, throttle_read charges the difference). */
+    const struct conn *reading;
+    uint32_t msgs_before;
     /* The budgets of this worker (the configured totals divided among the
      * workers), what is charged to them now, and how many connections hold
      * a charge. */
@@ -40,6 +44,7 @@ struct throttle {
     size_t nheld, held_cap;
     size_t held_in, held_out; /* of them, waiting for each budget */
     ev_timer rate_w;          /* the next held connection whose bucket refills */
+    ev_timer sweep_w;         /* gives up slots that hold nothing any more */
 };
 
 /* Set up from s->cfg; again after a SIGHUP changed it. */
@@ -47,13 +52,15 @@ void throttle_init(struct throttle *t, struct server *s);
 void throttle_configure(struct throttle *t);
 void throttle_free(struct throttle *t);
 
-/* How many bytes c may read now, at most room: with limits.bytes_per_second,
- * what its byte bucket holds (at least a little, so that reading goes on),
- * so that one read cannot take much more than the rate allows. */
+/* Called before each read of c while a rate is set: how many bytes c may
+ * read now, at most room. With limits.bytes_per_second, what its byte
+ * bucket holds (at least a little, so that reading goes on), so that one
+ * read cannot take much more than the rate allows. */
 size_t throttle_read_room(struct conn *c, size_t room);
 
-/* c read n bytes (and delivered what came whole) while open: charge its
- * buckets; past them, hold its reading or close it (limits.rate_action). */
+/* After that read: c read n bytes (and delivered the messages they
+ * completed): charge its buckets; past them, hold its reading or close it
+ * (limits.rate_action). */
 void throttle_read(struct conn *c, size_t n);
 
 /* c's partial message has grown from `have` bytes of memory to `want`: 0

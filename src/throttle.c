@@ -21,7 +21,7 @@
 struct throttle_slot {
     struct conn *c;
     double bytes;       /* tokens of the byte bucket (negative: in debt) */
-    float msgs;         /* tokens of the message bucket */
+    double msgs;        /* tokens of the message bucket */
     uint32_t stamp;     /* server_ms() of the last refill */
     uint8_t logged;     /* its going over a rate was logged */
     size_t out;         /* output charged to the outbound budget */
@@ -146,7 +146,7 @@ static struct throttle_slot *slot_get(struct throttle *t, struct conn *c)
     const struct config *cfg = t->srv->cfg;
     *s = (struct throttle_slot){.c = c,
                                 .bytes = cfg->burst_bytes,
-                                .msgs = (float)cfg->burst_messages,
+                                .msgs = cfg->burst_messages,
                                 .stamp = server_ms(t->srv)};
     t->nslots++;
     c->throttled = 1;
@@ -172,6 +172,19 @@ static void slot_remove(struct throttle *t, struct throttle_slot *s)
     }
 }
 
+/* What s's buckets hold at now: refilled at the rates, up to the bursts. */
+static void refill(const struct config *cfg, const struct throttle_slot *s, uint32_t now,
+                   double *msgs, double *bytes)
+{
+    double dt = (uint32_t)(now - s->stamp) / 1000.0;
+    *msgs = s->msgs + dt * cfg->messages_per_second;
+    if (*msgs > cfg->burst_messages)
+        *msgs = cfg->burst_messages;
+    *bytes = s->bytes + dt * cfg->bytes_per_second;
+    if (*bytes > cfg->burst_bytes)
+        *bytes = cfg->burst_bytes;
+}
+
 /* Give up the slots that hold nothing, and the table's room when few are
  * left. */
 static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
@@ -182,10 +195,11 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
     uint32_t now = server_ms(t->srv);
     for (size_t i = 0; i < t->cap;) {
         struct throttle_slot *s = &t->slots[i];
-        double dt = (uint32_t)(now - s->stamp) / 1000.0;
-        if (!s->c || s->out || s->c->held ||
-            (cfg->messages_per_second > 0 && s->msgs + dt * cfg->messages_per_second < cfg->burst_messages) ||
-            (cfg->bytes_per_second > 0 && s->bytes + dt * cfg->bytes_per_second < cfg->burst_bytes)) {
+        double msgs, bytes;
+        if (s->c)
+            refill(cfg, s, now, &msgs, &bytes);
+        if (!s->c || s->out || s->c->held || msgs < cfg->burst_messages ||
+            bytes < cfg->burst_bytes) {
             i++;
             continue;
         }
@@ -344,12 +358,9 @@ size_t throttle_read_room(struct conn *c, size_t room)
     if (c->state != CONN_OPEN || cfg->bytes_per_second <= 0)
         return room;
     struct throttle_slot *s = c->throttled ? slot_find(t, c) : NULL;
-    double tokens = cfg->burst_bytes;
-    if (s) {
-        tokens = s->bytes + (uint32_t)(server_ms(c->srv) - s->stamp) / 1000.0 * cfg->bytes_per_second;
-        if (tokens > cfg->burst_bytes)
-            tokens = cfg->burst_bytes;
-    }
+    double msgs, tokens = cfg->burst_bytes;
+    if (s)
+        refill(cfg, s, server_ms(c->srv), &msgs, &tokens);
     size_t may = tokens < READ_ROOM_MIN ? READ_ROOM_MIN : (size_t)tokens;
     return may < room ? may : room;
 }
@@ -366,27 +377,21 @@ void throttle_read(struct conn *c, size_t n)
     if (!s)
         return; /* out of memory: the limit is not enforced for c, c goes on */
     uint32_t now = server_ms(c->srv);
-    double dt = (uint32_t)(now - s->stamp) / 1000.0;
+    double m, b, wait = 0;
+    refill(cfg, s, now, &m, &b);
     s->stamp = now;
-    double wait = 0;
     if (cfg->messages_per_second > 0) {
-        double m = s->msgs + dt * cfg->messages_per_second;
-        if (m > cfg->burst_messages)
-            m = cfg->burst_messages;
         m -= msgs;
-        s->msgs = (float)m;
         if (m < 0)
             wait = -m / cfg->messages_per_second;
     }
     if (cfg->bytes_per_second > 0) {
-        double b = s->bytes + dt * cfg->bytes_per_second;
-        if (b > cfg->burst_bytes)
-            b = cfg->burst_bytes;
         b -= (double)n;
-        s->bytes = b;
         if (b < 0 && -b / cfg->bytes_per_second > wait)
             wait = -b / cfg->bytes_per_second;
     }
+    s->msgs = m;
+    s->bytes = b;
     if (wait <= 0)
         return;
     struct metrics *mt = c->srv->metrics;

@@ -109,6 +109,32 @@ describe("rate limits", function()
         assert.are.equal(1000, (ws:expect_close(5)))
     end)
 
+    it("pause a wss:// connection too: OpenSSL's buffered input is read once it resumes",
+        function()
+        local dir = testing.temp_dir()
+        local cert, key = testing.make_cert(dir, "a")
+        server = assert(testing.start { apps = { echo = ECHO }, tls = { cert = cert, key = key },
+            config = 'return { apps = "apps", limits = { bytes_per_second = 4000 } }' })
+        local ws = assert(server:connect("/echo"))
+        -- 24 KB in one write: TLS records that OpenSSL reads ahead of the
+        -- limit, and must hand over when the connection resumes.
+        local burst = {}
+        for i = 1, 12 do
+            burst[i] = require("moonport.client").encode_frame { opcode = "text",
+                payload = string.format("%02d", i) .. string.rep("t", 1998) }
+        end
+        assert(ws:send_raw(table.concat(burst)))
+        for i = 1, 12 do
+            local data = assert(ws:receive_message(30))
+            assert.are.equal(string.format("%02d", i), data:sub(1, 2))
+        end
+        assert(ws:close(1000))
+        assert.are.equal(1000, (ws:expect_close(5)))
+        server:cleanup()
+        server = nil
+        os.execute("rm -rf " .. testing.quote(dir))
+    end)
+
     it("close with 1008 when rate_action = \"close\", counted and logged", function()
         server = start('messages_per_second = 5, rate_action = "close"')
         local ws = assert(server:connect("/echo"))

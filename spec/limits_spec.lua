@@ -135,6 +135,28 @@ describe("rate limits", function()
         os.execute("rm -rf " .. testing.quote(dir))
     end)
 
+    it("let a paused connection read the peer's close frame once the server closes it", function()
+        server = start("messages_per_second = 1")
+        local ws = assert(server:connect("/echo"))
+        -- 20 messages in one read at 1 per second: held for 19 s.
+        local burst = {}
+        for i = 1, 20 do
+            burst[i] = require("moonport.client").encode_frame { opcode = "text", payload = "p" .. i }
+        end
+        assert(ws:send_raw(table.concat(burst)))
+        assert.truthy(server:wait_log("over the rate limit", 5))
+        server:signal("TERM")
+        local f
+        repeat f = assert(ws:receive(10)) until f.opcode ~= 1 -- past the echoes
+        assert.are.equal(8, f.opcode)
+        assert.are.equal(1001, f.code)
+        assert(ws:close(1000))
+        assert.is_true(ws:is_closed(10))
+        assert.are.equal(0, server:wait(10))
+        -- The server read the answer: no wait for the close timeout.
+        assert.is_nil(server:stderr():find("no close frame from the peer", 1, true), server:stderr())
+    end)
+
     it("close with 1008 when rate_action = \"close\", counted and logged", function()
         server = start('messages_per_second = 5, rate_action = "close"')
         local ws = assert(server:connect("/echo"))

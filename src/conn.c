@@ -615,6 +615,10 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
     if (c->state != CONN_OPEN) /* the queue overflowed and dropped it */
         return;
     server_conn_enter(c->srv, c, CONN_CLOSING);
+    /* The peer's close frame must be read; its data is dropped from now
+     * on, so neither a rate nor a budget has a reason to hold it. */
+    if (c->held)
+        throttle_release(c);
 }
 
 /* The peer broke a rule: send the close code that says which, and close. */

@@ -76,7 +76,8 @@ void throttle_in_charge(struct conn *c, size_t have, size_t want);
  * outbound budget. 0, or -1 when c was dropped for it. */
 int throttle_out(struct conn *c, size_t pending);
 
-/* c stops reading for good (it lingers): let go of its hold. */
+/* c reads only to close from now on (closing, lingering): let go of its
+ * hold. */
 void throttle_release(struct conn *c);
 /* c is freed: let go of everything it has here but its partial message,
  * which the caller gives back (throttle_in_charge). */

@@ -25,26 +25,12 @@ end
 return app
 ]]
 
+-- The admin port's helpers live in moonport.testing: other specs read the
+-- metrics too.
 local http = testing.http
+local metrics = testing.metrics
 local value = testing.metric
-
-local function metrics(server)
-    local status, headers, body = server:admin("/metrics")
-    assert.are.equal(200, status)
-    assert.truthy(headers["content-type"]:find("text/plain; version=0.0.4", 1, true))
-    return body
-end
-
--- Wait until fn() is true (the gauges are sampled twice a second).
-local function eventually(fn, seconds)
-    local deadline = socket.gettime() + (seconds or 5)
-    repeat
-        if fn() then return true end
-        socket.sleep(0.05)
-    until socket.gettime() > deadline
-    return fn()
-end
-
+local eventually = testing.eventually
 local promtool_check = testing.promtool_check
 
 local free_port = testing.free_port

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bpwire.h"
 #include "log.h"
@@ -78,6 +79,7 @@ void config_init(struct config *c)
     c->backplane_prefix = strdup(BP_DEFAULT_PREFIX);
     c->backplane_max_pending = 8u << 20;
     c->drain = 10;
+    c->inbound_memory = c->outbound_memory = config_default_budget();
 }
 
 static void free_backplane(struct config *c)
@@ -123,6 +125,21 @@ int config_set_backplane(struct config *c, const char *const *urls, size_t n, ch
     c->backplane = list;
     c->nbackplane = n;
     return 0;
+}
+
+size_t config_default_budget(void)
+{
+    /* An eighth of the machine's memory, from 64 MiB to 4 GiB: enough for
+     * hundreds of messages of max_message in flight, and far from what
+     * takes the machine down when many clients hold one open at once. */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t total = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 1ull << 30;
+    uint64_t b = total / 8;
+    if (b < 64ull << 20)
+        b = 64ull << 20;
+    if (b > 4ull << 30)
+        b = 4ull << 30;
+    return (size_t)b;
 }
 
 void config_free(struct config *c)
@@ -333,12 +350,15 @@ static const char *const top_keys[] = {"host", "port", "apps", "routes", "limits
                                        "admin", "backplane", NULL};
 static const char *const limits_keys[] = {"max_message", "max_fragments", "max_head",
                                           "max_headers", "send_buffer", "max_send_buffer",
-                                          "max_connections", NULL};
+                                          "max_connections", "messages_per_second",
+                                          "bytes_per_second", "burst_messages", "burst_bytes",
+                                          "rate_action", "inbound_memory", "outbound_memory",
+                                          NULL};
 static const char *const timeouts_keys[] = {"handshake", "close", "ping", "idle",
                                             "publish_delay", "drain", "lifetime", NULL};
 static const char *const compression_keys[] = {"enabled", "threshold", "level", "window_bits",
                                                "mem_level", NULL};
-static const char *const log_keys[] = {"level", "access", NULL};
+static const char *const log_keys[] = {"level", "access", "format", NULL};
 static const char *const tls_keys[] = {"cert", "key", NULL};
 static const char *const backplane_keys[] = {"redis", "prefix", "max_pending", NULL};
 
@@ -592,6 +612,21 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         NUM(l, "limits.", "send_buffer", 1024, 1ull << 40, c->send_buffer);
         NUM(l, "limits.", "max_send_buffer", 1024, 1ull << 40, c->max_send_buffer);
         NUM(l, "limits.", "max_connections", 1, 10000000, c->max_connections);
+        NUM(l, "limits.", "messages_per_second", 0, 1e9, c->messages_per_second);
+        NUM(l, "limits.", "bytes_per_second", 0, 1e15, c->bytes_per_second);
+        NUM(l, "limits.", "burst_messages", 1, 1e9, c->burst_messages);
+        NUM(l, "limits.", "burst_bytes", 1, 1e15, c->burst_bytes);
+        NUM(l, "limits.", "inbound_memory", 1 << 20, 1ull << 50, c->inbound_memory);
+        NUM(l, "limits.", "outbound_memory", 1 << 20, 1ull << 50, c->outbound_memory);
+        if ((r = field_string(L, l, "rate_action", &s, msg, sizeof msg)) < 0)
+            goto bad;
+        if (r && strcmp(s, "pause") && strcmp(s, "close")) {
+            snprintf(msg, sizeof msg, "limits.rate_action must be \"pause\" or \"close\", not "
+                     "\"%s\"", s);
+            goto bad;
+        }
+        if (r)
+            c->rate_close = strcmp(s, "close") == 0;
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "limits must be a table");
         goto bad;
@@ -689,6 +724,14 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         if (!lua_isnil(L, -1))
             c->log_access = lua_toboolean(L, -1);
         lua_pop(L, 1);
+        if ((r = field_string(L, l, "format", &s, msg, sizeof msg)) < 0)
+            goto bad;
+        if (r && strcmp(s, "text") && strcmp(s, "json")) {
+            snprintf(msg, sizeof msg, "log.format must be \"text\" or \"json\", not \"%s\"", s);
+            goto bad;
+        }
+        if (r)
+            c->log_json = strcmp(s, "json") == 0;
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "log must be a table");
         goto bad;
@@ -818,6 +861,11 @@ int config_load(struct config *c, int argc, char **argv, char *err, size_t errle
                               "tls = { cert = ..., key = ... })");
         return CONFIG_ERROR;
     }
+    /* A burst of one second's worth unless set (and room for one message). */
+    if (!c->burst_messages)
+        c->burst_messages = c->messages_per_second > 1 ? c->messages_per_second : 1;
+    if (!c->burst_bytes)
+        c->burst_bytes = c->bytes_per_second > 1 ? c->bytes_per_second : 1;
     if (!c->apps_dir && c->nroutes == 0) {
         snprintf(err, errlen, "nothing to serve: give an apps directory or a config with routes "
                               "(see --help)");

@@ -19,6 +19,7 @@ struct config {
     char *config_file; /* NULL: none */
     int log_level;
     int log_access;
+    int log_json; /* log.format = "json": the access log as JSON lines */
     int reload; /* watch app files and reload them on change */
     char *tls_cert; /* PEM certificate chain; with tls_key, serve wss:// */
     char *tls_key;  /* PEM private key; both NULL: plain ws:// */
@@ -35,6 +36,13 @@ struct config {
     size_t send_buffer;     /* stop reading a connection whose output is over this */
     size_t max_send_buffer; /* close a connection whose output is over this */
     unsigned max_connections;
+    /* throttle.h: rates per connection (0: none), their bursts, and what
+     * happens past them (0: pause reading, 1: close with 1008); the
+     * memory budgets of the whole server (divided among the workers). */
+    double messages_per_second, bytes_per_second;
+    double burst_messages, burst_bytes;
+    int rate_close;
+    size_t inbound_memory, outbound_memory;
 
     /* permessage-deflate (RFC 7692) */
     int compression;              /* accept it when a client offers it */
@@ -79,6 +87,9 @@ static inline int route_char(char ch)
 }
 
 void config_init(struct config *c);
+/* The default of limits.inbound_memory and limits.outbound_memory: an
+ * eighth of the machine's memory, from 64 MiB to 4 GiB. */
+size_t config_default_budget(void);
 void config_free(struct config *c);
 
 /* Parse argv, then the config file it names, then apply argv over the file.

@@ -31,6 +31,7 @@
 #include "server.h"
 #include "slab.h"
 #include "snapshot.h"
+#include "throttle.h"
 #include "tls.h"
 #include "workers.h"
 #include "ws_utf8.h"
@@ -188,6 +189,46 @@ static void refs_drop(struct conn *c)
     c->refs = NULL;
 }
 
+/* The memory a message arriving in pieces holds, as limits.inbound_memory
+ * counts it: its whole block. */
+static size_t msg_memory(const struct conn *c)
+{
+    return c->msg.blk ? sizeof *c->msg.blk + c->msg.blk->cap : 0;
+}
+
+static void msg_reset(struct conn *c)
+{
+    size_t had = msg_memory(c);
+    buf_reset(&c->msg);
+    if (had)
+        throttle_in_charge(c, had, 0);
+}
+
+static void fail_message(struct conn *c, uint16_t code, const char *why);
+
+/* Add a fragment to the message arriving in pieces, within
+ * limits.inbound_memory (which may hold c's reading, or fail c). Returns
+ * 0, or -1 when c was failed. */
+static int msg_append(struct conn *c, const uint8_t *p, size_t n)
+{
+    size_t had = msg_memory(c);
+    if (buf_append(&c->msg, p, n)) {
+        fail_message(c, WS_CLOSE_TOO_BIG, "out of memory for a message");
+        return -1;
+    }
+    size_t now = msg_memory(c);
+    if (now == had)
+        return 0;
+    const char *why = NULL;
+    int code = throttle_in_check(c, had, now, &why);
+    throttle_in_charge(c, had, now);
+    if (code) {
+        fail_message(c, (uint16_t)code, why);
+        return -1;
+    }
+    return 0;
+}
+
 void conn_free(struct conn *c)
 {
     if (!c)
@@ -196,7 +237,9 @@ void conn_free(struct conn *c)
         free(c->partial);
     else
         hs_free(c->hs);
-    buf_reset(&c->msg);
+    msg_reset(c);
+    if (c->held | c->throttled)
+        throttle_conn_free(c);
     buf_reset(&c->out);
     snap_free(c->req);
     tls_free(conn_tls(c));
@@ -219,6 +262,24 @@ static const char *conn_close_reason(const struct conn *c)
     return c->close_reason_len && c->req ? snap_reason(c->req) : NULL;
 }
 
+/* An access log event about c (log.h). */
+static struct access_event access_event(const struct conn *c, const char *event,
+                                        const char *reason)
+{
+    return (struct access_event){.event = event,
+                                 .client = conn_peer(c),
+                                 .path = conn_path(c),
+                                 .route = c->app ? c->app->metrics->route : NULL,
+                                 .id = (unsigned long long)c->id,
+                                 .reason = reason};
+}
+
+static void log_event(const struct conn *c, const char *event, const char *reason)
+{
+    struct access_event e = access_event(c, event, reason);
+    log_access_event(&e);
+}
+
 /* Tell the app, once, that an accepted connection ended, and log it. */
 static void finish(struct conn *c)
 {
@@ -231,11 +292,16 @@ static void finish(struct conn *c)
     METRIC_SUB(c->app->metrics->open, 1);
     if (c->closed_by == MB_NONE) /* counted when it began, if it did */
         metrics_close(c->srv->metrics, WS_CLOSE_ABNORMAL, MB_NONE);
-    log_access("%s \"WSDISCONNECT %s\" id=%llu code=%u duration=%.3fs msgs_in=%u bytes_in=%llu "
-               "msgs_out=%u bytes_out=%llu",
-               conn_peer(c), conn_path(c), (unsigned long long)c->id, code,
-               ev_now(c->srv->loop) - c->req->started, c->msgs_in,
-               (unsigned long long)c->bytes_in, c->msgs_out, (unsigned long long)c->bytes_out);
+    struct access_event e = access_event(c, "WSDISCONNECT", NULL);
+    e.code = code;
+    e.duration = ev_now(c->srv->loop) - c->req->started;
+    e.msgs_in = c->msgs_in;
+    e.msgs_out = c->msgs_out;
+    e.bytes_in = c->bytes_in;
+    e.bytes_out = c->bytes_out;
+    e.close_reason = conn_close_reason(c);
+    e.close_reason_len = c->close_reason_len;
+    log_access_event(&e);
     lbridge_close(c->srv->lb, c, code, conn_close_reason(c), c->close_reason_len);
 }
 
@@ -274,7 +340,7 @@ static void partial_drop(struct conn *c)
 static int tls_events(const struct conn *c)
 {
     int events = 0;
-    if (!c->read_paused)
+    if (!(c->read_paused | c->held))
         events |= c->tls_read_wants_write ? EV_WRITE : EV_READ;
     if (conn_out_pending(c) || (c->state == CONN_LINGER && !c->shut_wr))
         events |= c->tls_write_wants_read ? EV_READ : EV_WRITE;
@@ -287,7 +353,8 @@ static void update_io(struct conn *c)
     if (c->state == CONN_DEAD)
         return;
     int events = conn_tls(c) ? tls_events(c)
-                        : (c->read_paused ? 0 : EV_READ) | (conn_out_pending(c) ? EV_WRITE : 0);
+                        : (c->read_paused | c->held ? 0 : EV_READ) |
+                              (conn_out_pending(c) ? EV_WRITE : 0);
     if (events == c->io_events)
         return;
     struct ev_loop *loop = c->srv->loop;
@@ -296,6 +363,16 @@ static void update_io(struct conn *c)
     if (events)
         ev_io_start(loop, &c->io);
     c->io_events = (uint8_t)events;
+}
+
+void conn_hold(struct conn *c, int hold)
+{
+    c->held = hold != 0;
+    update_io(c);
+    /* As when the send buffer's pause ends (conn_flush): input OpenSSL
+     * holds will not make the socket readable. */
+    if (!hold && conn_tls(c) && c->state != CONN_DEAD && tls_pending(conn_tls(c)))
+        ev_feed_event(c->srv->loop, &c->io, EV_READ);
 }
 
 static int queued(struct conn *c);
@@ -538,6 +615,10 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
     if (c->state != CONN_OPEN) /* the queue overflowed and dropped it */
         return;
     server_conn_enter(c->srv, c, CONN_CLOSING);
+    /* The peer's close frame must be read; its data is dropped from now
+     * on, so neither a rate nor a budget has a reason to hold it. */
+    if (c->held)
+        throttle_release(c);
 }
 
 /* The peer broke a rule: send the close code that says which, and close. */
@@ -566,7 +647,9 @@ static void enter_linger(struct conn *c)
     if (c->state == CONN_LINGER || c->state == CONN_DEAD)
         return;
     server_conn_enter(c->srv, c, CONN_LINGER);
-    buf_reset(&c->msg);
+    msg_reset(c);
+    if (c->held) /* from now on it reads only to see the peer's EOF */
+        throttle_release(c);
     partial_drop(c); /* no frame is parsed from now on */
     finish(c);
     if (c->state == CONN_DEAD)
@@ -597,9 +680,9 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
                                                                  : "Content-Type: text/plain\r\n");
     struct metrics_app *ma = c->app ? c->app->metrics : metrics_no_app(c->srv->metrics);
     METRIC_ADD(ma->handshakes[metrics_status_of(status)], 1);
-    log_access("%s \"WSREJECT %s\" id=%llu status=%d%s%s", conn_peer(c),
-               conn_path(c), (unsigned long long)c->id, status, why ? " reason=" : "",
-               why ? why : "");
+    struct access_event e = access_event(c, "WSREJECT", why);
+    e.status = status;
+    log_access_event(&e);
     buf_reset(&c->out); /* frames an app queued in on_connect never go out */
     refs_drop(c);
     buf_append(&c->out, head, (size_t)n);
@@ -733,8 +816,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         c->deflate_window = (uint8_t)window;
         c->parser.rsv_allowed = 0x40; /* RSV1: "compressed", RFC 7692 section 6 */
     }
-    log_access("%s \"WSCONNECTING %s\" id=%llu", conn_peer(c), conn_path(c),
-               (unsigned long long)c->id);
+    log_event(c, "WSCONNECTING", NULL);
 
     struct conn_reply reply = {0};
     c->srv->connect_reply = &reply;
@@ -759,8 +841,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         c->accepted = 1;
         METRIC_ADD(c->app->metrics->handshakes[MS_101], 1);
         METRIC_ADD(c->app->metrics->open, 1);
-        log_access("%s \"WSCONNECT %s\" id=%llu", conn_peer(c), conn_path(c),
-                   (unsigned long long)c->id);
+        log_event(c, "WSCONNECT", NULL);
         hs_free(c->hs);
         c->hs = NULL;
         if (used < n) /* the client's first frames came with the head */
@@ -859,16 +940,14 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
                 deliver(c, ch->opcode, ch->data, ch->len, 1);
             return;
         }
-        if (buf_append(&c->msg, ch->data, ch->len)) {
-            fail_message(c, WS_CLOSE_TOO_BIG, "out of memory for a message");
+        if (msg_append(c, ch->data, ch->len))
             return;
-        }
         if (ch->flags & WS_CHUNK_MSG_END) {
             if (c->msg_compressed)
                 deliver_compressed(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg));
             else
                 deliver(c, ch->opcode, buf_head(&c->msg), buf_pending(&c->msg), 0);
-            buf_reset(&c->msg);
+            msg_reset(c);
         }
         return;
     case WS_OP_PING:
@@ -993,7 +1072,10 @@ static void on_readable_tls(struct conn *c)
     uint8_t *buf = c->srv->rbuf;
     do {
         size_t kept = take_partial(c, buf);
-        long n = tls_read(conn_tls(c), buf + kept, SERVER_READ_BUF - kept);
+        size_t room = SERVER_READ_BUF - kept;
+        if (c->srv->throttle.rate_on)
+            room = throttle_read_room(c, room);
+        long n = tls_read(conn_tls(c), buf + kept, room);
         if (n == TLS_WANT_READ || n == TLS_WANT_WRITE) {
             c->tls_read_wants_write = n == TLS_WANT_WRITE;
             update_io(c);
@@ -1009,7 +1091,9 @@ static void on_readable_tls(struct conn *c)
             return;
         }
         input(c, buf, kept + (size_t)n);
-    } while (c->state != CONN_DEAD && !c->read_paused && tls_pending(conn_tls(c)));
+        if (c->srv->throttle.rate_on)
+            throttle_read(c, (size_t)n);
+    } while (c->state != CONN_DEAD && !(c->read_paused | c->held) && tls_pending(conn_tls(c)));
 }
 
 static void on_readable(struct conn *c)
@@ -1020,7 +1104,10 @@ static void on_readable(struct conn *c)
     }
     uint8_t *buf = c->srv->rbuf;
     size_t kept = take_partial(c, buf);
-    ssize_t n = recv(c->io.fd, buf + kept, SERVER_READ_BUF - kept, 0);
+    size_t room = SERVER_READ_BUF - kept;
+    if (c->srv->throttle.rate_on)
+        room = throttle_read_room(c, room);
+    ssize_t n = recv(c->io.fd, buf + kept, room, 0);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -1032,6 +1119,8 @@ static void on_readable(struct conn *c)
         return;
     }
     input(c, buf, kept + (size_t)n);
+    if (c->srv->throttle.rate_on) /* once per read, not per message */
+        throttle_read(c, (size_t)n);
 }
 
 /* The output in write order: c->out's bytes with the refs at their places.
@@ -1172,6 +1261,9 @@ void conn_flush(struct conn *c)
             buf_consume(&c->out, (size_t)n);
     }
     size_t pending = conn_out_pending(c);
+    /* Output the socket would not take counts in limits.outbound_memory. */
+    if ((pending || c->out_charged) && throttle_out(c, pending))
+        return;
     int resumed = 0;
     /* Back at half of send_buffer, not just under it: reading resumes, and
      * on_drain runs, only once there is room for a good part of the queue
@@ -1208,13 +1300,13 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         int read_ready = revents & (c->tls_read_wants_write ? EV_WRITE : EV_READ);
         if (write_ready)
             conn_flush(c);
-        if (read_ready && c->state != CONN_DEAD && !c->read_paused)
+        if (read_ready && c->state != CONN_DEAD && !(c->read_paused | c->held))
             on_readable_tls(c);
         return;
     }
     if (revents & EV_WRITE)
         conn_flush(c);
-    if ((revents & EV_READ) && c->state != CONN_DEAD && !c->read_paused)
+    if ((revents & EV_READ) && c->state != CONN_DEAD && !(c->read_paused | c->held))
         on_readable(c);
 }
 
@@ -1224,9 +1316,10 @@ void conn_timeout(struct conn *c)
     case CONN_HANDSHAKE:
         log_info("conn %llu from %s: handshake not complete after %gs: closing",
                  (unsigned long long)c->id, conn_peer(c), c->srv->cfg->handshake_timeout);
-        log_access("%s \"WSTIMEOUT %s\" id=%llu reason=handshake not complete after %gs",
-                   conn_peer(c), conn_path(c), (unsigned long long)c->id,
-                   c->srv->cfg->handshake_timeout);
+        char why[80];
+        snprintf(why, sizeof why, "handshake not complete after %gs",
+                 c->srv->cfg->handshake_timeout);
+        log_event(c, "WSTIMEOUT", why);
         conn_abort(c, "handshake timeout");
         break;
     case CONN_CLOSING:

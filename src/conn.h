@@ -98,6 +98,9 @@ struct conn {
     uint8_t in_flush_list : 1;
     uint8_t read_paused : 1;   /* output over send_buffer: not reading, and
                                   on_drain is owed once it drains */
+    uint8_t held : 1;          /* not reading, held by throttle.h (a rate or a
+                                  memory budget): next to read_paused, so that
+                                  one test reads both */
     uint8_t accepted : 1;      /* on_connect accepted: on_close is owed */
     uint8_t on_close_done : 1;
     uint8_t in_connect : 1;    /* inside on_connect */
@@ -108,6 +111,9 @@ struct conn {
     uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
     uint8_t in_later_list : 1; /* published output waits: server_want_flush_later */
     uint8_t closed_by : 2;     /* who began the closing handshake: metrics.h's MB_ */
+    /* throttle.h: a slot in its side table, output charged there. */
+    uint8_t throttled : 1;
+    uint8_t out_charged : 1;
 };
 
 /* The TLS session (tls.h) on a wss:// server; NULL: plain. */
@@ -188,6 +194,10 @@ void conn_timeout(struct conn *c);
 /* The keepalive sweep: ping c after timeouts.ping of silence, close it
  * after timeouts.idle. */
 void conn_keepalive(struct conn *c);
+
+/* Stop (hold 1) or resume (0) reading c for throttle.h, apart from the
+ * send buffer's pause. */
+void conn_hold(struct conn *c, int hold);
 
 /* Free a dead conn. Only the server's sweep calls this. */
 void conn_free(struct conn *c);

@@ -170,6 +170,7 @@ int main(int argc, char **argv)
     log_threshold = cfg.log_level;
     log_access_on = cfg.log_access;
     make_node_id(&cfg);
+    log_json = cfg.log_json;
     raise_fd_limit();
     main_argc = argc;
     main_argv = argv;

@@ -215,6 +215,13 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
         for (int i = 0; i <= METRICS_LAG_BUCKETS; i++)
             total.lag_buckets[i] += get(&m->lag_buckets[i]);
         total.lag_count += get(&m->lag_count);
+        for (int i = 0; i < 2; i++) {
+            total.rate_limited[i] += get(&m->rate_limited[i]);
+            total.budget_held[i] += get(&m->budget_held[i]);
+            total.budget_failed[i] += get(&m->budget_failed[i]);
+            total.budget_used[i] += get(&m->budget_used[i]);
+            total.budget_bytes[i] += get(&m->budget_bytes[i]);
+        }
         total.lag_sum_us += get(&m->lag_sum_us);
     }
 
@@ -327,6 +334,36 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
     put(&o, "moonport_event_loop_lag_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
     put(&o, "moonport_event_loop_lag_seconds_sum %.6f\n", (double)total.lag_sum_us / 1e6);
     put(&o, "moonport_event_loop_lag_seconds_count %llu\n", (unsigned long long)total.lag_count);
+
+    static const char *const actions[2] = {"pause", "close"};
+    static const char *const directions[2] = {"inbound", "outbound"};
+    head(&o, "moonport_rate_limited_total", "counter",
+         "Times a connection went over limits.messages_per_second or limits.bytes_per_second, "
+         "by what was done (limits.rate_action).");
+    for (int i = 0; i < 2; i++)
+        put(&o, "moonport_rate_limited_total{action=\"%s\"} %llu\n", actions[i],
+            (unsigned long long)total.rate_limited[i]);
+    head(&o, "moonport_memory_budget_bytes", "gauge",
+         "limits.inbound_memory (partial messages) and limits.outbound_memory (output waiting "
+         "for the socket), summed over the workers.");
+    for (int i = 0; i < 2; i++)
+        put(&o, "moonport_memory_budget_bytes{direction=\"%s\"} %llu\n", directions[i],
+            (unsigned long long)total.budget_bytes[i]);
+    head(&o, "moonport_memory_budget_used_bytes", "gauge",
+         "Memory charged to each budget now.");
+    for (int i = 0; i < 2; i++)
+        put(&o, "moonport_memory_budget_used_bytes{direction=\"%s\"} %llu\n", directions[i],
+            (unsigned long long)total.budget_used[i]);
+    head(&o, "moonport_memory_budget_holds_total", "counter",
+         "Times a connection's reading was held until a memory budget had room.");
+    for (int i = 0; i < 2; i++)
+        put(&o, "moonport_memory_budget_holds_total{direction=\"%s\"} %llu\n", directions[i],
+            (unsigned long long)total.budget_held[i]);
+    head(&o, "moonport_memory_budget_failures_total", "counter",
+         "Connections failed (inbound: 1009 or 1013) or dropped (outbound) for a memory budget.");
+    for (int i = 0; i < 2; i++)
+        put(&o, "moonport_memory_budget_failures_total{direction=\"%s\"} %llu\n",
+            directions[i], (unsigned long long)total.budget_failed[i]);
 
     head(&o, "moonport_workers", "gauge", "Worker processes serving now.");
     put(&o, "moonport_workers %u\n", live);

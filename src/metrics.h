@@ -71,6 +71,11 @@ struct metrics {
         bp_dropped_bad, bp_reconnects;
     uint64_t lag_buckets[METRICS_LAG_BUCKETS + 1];
     uint64_t lag_count, lag_sum_us;
+    /* throttle.h: connections over a rate ([0] paused, [1] closed); for the
+     * inbound [0] and outbound [1] memory budgets: connections held, failed
+     * or dropped, bytes charged now, and the budget of this worker. */
+    uint64_t rate_limited[2];
+    uint64_t budget_held[2], budget_failed[2], budget_used[2], budget_bytes[2];
     uint32_t napps, unused;
     struct metrics_app apps[METRICS_APPS + 1]; /* the last: "(none)", and handshakes with no app */
 };

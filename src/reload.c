@@ -729,6 +729,8 @@ static void reload_config(struct server *s)
     c->log_access = fresh.log_access;
     log_threshold = c->log_level;
     log_access_on = c->log_access;
+    c->log_json = fresh.log_json;
+    log_json = c->log_json;
     c->max_message = fresh.max_message;
     c->max_fragments = fresh.max_fragments;
     c->max_head = fresh.max_head;
@@ -736,6 +738,14 @@ static void reload_config(struct server *s)
     c->send_buffer = fresh.send_buffer;
     c->max_send_buffer = fresh.max_send_buffer;
     c->max_connections = fresh.max_connections;
+    c->messages_per_second = fresh.messages_per_second;
+    c->bytes_per_second = fresh.bytes_per_second;
+    c->burst_messages = fresh.burst_messages;
+    c->burst_bytes = fresh.burst_bytes;
+    c->rate_close = fresh.rate_close;
+    c->inbound_memory = fresh.inbound_memory;
+    c->outbound_memory = fresh.outbound_memory;
+    throttle_configure(&s->throttle);
     c->handshake_timeout = fresh.handshake_timeout;
     c->close_timeout = fresh.close_timeout;
     c->ping_interval = fresh.ping_interval;

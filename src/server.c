@@ -598,6 +598,7 @@ int server_run(struct server *s)
 {
     struct ev_loop *loop = s->loop;
     s->epoch = ev_now(loop);
+    throttle_init(&s->throttle, s);
     signal(SIGPIPE, SIG_IGN);
     ev_io_init(&s->accept_w, on_accept, s->lfd, EV_READ);
     ev_io_start(loop, &s->accept_w);
@@ -620,6 +621,7 @@ int server_run(struct server *s)
     ev_timer_start(loop, &s->metrics_w);
     /* Timers and signals must not keep a finished loop alive. */
     ev_run(loop, 0);
+    throttle_free(&s->throttle);
     log_info("stopped");
     return 0;
 }

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "throttle.h"
 
 struct conn;
 struct router;
@@ -59,6 +60,7 @@ struct server {
     struct metrics *metrics_all; /* every worker's, for /metrics: metrics_n of them */
     unsigned metrics_n;
     struct admin *admin; /* admin.h: the admin listener, in worker 1; else NULL */
+    struct throttle throttle; /* throttle.h: rate limits and memory budgets */
     ev_timer metrics_w;  /* samples gauges and the loop's lag twice a second */
     ev_tstamp metrics_due;
     struct backplane *bp; /* backplane.h: topics across nodes; NULL without one */

@@ -37,6 +37,7 @@ enum ws_close_code {
     WS_CLOSE_TOO_BIG = 1009,
     WS_CLOSE_INTERNAL = 1011,
     WS_CLOSE_RESTART = 1012, /* "service restart": reconnect, it comes back */
+    WS_CLOSE_TRY_AGAIN = 1013, /* the server is overloaded: try again later */
 };
 
 /* Negative results of ws_parser_feed and ws_close_parse. Each maps to the

@@ -79,6 +79,10 @@ testing.metric(text, sample) -> the value of one sample of a Prometheus
                           'moonport_closes_total{code="1000",by="client"}', or nil.
 testing.promtool_check(text) -> exit status and output of Debian's
                           `promtool check metrics` on an exposition
+testing.metrics(server) -> the text of GET /metrics on the server's admin
+                          port (started with --admin), checked to be 200
+testing.eventually(fn, seconds) -> true once fn() is, polled until seconds
+                          (default 5) have passed; then fn()'s last answer
 testing.make_cert(dir, name) -> cert, key: a throwaway self-signed PEM pair
                           for localhost and 127.0.0.1, valid one day, made
                           with the openssl command as dir/NAME-cert.pem and
@@ -452,6 +456,23 @@ function testing.start(opts)
         end
         socket.sleep(0.02)
     end
+end
+
+function testing.metrics(srv)
+    local status, headers, body = testing.http(srv.admin_port, "/metrics")
+    assert(status == 200, "GET /metrics: " .. tostring(status))
+    assert(headers["content-type"]:find("text/plain; version=0.0.4", 1, true),
+        "GET /metrics: " .. tostring(headers["content-type"]))
+    return body
+end
+
+function testing.eventually(fn, seconds)
+    local deadline = socket.gettime() + (seconds or 5)
+    repeat
+        if fn() then return true end
+        socket.sleep(0.05)
+    until socket.gettime() > deadline
+    return fn()
 end
 
 function testing.promtool_check(text)

@@ -7,9 +7,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct proxy_cidr;
+struct origin_list;
+
 struct route_spec {
     char *pattern; /* "/echo", "/rooms/:room" */
     char *file;    /* path of the app's Lua file */
+    struct origin_list *origins; /* the route's own allow-list; NULL: the global one */
 };
 
 struct config {
@@ -49,6 +53,16 @@ struct config {
     double idle_timeout;  /* close a connection silent this long; 0: never */
     double publish_delay; /* published output may wait this long to leave
                              with more; 0: it leaves in its loop turn */
+
+    /* Behind proxies (proxy.h): the peers whose X-Forwarded-For/-Proto and
+     * PROXY protocol header are believed; with proxy_protocol, those peers
+     * must start every connection with a PROXY header. */
+    struct proxy_cidr *trusted;
+    size_t ntrusted;
+    int proxy_protocol;
+    struct origin_list *origins; /* origin.h: allowed Origins; NULL: any */
+    int origins_required;        /* refuse a handshake that has no Origin */
+    unsigned max_connections_per_ip; /* open connections per client address; 0: no limit */
 };
 
 #define CONFIG_WORKERS_MAX 256
@@ -65,6 +79,8 @@ static inline int route_char(char ch)
 }
 
 void config_init(struct config *c);
+/* Free what a route_spec holds (not the struct itself). */
+void config_route_free(struct route_spec *r);
 void config_free(struct config *c);
 
 /* Parse argv, then the config file it names, then apply argv over the file.

@@ -108,6 +108,11 @@ struct conn {
     uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
     uint8_t in_later_list : 1; /* published output waits: server_want_flush_later */
     uint8_t closed_by : 2;     /* who began the closing handshake: metrics.h's MB_ */
+    /* Behind proxies (proxy.h): a PROXY header must come first, and until
+     * it has, io runs on_proxy_io, hs is NULL and partial holds the
+     * header's first bytes if it came split. */
+    uint8_t proxy_wait : 1;
+    uint8_t per_ip : 1; /* counted in srv->per_ip (limits.max_connections_per_ip) */
 };
 
 /* The TLS session (tls.h) on a wss:// server; NULL: plain. */

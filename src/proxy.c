@@ -82,6 +82,17 @@ int proxy_cidr_parse(const char *s, struct proxy_cidr *out)
     return 0;
 }
 
+void proxy_addr_set(struct proxy_addr *a, int family, const void *bytes, uint16_t port)
+{
+    memset(a, 0, sizeof *a);
+    if (family != AF_INET && family != AF_INET6)
+        return;
+    a->family = (uint8_t)family;
+    a->port = port;
+    memcpy(a->bytes, bytes, family == AF_INET ? 4 : 16);
+    normalize(a);
+}
+
 void proxy_addr_from_sockaddr(const struct sockaddr *sa, struct proxy_addr *out)
 {
     memset(out, 0, sizeof *out);

@@ -38,6 +38,8 @@ int proxy_cidr_parse(const char *s, struct proxy_cidr *out);
  * Returns 0 or -1. */
 int proxy_addr_parse(const char *s, size_t len, struct proxy_addr *out);
 
+/* From a family (AF_INET, AF_INET6, else none) and its 4 or 16 bytes. */
+void proxy_addr_set(struct proxy_addr *a, int family, const void *bytes, uint16_t port);
 /* From a socket address (AF_INET or AF_INET6, v4-mapped made AF_INET);
  * family 0 for anything else. */
 void proxy_addr_from_sockaddr(const struct sockaddr *sa, struct proxy_addr *out);

@@ -18,6 +18,7 @@
 #include "compress.h"
 #include "conn.h"
 #include "lbridge.h"
+#include "ipcount.h"
 #include "log.h"
 #include "metrics.h"
 #include "topic.h"
@@ -579,6 +580,8 @@ int server_run(struct server *s)
     ev_timer_start(loop, &s->metrics_w);
     /* Timers and signals must not keep a finished loop alive. */
     ev_run(loop, 0);
+    ipcount_free(s->per_ip); /* every connection is gone */
+    s->per_ip = NULL;
     log_info("stopped");
     return 0;
 }

@@ -34,6 +34,7 @@ struct workers_shared;
 struct mesh;
 struct metrics;
 struct admin;
+struct ipcount;
 
 /* Connections in the order they entered a state. */
 struct conn_list {
@@ -57,6 +58,8 @@ struct server {
     struct metrics *metrics_all; /* every worker's, for /metrics: metrics_n of them */
     unsigned metrics_n;
     struct admin *admin; /* admin.h: the admin listener, in worker 1; else NULL */
+    struct ipcount *per_ip; /* ipcount.h: open connections per client address,
+                               made at the first with limits.max_connections_per_ip */
     ev_timer metrics_w;  /* samples gauges and the loop's lag twice a second */
     ev_tstamp metrics_due;
     int argc; /* kept for SIGHUP, which reads the options and config again */

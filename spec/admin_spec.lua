@@ -25,31 +25,7 @@ end
 return app
 ]]
 
--- One HTTP request to the admin port: status, headers (lowercase names),
--- body. raw: the bytes to send instead of a GET.
-local function http(port, path, method, raw)
-    local c = assert(socket.connect("127.0.0.1", port))
-    c:settimeout(10)
-    assert(c:send(raw or ((method or "GET") .. " " .. path .. " HTTP/1.1\r\nHost: x\r\n\r\n")))
-    local all = {}
-    while true do
-        local data, err, partial = c:receive(65536)
-        local got = data or partial
-        if got and #got > 0 then all[#all + 1] = got end
-        if not data then
-            assert(err == "closed", err)
-            break
-        end
-    end
-    c:close()
-    local text = table.concat(all)
-    local head, body = text:match("^(.-)\r\n\r\n(.*)$")
-    assert(head, "no HTTP answer: " .. text)
-    local status = tonumber(head:match("^HTTP/1%.1 (%d+)"))
-    local headers = {}
-    for name, value in head:gmatch("\r\n([^:]+): ([^\r]*)") do headers[name:lower()] = value end
-    return status, headers, body
-end
+local http = testing.http
 
 local function metrics(server)
     local status, headers, body = http(server.admin_port, "/metrics")
@@ -58,23 +34,9 @@ local function metrics(server)
     return body
 end
 
--- The value of one sample, e.g. value(text, 'moonport_connections{app="a",route="/a"}').
-local function value(text, sample)
-    for line in text:gmatch("[^\n]+") do
-        if line:sub(1, #sample + 1) == sample .. " " then return tonumber(line:sub(#sample + 2)) end
-    end
-    return nil
-end
+local value = testing.metric_value
 
--- Wait until fn() is true (the gauges are sampled twice a second).
-local function eventually(fn, seconds)
-    local deadline = socket.gettime() + (seconds or 5)
-    repeat
-        if fn() then return true end
-        socket.sleep(0.05)
-    until socket.gettime() > deadline
-    return fn()
-end
+local eventually = testing.eventually
 
 local function promtool_check(text)
     local dir = testing.temp_dir()
@@ -84,12 +46,7 @@ local function promtool_check(text)
     return status, out
 end
 
-local function free_port()
-    local s = assert(socket.bind("127.0.0.1", 0))
-    local _, port = s:getsockname()
-    s:close()
-    return tonumber(port)
-end
+local free_port = testing.free_port
 
 describe("the admin listener", function()
     local server

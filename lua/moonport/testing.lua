@@ -190,6 +190,62 @@ testing.temp_dir = make_temp_dir
 testing.make_cert = make_cert
 testing.count = count
 
+-- Helpers for the operator's side (admin_spec, proxy_spec): one plain HTTP
+-- request (the admin port), a Prometheus sample's value, waiting for a
+-- condition, a free port.
+
+-- testing.http(port, path, method, raw) -> status, headers (lowercase
+-- names), body. raw: the bytes to send instead of a GET.
+function testing.http(port, path, method, raw)
+    local c = assert(socket.connect("127.0.0.1", port))
+    c:settimeout(10)
+    assert(c:send(raw or ((method or "GET") .. " " .. path .. " HTTP/1.1\r\nHost: x\r\n\r\n")))
+    local all = {}
+    while true do
+        local data, err, partial = c:receive(65536)
+        local got = data or partial
+        if got and #got > 0 then all[#all + 1] = got end
+        if not data then
+            assert(err == "closed", err)
+            break
+        end
+    end
+    c:close()
+    local text = table.concat(all)
+    local head, body = text:match("^(.-)\r\n\r\n(.*)$")
+    assert(head, "no HTTP answer: " .. text)
+    local status = tonumber(head:match("^HTTP/1%.1 (%d+)"))
+    local headers = {}
+    for name, value in head:gmatch("\r\n([^:]+): ([^\r]*)") do headers[name:lower()] = value end
+    return status, headers, body
+end
+
+-- The value of one sample, e.g.
+-- testing.metric_value(text, 'moonport_connections{app="a",route="/a"}').
+function testing.metric_value(text, sample)
+    for line in text:gmatch("[^\n]+") do
+        if line:sub(1, #sample + 1) == sample .. " " then return tonumber(line:sub(#sample + 2)) end
+    end
+    return nil
+end
+
+-- Wait until fn() is true, for at most seconds (default 5); fn()'s last answer.
+function testing.eventually(fn, seconds)
+    local deadline = socket.gettime() + (seconds or 5)
+    repeat
+        if fn() then return true end
+        socket.sleep(0.05)
+    until socket.gettime() > deadline
+    return fn()
+end
+
+function testing.free_port()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    return tonumber(port)
+end
+
 local server = {}
 server.__index = server
 

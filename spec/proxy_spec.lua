@@ -11,12 +11,17 @@ local testing = require "moonport.testing"
 local socket = require "socket"
 
 -- Sends who the server thinks the client is, as its first message.
+-- "count" gets how many times on_connect ran.
 local WHO = [[
 local app = {}
+local connects = 0
 function app.on_connect(ws, req)
+  connects = connects + 1
   ws:send(req.client.host .. " " .. req.client.port .. " " .. req.scheme)
 end
-function app.on_message(ws, data) ws:send(data) end
+function app.on_message(ws, data)
+  ws:send(data == "count" and tostring(connects) or data)
+end
 return app
 ]]
 
@@ -45,11 +50,11 @@ local function answer(s)
     return assert(s:receive(head:byte(2))), status
 end
 
--- who(port, opts) -> "host port scheme" the app saw, or nil, status, body.
--- opts.from: the local address; opts.prefix: bytes before the request (a
--- PROXY header); opts.headers: more header lines; opts.split: send the
--- prefix a byte at a time.
-local function who(port, opts)
+-- open(port, opts) -> the socket and "host port scheme" the app saw, or
+-- nil, status, body. opts.from: the local address; opts.prefix: bytes
+-- before the request (a PROXY header); opts.headers: more header lines;
+-- opts.split: send the prefix a byte at a time.
+local function open(port, opts)
     opts = opts or {}
     local s = socket.tcp()
     s:settimeout(10)
@@ -64,9 +69,20 @@ local function who(port, opts)
         prefix = ""
     end
     s:send(prefix .. request(opts.path, opts.headers))
-    local a, b, c = answer(s)
+    local seen, status, body = answer(s)
+    if not seen then
+        s:close()
+        return nil, status, body
+    end
+    return s, seen
+end
+
+-- who(port, opts) -> what open's app saw, the connection closed again.
+local function who(port, opts)
+    local s, seen, body = open(port, opts)
+    if not s then return nil, seen, body end
     s:close()
-    return a, b, c
+    return seen, 101
 end
 
 local function be16(n) return string.char(math.floor(n / 256), n % 256) end
@@ -82,16 +98,27 @@ local function v2(src, sport, dst, dport, command, extra)
     return "\r\n\r\n\0\r\nQUIT\n" .. string.char(0x20 + (command or 1), 0x11) .. be16(#body) .. body
 end
 
+-- A config file: /who serves WHO unless t.routes says otherwise; each
+-- other key of t is a setting, as Lua source.
 local function config(t)
-    local lines = { "return {", '  routes = { ["/who"] = "who.lua" },' }
+    local lines = { "return {" }
+    if not t.routes then lines[#lines + 1] = '  routes = { ["/who"] = "who.lua" },' end
     for k, v in pairs(t) do lines[#lines + 1] = "  " .. k .. " = " .. v .. "," end
     lines[#lines + 1] = "}"
     return table.concat(lines, "\n")
 end
 
 local function start(settings, args)
-    return assert(testing.start { config = config(settings), files = { ["who.lua"] = WHO },
-        args = args })
+    return assert(testing.start { config = config(settings),
+        files = { ["who.lua"] = WHO, ["other.lua"] = WHO }, args = args })
+end
+
+-- One masked text frame (short; a zero mask key leaves the payload as
+-- it is), and the reply to it.
+local function ask(s, text)
+    assert(s:send(string.char(0x81, 0x80 + #text) .. "\0\0\0\0" .. text))
+    local head = assert(s:receive(2))
+    return assert(s:receive(head:byte(2)))
 end
 
 describe("behind a proxy", function()
@@ -364,5 +391,149 @@ describe("with real proxies in front", function()
         local seen = who(server.port, { from = "127.0.0.3", headers = "X-Forwarded-For: 6.6.6.6\r\n" })
         assert.truthy(seen:match("^127%.0%.0%.3 %d+ ws$"), seen)
         assert.is_nil(server:stdout():find("6.6.6.6", 1, true))
+    end)
+end)
+
+describe("origins", function()
+    local server
+    after_each(function()
+        if server then server:cleanup() end
+        server = nil
+    end)
+
+    local function origin(o) return o and ("Origin: " .. o .. "\r\n") or nil end
+
+    it("refuses an Origin not allowed with 403 before the app runs, globally and per route", function()
+        server = start {
+            routes = '{ ["/who"] = "who.lua", ["/b"] = { app = "other.lua", origins = { "https://b.example" } } }',
+            origins = '{ "https://chat.example.com", "http://localhost:*" }',
+            admin = '"127.0.0.1:0"',
+        }
+        local ok = { "https://chat.example.com", "HTTPS://Chat.Example.com:443", "http://localhost:3000",
+            "http://localhost" }
+        for _, o in ipairs(ok) do
+            assert.truthy(who(server.port, { headers = origin(o) }), o)
+        end
+        -- no Origin: not a browser; allowed unless origins_required
+        assert.truthy(who(server.port, {}))
+        local refused = { "https://evil.example", "http://chat.example.com", "https://chat.example.com.evil.net",
+            "https://chat.example.com:8443", "null", "https://b.example" }
+        for _, o in ipairs(refused) do
+            local seen, status, body = who(server.port, { headers = origin(o) })
+            assert.is_nil(seen, o)
+            assert.are.equal(403, status, o)
+            assert.are.equal("403 Forbidden: origin not allowed\n", body)
+        end
+        -- on_connect ran for the allowed ones only
+        local s, seen = open(server.port, {})
+        assert.truthy(seen)
+        assert.are.equal(tostring(#ok + 2), ask(s, "count"))
+        s:close()
+        -- a route's own list replaces the global one
+        assert.truthy(who(server.port, { path = "/b", headers = origin("https://b.example") }))
+        local _, status = who(server.port, { path = "/b", headers = origin("https://chat.example.com") })
+        assert.are.equal(403, status)
+        -- the reason in the access log, the Origin in the server log
+        assert.truthy(server:wait_log('"WSREJECT /who" id=%d+ status=403 reason=origin not allowed'))
+        assert.truthy(server:wait_log('Origin "https://evil%.example" is not in origins: refused with 403'))
+        -- counted as handshakes answered 403, by app
+        local _, _, text = testing.http(server.admin_port, "/metrics")
+        assert.are.equal(#refused, testing.metric_value(text,
+            'moonport_handshakes_total{app="who",route="/who",status="403"}'))
+        assert.are.equal(1, testing.metric_value(text,
+            'moonport_handshakes_total{app="other",route="/b",status="403"}'))
+    end)
+
+    it("refuses a handshake without an Origin when origins_required", function()
+        server = start { origins = '{ "https://chat.example.com" }', origins_required = "true" }
+        local seen, status, body = who(server.port, {})
+        assert.is_nil(seen)
+        assert.are.equal(403, status)
+        assert.truthy(body:find("no Origin header (origins_required)", 1, true), body)
+        assert.truthy(who(server.port, { headers = origin("https://chat.example.com") }))
+        -- origins_required alone: any Origin, but one there
+        server:cleanup()
+        server = start { origins_required = "true" }
+        assert.truthy(who(server.port, { headers = origin("https://anything.example") }))
+        _, status = who(server.port, {})
+        assert.are.equal(403, status)
+    end)
+
+    it("refuses a config whose origins it cannot read, saying why", function()
+        local bad = {
+            { { origins = '{ "https://a.example/" }' }, 'origins[1] "https://a.example/": not SCHEME://HOST[:PORT]' },
+            { { origins = '{ "a.example" }' }, 'origins[1] "a.example": not SCHEME://HOST[:PORT]' },
+            { { origins = '{ "https://a.*.example" }' }, "a '*' in the host must be its first label" },
+            { { origins = '"https://a.example"' }, "origins must be a list of origins" },
+            { { origins = '{ 42 }' }, "origins[1] must be a string" },
+            { { routes = '{ ["/x"] = { app = "who.lua", origins = { "ftp//x" } } }' },
+              'routes["/x"].origins[1] "ftp//x"' },
+            { { routes = '{ ["/x"] = { app = "who.lua", origin = {} } }' },
+              'routes["/x"]: a route table has app and origins only' },
+            { { routes = '{ ["/x"] = { origins = {} } }' }, 'routes["/x"].app must be a file name' },
+        }
+        for _, case in ipairs(bad) do
+            local s, why, err = testing.start { config = config(case[1]), files = { ["who.lua"] = WHO } }
+            if s then s:cleanup() end
+            assert.is_nil(s, case[2])
+            assert.truthy(why:find("status", 1, true), why)
+            assert.truthy(err:find(case[2], 1, true), case[2] .. ": " .. err)
+        end
+    end)
+end)
+
+describe("limits.max_connections_per_ip", function()
+    local server
+    after_each(function()
+        if server then server:cleanup() end
+        server = nil
+    end)
+
+    it("refuses the handshake with 429 past the limit, per client address after the proxy", function()
+        server = start { limits = "{ max_connections_per_ip = 2 }",
+            proxy = '{ trusted = { "127.0.0.4/32" } }', admin = '"127.0.0.1:0"' }
+        local held = {}
+        for _ = 1, 2 do
+            local s = assert(open(server.port, { from = "127.0.0.2" }))
+            held[#held + 1] = s
+        end
+        local seen, status, body = who(server.port, { from = "127.0.0.2" })
+        assert.is_nil(seen)
+        assert.are.equal(429, status)
+        assert.truthy(body:find("too many connections from this address", 1, true), body)
+        assert.truthy(server:wait_log('127%.0%.0%.2:%d+ "WSREJECT /who" id=%d+ status=429'))
+        -- another address has its own count
+        assert.truthy(who(server.port, { from = "127.0.0.3" }))
+        -- behind the trusted proxy, each forwarded client is counted apart
+        local xff = function(a) return "X-Forwarded-For: " .. a .. "\r\n" end
+        for _ = 1, 2 do
+            held[#held + 1] = assert(open(server.port, { from = "127.0.0.4", headers = xff("203.0.113.1") }))
+        end
+        _, status = who(server.port, { from = "127.0.0.4", headers = xff("203.0.113.1") })
+        assert.are.equal(429, status)
+        assert.truthy(who(server.port, { from = "127.0.0.4", headers = xff("203.0.113.2") }))
+        assert.truthy(server:wait_log('203%.0%.113%.1:0 "WSREJECT /who" id=%d+ status=429'))
+        -- an untrusted peer's X-Forwarded-For does not get it more room
+        _, status = who(server.port, { from = "127.0.0.2", headers = xff("203.0.113.77") })
+        assert.are.equal(429, status)
+        -- a connection that ends makes room again
+        held[1]:close()
+        assert.truthy(testing.eventually(function()
+            local s = open(server.port, { from = "127.0.0.2" })
+            if s then held[1] = s end
+            return s ~= nil
+        end))
+        local _, _, text = testing.http(server.admin_port, "/metrics")
+        assert.are.equal(3, testing.metric_value(text,
+            'moonport_handshakes_total{app="who",route="/who",status="429"}'))
+        for _, s in ipairs(held) do s:close() end
+        -- everyone gone: each address has its full room back
+        assert.truthy(testing.eventually(function()
+            local a = open(server.port, { from = "127.0.0.2" })
+            local b = a and open(server.port, { from = "127.0.0.2" })
+            if a then a:close() end
+            if b then b:close() end
+            return b ~= nil
+        end))
     end)
 end)

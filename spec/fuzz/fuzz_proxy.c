@@ -4,12 +4,16 @@
  * decision never changes when more bytes follow), walked as an
  * X-Forwarded-For value (the client found is a real address, and an
  * untrusted one when the walk says so), and read as a range (which holds
- * its own network address). ASan and UBSan catch any read out of bounds. */
+ * its own network address); split at its first newline it is an origin
+ * pattern and an Origin (origin.h: a pattern the config accepts never
+ * crashes the match, and "*" allows anything). ASan and UBSan catch any
+ * read out of bounds. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include "origin.h"
 #include "proxy.h"
 
 #define CHECK(c)                                                                               \
@@ -95,11 +99,37 @@ static void cidr(const uint8_t *data, size_t size)
     CHECK(proxy_cidr_match(&c, &a));
 }
 
+static void origins(const uint8_t *data, size_t size)
+{
+    char *s = malloc(size + 1);
+    memcpy(s, data, size);
+    s[size] = '\0';
+    char *nl = strchr(s, '\n');
+    const char *origin = nl ? nl + 1 : "";
+    if (nl)
+        *nl = '\0';
+    const char *why;
+    if (origin_pattern_check(s, &why) == 0) {
+        const char *pats[2] = {s, "*"};
+        struct origin_list *one = origin_list_new(pats, 1), *any = origin_list_new(pats, 2);
+        CHECK(one && any);
+        int r = origin_allowed(one, origin);
+        CHECK(r == 0 || r == 1);
+        CHECK(origin_allowed(any, origin) == 1);
+        origin_list_free(one);
+        origin_list_free(any);
+    } else {
+        CHECK(why && *why);
+    }
+    free(s);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     header(data, size);
     xff(data, size);
     cidr(data, size);
+    origins(data, size);
     return 0;
 }

@@ -241,6 +241,42 @@ describe("behind a proxy", function()
         assert.is_true(server:alive())
     end)
 
+    it("reads the PROXY header before TLS on a wss:// server", function()
+        local ssl = require "ssl"
+        local dir = testing.temp_dir()
+        local cert, key = testing.make_cert(dir, "p")
+        server = start({ proxy = '{ trusted = { "127.0.0.2/32" }, protocol = true }' },
+            { "--tls-cert", cert, "--tls-key", key })
+        assert.are.equal("wss", server.scheme)
+        local function over_tls(prefix)
+            local s = socket.tcp()
+            s:settimeout(10)
+            assert(s:bind("127.0.0.2", 0))
+            assert(s:connect("127.0.0.1", server.port))
+            assert(s:send(prefix))
+            local t = assert(ssl.wrap(s, { mode = "client", protocol = "any", verify = "none" }))
+            t:settimeout(10)
+            local ok, err = t:dohandshake()
+            if not ok then
+                t:close()
+                return nil, err
+            end
+            t:send(request("/who"))
+            local seen = answer(t)
+            t:close()
+            return seen
+        end
+        assert.are.equal("198.51.100.7 4000 wss", over_tls(v2("198.51.100.7", 4000, "10.0.0.1", 443)))
+        assert.are.equal("203.0.113.9 5 wss", over_tls("PROXY TCP4 203.0.113.9 10.0.0.1 5 443\r\n"))
+        -- no header: no HTTP answer can reach a TLS client; the socket closes
+        local seen, err = over_tls("")
+        assert.is_nil(seen)
+        assert.truthy(err, "the TLS handshake fails")
+        assert.truthy(server:wait_log("bad PROXY protocol header: no PROXY protocol header first"))
+        assert.truthy(server:wait_log('"WSREJECT %-" id=%d+ status=400 reason=bad PROXY header'))
+        os.execute("rm -rf " .. testing.quote(dir))
+    end)
+
     it("refuses a PROXY header from a peer that is not trusted, and serves it plain HTTP", function()
         server = start { proxy = '{ trusted = { "127.0.0.2/32" }, protocol = true }' }
         local seen, status, body = who(server.port, { from = "127.0.0.3",

@@ -495,6 +495,26 @@ describe("origins", function()
         assert.are.equal(403, status)
     end)
 
+    it("follows the config on SIGHUP", function()
+        server = start { origins = '{ "https://a.example" }' }
+        local function status_for(o)
+            local seen, status = who(server.port, { headers = origin(o) })
+            return seen and 101 or status
+        end
+        assert.are.equal(101, status_for("https://a.example"))
+        assert.are.equal(403, status_for("https://b.example"))
+        testing.write_file(server.dir .. "/config.lua", config {
+            routes = '{ ["/who"] = { app = "who.lua", origins = { "https://b.example" } } }',
+            proxy = '{ trusted = { "127.0.0.2/32" } }' })
+        server:signal("HUP")
+        assert.truthy(server:wait_log("SIGHUP: config .- reloaded"))
+        assert.are.equal(403, status_for("https://a.example"))
+        assert.are.equal(101, status_for("https://b.example"))
+        -- and the proxy settings
+        assert.are.equal("203.0.113.3 0 ws", who(server.port, { headers = origin("https://b.example") ..
+            "X-Forwarded-For: 203.0.113.3\r\n" }))
+    end)
+
     it("refuses a config whose origins it cannot read, saying why", function()
         local bad = {
             { { origins = '{ "https://a.example/" }' }, 'origins[1] "https://a.example/": not SCHEME://HOST[:PORT]' },

@@ -592,4 +592,21 @@ describe("limits.max_connections_per_ip", function()
             return b ~= nil
         end))
     end)
+
+    it("counts per worker with --workers 2: one address gets from the limit to twice it", function()
+        server = start({ limits = "{ max_connections_per_ip = 2 }" }, { "--workers", "2" })
+        local held, refused = {}, 0
+        for _ = 1, 12 do
+            local s, status = open(server.port, { from = "127.0.0.2" })
+            if s then
+                held[#held + 1] = s
+            else
+                assert.are.equal(429, status)
+                refused = refused + 1
+            end
+        end
+        assert.truthy(#held >= 2 and #held <= 4, #held .. " accepted")
+        assert.are.equal(12 - #held, refused)
+        for _, s in ipairs(held) do s:close() end
+    end)
 end)

@@ -235,6 +235,8 @@ describe("behind a proxy", function()
         local _, _, text = testing.http(server.admin_port, "/metrics")
         assert.truthy(testing.metric_value(text,
             'moonport_handshakes_total{app="(none)",route="",status="400"}') >= #cases)
+        assert.are.equal(#cases, testing.metric_value(text,
+            'moonport_handshake_refusals_total{reason="proxy_header"}'))
         -- and the server still serves
         assert.are.equal("203.0.113.1 1 ws", who(server.port,
             { prefix = "PROXY TCP4 203.0.113.1 10.0.0.1 1 2\r\n" }))
@@ -478,6 +480,14 @@ describe("origins", function()
             'moonport_handshakes_total{app="who",route="/who",status="403"}'))
         assert.are.equal(1, testing.metric_value(text,
             'moonport_handshakes_total{app="other",route="/b",status="403"}'))
+        assert.are.equal(#refused + 1, testing.metric_value(text,
+            'moonport_handshake_refusals_total{reason="origin"}'))
+        assert.are.equal(0, testing.metric_value(text,
+            'moonport_handshake_refusals_total{reason="per_ip"}'))
+        -- the exposition stays valid for Prometheus
+        testing.write_file(server.dir .. "/m.txt", text)
+        local rc, out = testing.capture("promtool check metrics < " .. testing.quote(server.dir .. "/m.txt"))
+        assert.are.equal(0, rc, out)
     end)
 
     it("refuses a handshake without an Origin when origins_required", function()
@@ -582,6 +592,8 @@ describe("limits.max_connections_per_ip", function()
         local _, _, text = testing.http(server.admin_port, "/metrics")
         assert.are.equal(3, testing.metric_value(text,
             'moonport_handshakes_total{app="who",route="/who",status="429"}'))
+        assert.are.equal(3, testing.metric_value(text,
+            'moonport_handshake_refusals_total{reason="per_ip"}'))
         for _, s in ipairs(held) do s:close() end
         -- everyone gone: each address has its full room back
         assert.truthy(testing.eventually(function()

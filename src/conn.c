@@ -786,6 +786,7 @@ static int origin_ok(struct conn *c, const struct route *route)
     if (!origin) {
         if (!cfg->origins_required)
             return 1;
+        METRIC_ADD(c->srv->metrics->refusals[MR_ORIGIN], 1);
         http_error(c, 403, "no Origin header (origins_required)");
         return 0;
     }
@@ -795,6 +796,7 @@ static int origin_ok(struct conn *c, const struct route *route)
      * Origin goes to the server log, which reads it from the request. */
     log_info("conn %llu %s from %s: Origin \"%.200s\" is not in origins: refused with 403",
              (unsigned long long)c->id, conn_path(c), conn_peer(c), origin);
+    METRIC_ADD(c->srv->metrics->refusals[MR_ORIGIN], 1);
     http_error(c, 403, "origin not allowed");
     return 0;
 }
@@ -824,10 +826,12 @@ static int per_ip_ok(struct conn *c)
         c->per_ip = 1;
         return 1;
     }
-    if (r < 0)
+    if (r < 0) {
         http_error(c, 503, "out of memory");
-    else
+    } else {
+        METRIC_ADD(srv->metrics->refusals[MR_PER_IP], 1);
         http_error(c, 429, "too many connections from this address (limits.max_connections_per_ip)");
+    }
     return 0;
 }
 
@@ -843,6 +847,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         if (c->srv->cfg->proxy_protocol && !hs_target_read(c->hs) && proxy_header_like(buf, n)) {
             log_info("conn %llu from %s: PROXY header from a peer not in proxy.trusted: refused",
                      (unsigned long long)c->id, conn_peer(c));
+            METRIC_ADD(c->srv->metrics->refusals[MR_PROXY_HEADER], 1);
             http_error(c, 400, "PROXY header from an untrusted peer");
             return;
         }
@@ -1385,6 +1390,7 @@ static void proxy_refuse(struct conn *c, const char *why)
              (unsigned long long)c->id, conn_peer(c), why);
     c->proxy_wait = 0;
     ev_set_cb(&c->io, on_io); /* the linger state's reads and writes */
+    METRIC_ADD(c->srv->metrics->refusals[MR_PROXY_HEADER], 1);
     if (conn_tls(c)) {
         log_access("%s \"WSREJECT -\" id=%llu status=400 reason=bad PROXY header: %s",
                    conn_peer(c), (unsigned long long)c->id, why);

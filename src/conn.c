@@ -6,7 +6,10 @@
  * wss:// server the same bytes go through OpenSSL (tls.h) instead of recv
  * and send; a plain connection pays one test of conn_tls(c) for that. Lua
  * runs only through lbridge, and after every call into Lua the state is
- * checked again: a handler may have closed this connection, or another. */
+ * checked again: a handler may have closed this connection, or another.
+ * Behind a trusted proxy (proxy.h) the client's address is replaced, once,
+ * before the app sees the request: from a PROXY header, read through its
+ * own io callback before anything else, or from X-Forwarded-For. */
 #include "conn.h"
 
 #include <arpa/inet.h>

@@ -88,5 +88,5 @@ int main(void)
         CHECK_EQ(ipcount_get(t, &addrs[i]), 0);
     ipcount_free(t);
     ipcount_free(NULL);
-    return unit_done("test_ipcount");
+    return unit_done("ipcount");
 }

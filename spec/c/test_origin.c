@@ -78,5 +78,5 @@ int main(void)
             fprintf(stderr, "accepted pattern \"%s\"\n", bad[i]);
         CHECK_EQ(r, -1);
     }
-    return unit_done("test_origin");
+    return unit_done("origin");
 }

@@ -408,5 +408,5 @@ int main(void)
     test_v1();
     test_v2();
     test_sockaddr();
-    return unit_done("test_proxy");
+    return unit_done("proxy");
 }

@@ -41,7 +41,7 @@ LIBS       := -lev $(LUAJIT_LIBS) $(LLHTTP_LIBS) $(HIREDIS_LIBS) -lssl -lcrypto 
 
 SRC      := $(wildcard src/*.c)
 # The pure modules: no libev, no Lua, no sockets. Unit tests and fuzz targets link only these.
-PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/ws_deflate.c src/buf.c src/sha1.c src/topic.c src/bpwire.c src/metrics.c
+PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/ws_deflate.c src/buf.c src/sha1.c src/topic.c src/bpwire.c src/metrics.c src/proxy.c src/origin.c src/ipcount.c
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 REL_OBJ  := $(SRC:src/%.c=build/rel/%.o) $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/rel/llhttp_%.o)

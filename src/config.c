@@ -15,6 +15,8 @@
 
 #include "bpwire.h"
 #include "log.h"
+#include "origin.h"
+#include "proxy.h"
 
 static const char usage[] =
     "usage: moonport [options] [APPS_DIR]\n"
@@ -152,12 +154,21 @@ void config_free(struct config *c)
     free(c->admin);
     free_backplane(c);
     free(c->backplane_prefix);
-    for (size_t i = 0; i < c->nroutes; i++) {
-        free(c->routes[i].pattern);
-        free(c->routes[i].file);
-    }
+    for (size_t i = 0; i < c->nroutes; i++)
+        config_route_free(&c->routes[i]);
     free(c->routes);
+    free(c->trusted);
+    origin_list_free(c->origins);
     memset(c, 0, sizeof *c);
+}
+
+void config_route_free(struct route_spec *r)
+{
+    free(r->pattern);
+    free(r->file);
+    origin_list_free(r->origins);
+    r->pattern = r->file = NULL;
+    r->origins = NULL;
 }
 
 static void set_str(char **dst, const char *s)
@@ -239,11 +250,12 @@ static int field_string(lua_State *L, int t, const char *key, const char **out, 
     return 1;
 }
 
-static int add_route(struct config *c, const char *pattern, const char *file, char *err,
-                     size_t errlen)
+static int add_route(struct config *c, const char *pattern, const char *file,
+                     struct origin_list *origins, char *err, size_t errlen)
 {
     if (pattern[0] != '/') {
         snprintf(err, errlen, "route \"%s\" must start with /", pattern);
+        origin_list_free(origins);
         return -1;
     }
     /* Routes match the request path as sent, so a character a client must
@@ -256,16 +268,19 @@ static int add_route(struct config *c, const char *pattern, const char *file, ch
                  "path, so no request could reach it; use letters, digits, - . _ ~",
                  pattern, (unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f ? *p : '?',
                  (unsigned char)*p);
+        origin_list_free(origins);
         return -1;
     }
     struct route_spec *r = realloc(c->routes, (c->nroutes + 1) * sizeof *r);
     if (!r) {
         snprintf(err, errlen, "out of memory");
+        origin_list_free(origins);
         return -1;
     }
     c->routes = r;
     r[c->nroutes].pattern = strdup(pattern);
     r[c->nroutes].file = relative_to(c->config_file, file);
+    r[c->nroutes].origins = origins;
     c->nroutes++;
     return 0;
 }
@@ -281,6 +296,141 @@ static size_t entries(lua_State *L, int t)
         n++;
     }
     return n;
+}
+
+/* An allow-list of origins: the array of strings at index t. Returns 0 and
+ * sets *out, or -1 with err set (where names it: "origins",
+ * "routes[\"/x\"].origins"). */
+static int load_origins(lua_State *L, int t, const char *where, struct origin_list **out,
+                        char *err, size_t errlen)
+{
+    if (!lua_istable(L, t)) {
+        snprintf(err, errlen, "%s must be a list of origins such as { \"https://chat.example.com\" "
+                 "}", where);
+        return -1;
+    }
+    size_t n = lua_objlen(L, t);
+    if (entries(L, t) != n) {
+        snprintf(err, errlen, "%s must be a list (an array of strings)", where);
+        return -1;
+    }
+    const char **pats = calloc(n ? n : 1, sizeof *pats);
+    if (!pats) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, t, (int)i);
+        const char *why;
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            snprintf(err, errlen, "%s[%zu] must be a string", where, i);
+            lua_pop(L, 1);
+            free(pats);
+            return -1;
+        }
+        pats[i - 1] = lua_tostring(L, -1); /* the table keeps it */
+        lua_pop(L, 1);
+        if (origin_pattern_check(pats[i - 1], &why)) {
+            snprintf(err, errlen, "%s[%zu] \"%s\": %s", where, i, pats[i - 1], why);
+            free(pats);
+            return -1;
+        }
+    }
+    *out = origin_list_new(pats, n);
+    free(pats);
+    if (!*out) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* routes["/path"] = { app = "file.lua", origins = {...} }, the table at t. */
+static int route_table(struct config *c, lua_State *L, const char *pattern, int t, char *err,
+                       size_t errlen)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        if (!k || (strcmp(k, "app") != 0 && strcmp(k, "origins") != 0)) {
+            snprintf(err, errlen, "routes[\"%s\"]: a route table has app and origins only",
+                     pattern);
+            lua_pop(L, 1);
+            return -1;
+        }
+    }
+    lua_getfield(L, t, "app");
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        snprintf(err, errlen, "routes[\"%s\"].app must be a file name", pattern);
+        lua_pop(L, 1);
+        return -1;
+    }
+    const char *file = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the table keeps the string */
+    struct origin_list *origins = NULL;
+    lua_getfield(L, t, "origins");
+    if (!lua_isnil(L, -1)) {
+        char where[256];
+        snprintf(where, sizeof where, "routes[\"%s\"].origins", pattern);
+        if (load_origins(L, lua_gettop(L), where, &origins, err, errlen)) {
+            lua_pop(L, 1);
+            return -1;
+        }
+    }
+    lua_pop(L, 1);
+    return add_route(c, pattern, file, origins, err, errlen);
+}
+
+/* proxy = { trusted = { "10.0.0.0/8", ... }, protocol = false }, at t. */
+static int load_proxy(struct config *c, lua_State *L, int t, char *err, size_t errlen)
+{
+    lua_getfield(L, t, "trusted");
+    int l = lua_gettop(L);
+    if (!lua_isnil(L, l)) {
+        size_t n = lua_istable(L, l) ? lua_objlen(L, l) : 0;
+        if (!lua_istable(L, l) || entries(L, l) != n) {
+            snprintf(err, errlen, "proxy.trusted must be a list of address ranges such as "
+                     "{ \"10.0.0.0/8\", \"::1/128\" }");
+            return -1;
+        }
+        struct proxy_cidr *list = calloc(n ? n : 1, sizeof *list);
+        if (!list) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        for (size_t i = 1; i <= n; i++) {
+            lua_rawgeti(L, l, (int)i);
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            if (!s || proxy_cidr_parse(s, &list[i - 1])) {
+                snprintf(err, errlen, "proxy.trusted[%zu]%s%s%s is not an address range (CIDR such "
+                         "as \"10.0.0.0/8\", no bits set past the prefix)", i, s ? " \"" : "",
+                         s ? s : "", s ? "\"" : "");
+                free(list);
+                return -1;
+            }
+            lua_pop(L, 1);
+        }
+        free(c->trusted);
+        c->trusted = list;
+        c->ntrusted = n;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "protocol");
+    if (!lua_isnil(L, -1)) {
+        if (!lua_isboolean(L, -1)) {
+            snprintf(err, errlen, "proxy.protocol must be true or false");
+            return -1;
+        }
+        c->proxy_protocol = lua_toboolean(L, -1);
+    }
+    lua_pop(L, 1);
+    if (c->proxy_protocol && !c->ntrusted) {
+        snprintf(err, errlen, "proxy.protocol needs proxy.trusted: the addresses of the load "
+                 "balancers that send the PROXY header");
+        return -1;
+    }
+    return 0;
 }
 
 static int load_routes(struct config *c, lua_State *L, int t, char *err, size_t errlen)
@@ -313,19 +463,27 @@ static int load_routes(struct config *c, lua_State *L, int t, char *err, size_t 
             snprintf(err, errlen, "routes[%zu] must be {\"/path\", \"file.lua\"}", i);
             return -1;
         }
-        if (add_route(c, lua_tostring(L, -2), lua_tostring(L, -1), err, errlen))
+        if (add_route(c, lua_tostring(L, -2), lua_tostring(L, -1), NULL, err, errlen))
             return -1;
         lua_pop(L, 3);
     }
-    /* Then the map part: { ["/path"] = "file.lua" }. */
+    /* Then the map part: { ["/path"] = "file.lua" } or
+     * { ["/path"] = { app = "file.lua", origins = {...} } }. */
     lua_pushnil(L);
     while (lua_next(L, rt)) {
         if (lua_type(L, -2) == LUA_TSTRING) {
+            if (lua_istable(L, -1)) {
+                if (route_table(c, L, lua_tostring(L, -2), lua_gettop(L), err, errlen))
+                    return -1;
+                lua_pop(L, 1);
+                continue;
+            }
             if (lua_type(L, -1) != LUA_TSTRING) {
-                snprintf(err, errlen, "routes[\"%s\"] must be a file name", lua_tostring(L, -2));
+                snprintf(err, errlen, "routes[\"%s\"] must be a file name or a table "
+                         "{ app = \"file.lua\", origins = {...} }", lua_tostring(L, -2));
                 return -1;
             }
-            if (add_route(c, lua_tostring(L, -2), lua_tostring(L, -1), err, errlen))
+            if (add_route(c, lua_tostring(L, -2), lua_tostring(L, -1), NULL, err, errlen))
                 return -1;
         } else if (lua_type(L, -2) != LUA_TNUMBER) {
             snprintf(err, errlen, "routes keys must be paths");
@@ -347,13 +505,14 @@ struct known_keys {
 
 static const char *const top_keys[] = {"host", "port", "apps", "routes", "limits", "timeouts",
                                        "compression", "log", "tls", "reload", "workers",
-                                       "admin", "backplane", NULL};
+                                       "admin", "backplane", "proxy", "origins",
+                                       "origins_required", NULL};
 static const char *const limits_keys[] = {"max_message", "max_fragments", "max_head",
                                           "max_headers", "send_buffer", "max_send_buffer",
                                           "max_connections", "messages_per_second",
                                           "bytes_per_second", "burst_messages", "burst_bytes",
                                           "rate_action", "inbound_memory", "outbound_memory",
-                                          NULL};
+                                          "max_connections_per_ip", NULL};
 static const char *const timeouts_keys[] = {"handshake", "close", "ping", "idle",
                                             "publish_delay", "drain", "lifetime", NULL};
 static const char *const compression_keys[] = {"enabled", "threshold", "level", "window_bits",
@@ -361,6 +520,7 @@ static const char *const compression_keys[] = {"enabled", "threshold", "level", 
 static const char *const log_keys[] = {"level", "access", "format", NULL};
 static const char *const tls_keys[] = {"cert", "key", NULL};
 static const char *const backplane_keys[] = {"redis", "prefix", "max_pending", NULL};
+static const char *const proxy_keys[] = {"trusted", "protocol", NULL};
 
 static const struct known_keys sections[] = {
     {"", top_keys},
@@ -370,6 +530,7 @@ static const struct known_keys sections[] = {
     {"log", log_keys},
     {"tls", tls_keys},
     {"backplane", backplane_keys},
+    {"proxy", proxy_keys},
 };
 
 /* Edit distance counting a swap of two neighbours as one edit ("prot" is
@@ -627,10 +788,36 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         }
         if (r)
             c->rate_close = strcmp(s, "close") == 0;
+        NUM(l, "limits.", "max_connections_per_ip", 0, 10000000, c->max_connections_per_ip);
     } else if (!lua_isnil(L, -1)) {
         snprintf(msg, sizeof msg, "limits must be a table");
         goto bad;
     }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "proxy");
+    if (lua_istable(L, -1)) {
+        int l = lua_gettop(L);
+        if (check_keys(L, l, "proxy", msg, sizeof msg) || load_proxy(c, L, l, msg, sizeof msg))
+            goto bad;
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(msg, sizeof msg, "proxy must be a table { trusted = {...}, protocol = false }");
+        goto bad;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "origins");
+    if (!lua_isnil(L, -1)) {
+        struct origin_list *ol;
+        if (load_origins(L, lua_gettop(L), "origins", &ol, msg, sizeof msg))
+            goto bad;
+        origin_list_free(c->origins);
+        c->origins = ol;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "origins_required");
+    if (!lua_isnil(L, -1))
+        c->origins_required = lua_toboolean(L, -1);
     lua_pop(L, 1);
 
     lua_getfield(L, t, "compression");

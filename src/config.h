@@ -7,9 +7,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct proxy_cidr;
+struct origin_list;
+
 struct route_spec {
     char *pattern; /* "/echo", "/rooms/:room" */
     char *file;    /* path of the app's Lua file */
+    struct origin_list *origins; /* the route's own allow-list; NULL: the global one */
 };
 
 struct config {
@@ -68,6 +72,15 @@ struct config {
     double lifetime; /* close a connection this long after it came (+ up to
                         10%); 0: never */
     int takeover;    /* --takeover: share the port with a moonport serving it */
+    /* Behind proxies (proxy.h): the peers whose X-Forwarded-For/-Proto and
+     * PROXY protocol header are believed; with proxy_protocol, those peers
+     * must start every connection with a PROXY header. */
+    struct proxy_cidr *trusted;
+    size_t ntrusted;
+    int proxy_protocol;
+    struct origin_list *origins; /* origin.h: allowed Origins; NULL: any */
+    int origins_required;        /* refuse a handshake that has no Origin */
+    unsigned max_connections_per_ip; /* open connections per client address; 0: no limit */
 };
 
 #define CONFIG_BACKPLANE_MAX 64 /* Redis servers at most */
@@ -90,6 +103,8 @@ void config_init(struct config *c);
 /* The default of limits.inbound_memory and limits.outbound_memory: an
  * eighth of the machine's memory, from 64 MiB to 4 GiB. */
 size_t config_default_budget(void);
+/* Free what a route_spec holds (not the struct itself). */
+void config_route_free(struct route_spec *r);
 void config_free(struct config *c);
 
 /* Parse argv, then the config file it names, then apply argv over the file.

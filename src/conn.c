@@ -6,7 +6,10 @@
  * wss:// server the same bytes go through OpenSSL (tls.h) instead of recv
  * and send; a plain connection pays one test of conn_tls(c) for that. Lua
  * runs only through lbridge, and after every call into Lua the state is
- * checked again: a handler may have closed this connection, or another. */
+ * checked again: a handler may have closed this connection, or another.
+ * Behind a trusted proxy (proxy.h) the client's address is replaced, once,
+ * before the app sees the request: from a PROXY header, read through its
+ * own io callback before anything else, or from X-Forwarded-For. */
 #include "conn.h"
 
 #include <arpa/inet.h>
@@ -18,15 +21,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include "compress.h"
 #include "handshake.h"
+#include "ipcount.h"
 #include "lbridge.h"
 #include "log.h"
 #include "metrics.h"
+#include "origin.h"
+#include "proxy.h"
 #include "pubsub.h"
 #include "server.h"
 #include "slab.h"
@@ -57,6 +64,7 @@ struct out_refs {
 };
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
+static void on_proxy_io(struct ev_loop *loop, ev_io *w, int revents);
 static void enter_linger(struct conn *c);
 
 const char *conn_peer(const struct conn *c)
@@ -104,9 +112,50 @@ static void local_addr(const struct conn *c, union conn_addr *a)
         a->sa.sa_family = AF_UNSPEC;
 }
 
+/* A socket address is in proxy.trusted. */
+static int peer_trusted(const struct config *cfg, const struct sockaddr *peer)
+{
+    struct proxy_addr a;
+    proxy_addr_from_sockaddr(peer, &a);
+    return proxy_trusted(cfg->trusted, cfg->ntrusted, &a);
+}
+
+/* The client's address as the request snapshot holds it. */
+static void client_addr(const struct conn *c, struct proxy_addr *a)
+{
+    const struct snapshot *s = c->req;
+    proxy_addr_set(a, s->client_family, s->data, s->client_port);
+}
+
+/* The client is someone else than the socket's peer (a PROXY header or a
+ * trusted X-Forwarded-For said so): a fresh accept-time snapshot for a.
+ * Before the handshake is complete only. Returns 0, or -1 when out of
+ * memory (the old one stays). */
+static int set_client(struct conn *c, const struct proxy_addr *a)
+{
+    struct sockaddr_in6 st;
+    struct snapshot *s = snap_new(proxy_addr_to_sockaddr(a, &st), c->req->started);
+    if (!s)
+        return -1;
+    s->scheme_fwd = c->req->scheme_fwd;
+    if (log_threshold >= LOG_DEBUG) {
+        char via[SNAP_HOST_MAX + 8];
+        snprintf(via, sizeof via, "%s", snap_peer(c->req));
+        log_debug("conn %llu: client %s, through the proxy %s", (unsigned long long)c->id,
+                  snap_peer(s), via);
+    }
+    snap_free(c->req);
+    c->req = s;
+    return 0;
+}
+
 /* Every struct conn, from slabs: 216 bytes each rather than malloc's
  * 224-byte chunk, and apart from the short-lived blocks of the heap. */
 static struct slab_cache conns = SLAB_CACHE_INIT(sizeof(struct conn));
+#if defined(__x86_64__)
+/* Every byte of struct conn is paid by every idle connection (conn.h). */
+_Static_assert(sizeof(struct conn) <= 208, "struct conn grew past 208 bytes");
+#endif
 
 struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
 {
@@ -115,9 +164,12 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
     if (!c)
         return NULL;
     const struct ws_limits *limits = server_limits(srv);
+    /* With proxy.protocol, a trusted peer starts with a PROXY header: the
+     * request's parser comes after it. */
+    int proxy_wait = cfg->proxy_protocol && peer_trusted(cfg, peer);
     c->req = snap_new(peer, ev_now(srv->loop));
-    c->hs = hs_new(cfg->max_head, cfg->max_headers);
-    if (!c->hs || !c->req || !limits) {
+    c->hs = proxy_wait ? NULL : hs_new(cfg->max_head, cfg->max_headers);
+    if ((!c->hs && !proxy_wait) || !c->req || !limits) {
         hs_free(c->hs);
         snap_free(c->req);
         slab_free(&conns, c);
@@ -135,7 +187,8 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
     c->id = srv->shared ? workers_next_id(srv->shared) : ++srv->next_id;
     ws_parser_init_shared(&c->parser, limits);
 
-    ev_io_init(&c->io, on_io, fd, EV_READ);
+    c->proxy_wait = (uint8_t)proxy_wait;
+    ev_io_init(&c->io, proxy_wait ? on_proxy_io : on_io, fd, EV_READ);
     c->io.data = tls; /* conn_tls() */
     c->io_events = EV_READ;
     ev_io_start(srv->loop, &c->io);
@@ -283,6 +336,12 @@ static void log_event(const struct conn *c, const char *event, const char *reaso
 /* Tell the app, once, that an accepted connection ended, and log it. */
 static void finish(struct conn *c)
 {
+    if (c->per_ip) { /* its address may take another connection now */
+        struct proxy_addr a;
+        client_addr(c, &a);
+        ipcount_put(c->srv->per_ip, &a);
+        c->per_ip = 0;
+    }
     pubsub_conn_end(c); /* before on_close: its publishes do not reach c */
     if (!c->accepted || c->on_close_done)
         return;
@@ -483,7 +542,7 @@ static int send_compressed(struct conn *c, uint8_t opcode, const void *data, siz
     const uint8_t *z;
     size_t zlen;
     if (!c->deflate || (opcode != WS_OP_TEXT && opcode != WS_OP_BINARY) ||
-        !compress_deflate(c->srv->z, c->deflate_window, data, len, &z, &zlen))
+        !compress_deflate(c->srv->z, conn_deflate_window(c), data, len, &z, &zlen))
         return 0;
     *rc = queue_frame(c, (uint8_t)(0x80 | 0x40 | opcode), z, zlen);
     return 1;
@@ -770,6 +829,102 @@ static void reply_free(struct conn_reply *r)
     buf_reset(&r->body);
 }
 
+/* A trusted peer (proxy.trusted) may say who the client is and which
+ * scheme it used: X-Forwarded-For, read from the right to the first
+ * address not trusted (every line of it, the last line first), and
+ * X-Forwarded-Proto. From anyone else these headers are only headers.
+ * Returns 0, or -1 when out of memory. */
+static int forwarded(struct conn *c)
+{
+    const struct config *cfg = c->srv->cfg;
+    struct proxy_addr peer, client;
+    client_addr(c, &peer);
+    if (!proxy_trusted(cfg->trusted, cfg->ntrusted, &peer))
+        return 0;
+    const char *proto = hs_header_get(c->hs, "x-forwarded-proto");
+    const char *scheme = proto ? proxy_forwarded_scheme(proto) : NULL;
+    if (scheme)
+        c->req->scheme_fwd = scheme[2] ? SNAP_SCHEME_WSS : SNAP_SCHEME_WS;
+    memset(&client, 0, sizeof client);
+    for (size_t i = hs_header_count(c->hs); i-- > 0;) {
+        const struct hs_header *h = hs_header_at(c->hs, i);
+        if (strcmp(h->name, "x-forwarded-for") != 0)
+            continue;
+        int r = proxy_xff_walk(cfg->trusted, cfg->ntrusted, h->value, h->value_len, &client);
+        if (r == PROXY_XFF_BAD)
+            log_debug("conn %llu from %s: X-Forwarded-For has an entry that is not an address: "
+                      "the client is the hop that sent it", (unsigned long long)c->id,
+                      conn_peer(c));
+        if (r != PROXY_XFF_TRUSTED)
+            break;
+    }
+    return client.family ? set_client(c, &client) : 0;
+}
+
+/* The route's origins (a config route's own, else the global list) allow
+ * the handshake's Origin; else answer 403 and return 0. */
+static int origin_ok(struct conn *c, const struct route *route)
+{
+    const struct config *cfg = c->srv->cfg;
+    const struct origin_list *allowed = cfg->origins;
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        if (cfg->routes[i].origins && strcmp(cfg->routes[i].pattern, route->pattern) == 0)
+            allowed = cfg->routes[i].origins;
+    if (!allowed && !cfg->origins_required)
+        return 1;
+    const char *origin = hs_header_get(c->hs, "origin");
+    if (!origin) {
+        if (!cfg->origins_required)
+            return 1;
+        METRIC_ADD(c->srv->metrics->refusals[MR_ORIGIN], 1);
+        http_error(c, 403, "no Origin header (origins_required)");
+        return 0;
+    }
+    if (!allowed || origin_allowed(allowed, origin))
+        return 1;
+    /* The reply and the access log name no byte the client chose; the
+     * Origin goes to the server log, which reads it from the request. */
+    log_info("conn %llu %s from %s: Origin \"%.200s\" is not in origins: refused with 403",
+             (unsigned long long)c->id, conn_path(c), conn_peer(c), origin);
+    METRIC_ADD(c->srv->metrics->refusals[MR_ORIGIN], 1);
+    http_error(c, 403, "origin not allowed");
+    return 0;
+}
+
+/* Count the connection against limits.max_connections_per_ip, by the
+ * client's address after any proxy said who it is; past it answer 429 and
+ * return 0. */
+static int per_ip_ok(struct conn *c)
+{
+    struct server *srv = c->srv;
+    unsigned limit = srv->cfg->max_connections_per_ip;
+    if (!limit)
+        return 1;
+    if (!srv->per_ip) {
+        uint64_t seed;
+        if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed)
+            seed = (uint64_t)getpid() << 32 ^ (uint64_t)(ev_time() * 1e6);
+        if (!(srv->per_ip = ipcount_new(seed))) {
+            http_error(c, 503, "out of memory");
+            return 0;
+        }
+    }
+    struct proxy_addr a;
+    client_addr(c, &a);
+    int r = ipcount_take(srv->per_ip, &a, limit);
+    if (r > 0) {
+        c->per_ip = 1;
+        return 1;
+    }
+    if (r < 0) {
+        http_error(c, 503, "out of memory");
+    } else {
+        METRIC_ADD(srv->metrics->refusals[MR_PER_IP], 1);
+        http_error(c, 429, "too many connections from this address (limits.max_connections_per_ip)");
+    }
+    return 0;
+}
+
 static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
 {
     size_t used = 0;
@@ -777,7 +932,20 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     if (r == HS_NEED_MORE)
         return;
     if (r == HS_ERROR) {
+        /* A PROXY header where none is believed: say so rather than
+         * "bad request", so the operator sees proxy.trusted is missing it. */
+        if (c->srv->cfg->proxy_protocol && !hs_target_read(c->hs) && proxy_header_like(buf, n)) {
+            log_info("conn %llu from %s: PROXY header from a peer not in proxy.trusted: refused",
+                     (unsigned long long)c->id, conn_peer(c));
+            METRIC_ADD(c->srv->metrics->refusals[MR_PROXY_HEADER], 1);
+            http_error(c, 400, "PROXY header from an untrusted peer");
+            return;
+        }
         http_error(c, hs_status(c->hs), hs_error(c->hs));
+        return;
+    }
+    if (c->srv->cfg->ntrusted && forwarded(c)) {
+        http_error(c, 500, "out of memory for the request");
         return;
     }
     const char *target = hs_target(c->hs);
@@ -804,6 +972,8 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         http_error(c, status, why);
         return;
     }
+    if (!origin_ok(c, m.route) || !per_ip_ok(c))
+        return;
     char extensions[WS_DEFLATE_RESPONSE_MAX];
     int window;
     int deflate = compress_negotiate(c->srv->z, up.extensions, &window, extensions);
@@ -813,7 +983,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     }
     if (deflate == WS_DEFLATE_ACCEPTED) {
         c->deflate = 1;
-        c->deflate_window = (uint8_t)window;
+        c->deflate_window8 = (uint8_t)(window - 8);
         c->parser.rsv_allowed = 0x40; /* RSV1: "compressed", RFC 7692 section 6 */
     }
     log_event(c, "WSCONNECTING", NULL);
@@ -1308,6 +1478,102 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         conn_flush(c);
     if ((revents & EV_READ) && c->state != CONN_DEAD && !(c->read_paused | c->held))
         on_readable(c);
+}
+
+/* A PROXY header that cannot be one: refuse the connection. Over plain
+ * ws:// the answer is a 400; with TLS the client expects a TLS handshake,
+ * which never began, so the socket is closed. */
+static void proxy_refuse(struct conn *c, const char *why)
+{
+    log_info("conn %llu from %s: bad PROXY protocol header: %s: closing",
+             (unsigned long long)c->id, conn_peer(c), why);
+    c->proxy_wait = 0;
+    ev_set_cb(&c->io, on_io); /* the linger state's reads and writes */
+    METRIC_ADD(c->srv->metrics->refusals[MR_PROXY_HEADER], 1);
+    if (conn_tls(c)) {
+        log_access("%s \"WSREJECT -\" id=%llu status=400 reason=bad PROXY header: %s",
+                   conn_peer(c), (unsigned long long)c->id, why);
+        METRIC_ADD(metrics_no_app(c->srv->metrics)->handshakes[MS_400], 1);
+        conn_abort(c, "bad PROXY header");
+        return;
+    }
+    http_error(c, 400, why);
+}
+
+/* Read the PROXY header that a trusted peer sends first (proxy.protocol).
+ * The socket is peeked, and only the header's own bytes are taken from
+ * it: what follows (the HTTP request, or a TLS ClientHello that OpenSSL
+ * must read itself) stays for on_io. A header split over reads is kept in
+ * partial meanwhile; it is at most PROXY_HEADER_MAX bytes. */
+static void proxy_read(struct conn *c)
+{
+    uint8_t *buf = c->srv->rbuf;
+    size_t kept = take_partial(c, buf);
+    ssize_t n = recv(c->io.fd, buf + kept, PROXY_HEADER_MAX - kept, MSG_PEEK);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            conn_abort(c, strerror(errno));
+        return;
+    }
+    if (n == 0) {
+        log_info("conn %llu from %s: closed before its PROXY header was complete",
+                 (unsigned long long)c->id, conn_peer(c));
+        conn_abort(c, "peer closed the connection");
+        return;
+    }
+    size_t have = kept + (size_t)n;
+    struct proxy_header h;
+    const char *why;
+    long len = proxy_header_parse(buf, have, &h, &why);
+    if (len < 0) {
+        partial_drop(c);
+        proxy_refuse(c, proxy_header_like(buf, have) ? why
+                        : "no PROXY protocol header first (proxy.protocol is on for this peer)");
+        return;
+    }
+    /* Take what belongs to the header: all of it if it is not complete. */
+    size_t take = len > 0 ? (size_t)len - kept : (size_t)n;
+    uint8_t sink[PROXY_HEADER_MAX];
+    ssize_t got = recv(c->io.fd, sink, take, 0);
+    if (got != (ssize_t)take) { /* the peeked bytes are there: cannot happen */
+        conn_abort(c, "PROXY header: short read");
+        return;
+    }
+    if (len == 0) {
+        uint8_t *p = malloc(have);
+        if (!p) {
+            conn_abort(c, "out of memory for a PROXY header");
+            return;
+        }
+        memcpy(p, buf, have);
+        partial_drop(c);
+        c->partial = p;
+        c->partial_len = (uint8_t)have;
+        return;
+    }
+    partial_drop(c);
+    c->proxy_wait = 0;
+    if (!h.local && set_client(c, &h.src)) {
+        conn_abort(c, "out of memory for the request");
+        return;
+    }
+    if (!(c->hs = hs_new(c->srv->cfg->max_head, c->srv->cfg->max_headers))) {
+        conn_abort(c, "out of memory for the request");
+        return;
+    }
+    ev_set_cb(&c->io, on_io);
+    /* What came after the header is still in the socket, which stays
+     * readable: the loop calls on_io for it. (A TLS connection may have
+     * nothing yet: then it waits for the ClientHello as usual.) */
+}
+
+/* io's callback until the PROXY header is in. */
+static void on_proxy_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct conn *c = container_of(w, struct conn, io);
+    if (revents & EV_READ)
+        proxy_read(c);
 }
 
 void conn_timeout(struct conn *c)

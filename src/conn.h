@@ -93,8 +93,10 @@ struct conn {
     uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */
     uint8_t io_events : 2;      /* what io is set to: EV_READ | EV_WRITE */
     uint8_t deflate : 1;        /* permessage-deflate was agreed */
-    uint8_t deflate_window : 4; /* ...with this server_max_window_bits (9..15) */
+    uint8_t deflate_window8 : 3; /* ...with server_max_window_bits 8 + this
+                                    (8..15): conn_deflate_window() */
     uint8_t msg_compressed : 1; /* the message arriving has RSV1: inflate it */
+    uint8_t per_ip : 1; /* counted in srv->per_ip (limits.max_connections_per_ip) */
     uint8_t in_flush_list : 1;
     uint8_t read_paused : 1;   /* output over send_buffer: not reading, and
                                   on_drain is owed once it drains */
@@ -114,7 +116,14 @@ struct conn {
     /* throttle.h: a slot in its side table, output charged there. */
     uint8_t throttled : 1;
     uint8_t out_charged : 1;
+    /* Behind proxies (proxy.h): a PROXY header must come first, and until
+     * it has, io runs on_proxy_io, hs is NULL and partial holds the
+     * header's first bytes if it came split. */
+    uint8_t proxy_wait : 1;
 };
+
+/* The server_max_window_bits agreed for permessage-deflate (8..15). */
+static inline int conn_deflate_window(const struct conn *c) { return 8 + c->deflate_window8; }
 
 /* The TLS session (tls.h) on a wss:// server; NULL: plain. */
 static inline struct ssl_st *conn_tls(const struct conn *c) { return (struct ssl_st *)c->io.data; }

@@ -136,7 +136,9 @@ void lrequest_push(lua_State *L, const struct snapshot *s, const char *scheme)
     snap_server(s, host, &port);
     push_endpoint(L, host, port);
     lua_setfield(L, -2, "server");
-    lua_pushstring(L, scheme);
+    lua_pushstring(L, s->scheme_fwd == SNAP_SCHEME_WSS  ? "wss"
+                      : s->scheme_fwd == SNAP_SCHEME_WS ? "ws"
+                                                        : scheme);
     lua_setfield(L, -2, "scheme");
     /* Offered subprotocols, in order, from every Sec-WebSocket-Protocol line. */
     lua_newtable(L);

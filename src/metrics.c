@@ -210,6 +210,8 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
         total.bp_reconnects += get(&m->bp_reconnects);
         total.drain_closes += get(&m->drain_closes);
         total.lifetime_closes += get(&m->lifetime_closes);
+        for (int r = 0; r < MR_N; r++)
+            total.refusals[r] += get(&m->refusals[r]);
         total.topics += get(&m->topics);
         total.subscriptions += get(&m->subscriptions);
         for (int i = 0; i <= METRICS_LAG_BUCKETS; i++)
@@ -278,6 +280,13 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
     head(&o, "moonport_send_buffer_drops_total", "counter",
          "Connections dropped because their output queue went over limits.max_send_buffer.");
     put(&o, "moonport_send_buffer_drops_total %llu\n", (unsigned long long)total.send_buffer_drops);
+    head(&o, "moonport_handshake_refusals_total", "counter",
+         "Handshakes refused by the server's rules: origin (403, origins), per_ip (429, "
+         "limits.max_connections_per_ip), proxy_header (400, a bad or unexpected PROXY header).");
+    static const char *const refusal_names[MR_N] = {"origin", "per_ip", "proxy_header"};
+    for (int r = 0; r < MR_N; r++)
+        put(&o, "moonport_handshake_refusals_total{reason=\"%s\"} %llu\n", refusal_names[r],
+            (unsigned long long)total.refusals[r]);
     head(&o, "moonport_reloads_total", "counter", "App reloads, by result.");
     put(&o, "moonport_reloads_total{result=\"ok\"} %llu\n", (unsigned long long)total.reloads_ok);
     put(&o, "moonport_reloads_total{result=\"failed\"} %llu\n",

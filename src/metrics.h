@@ -42,6 +42,10 @@ enum { MC_RFC = 16, MC_3XXX = MC_RFC, MC_4XXX, MC_OTHER, MC_N };
 /* Who began the closing handshake: none means there was none (1006). */
 enum metrics_closer { MB_NONE, MB_CLIENT, MB_SERVER, MB_N };
 
+/* Handshakes moonport refused for the operator's rules (proxy.h, origin.h,
+ * ipcount.h), apart from the same statuses an app may answer with. */
+enum metrics_refusal { MR_ORIGIN, MR_PER_IP, MR_PROXY_HEADER, MR_N };
+
 /* Event-loop lag buckets, in seconds (upper bounds; +Inf after). */
 #define METRICS_LAG_BUCKETS 8
 
@@ -63,6 +67,7 @@ struct metrics {
     uint64_t publishes;               /* moonport.publish / ws:publish calls */
     uint64_t drain_closes;    /* connections the drain closed (drain.h) */
     uint64_t lifetime_closes; /* connections closed at timeouts.lifetime */
+    uint64_t refusals[MR_N];          /* 403 origin, 429 per address, 400 PROXY header */
     uint64_t topics, subscriptions;   /* now (sampled) */
     /* The Redis backplane (backplane.h), copied from its counts by the
      * tick; servers 0 when there is none. */

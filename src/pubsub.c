@@ -33,7 +33,7 @@
  * 0 when it did not agree to compression. */
 static unsigned conn_class(const struct conn *c)
 {
-    return c->deflate ? c->deflate_window : 0;
+    return c->deflate ? (unsigned)conn_deflate_window(c) : 0;
 }
 
 static struct topic_table *table(struct server *s)

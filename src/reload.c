@@ -34,6 +34,7 @@
 #include "tls.h"
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define SWAP(type, a, b) do { type swap_ = (a); (a) = (b); (b) = swap_; } while (0)
 
 #define SETTLE_SECONDS 0.1 /* quiet time after the last event */
 #define SETTLE_MAX 0.8     /* never wait longer than this after the first */
@@ -751,6 +752,14 @@ static void reload_config(struct server *s)
     c->ping_interval = fresh.ping_interval;
     c->idle_timeout = fresh.idle_timeout;
     c->publish_delay = fresh.publish_delay;
+    /* Proxies, origins and the per-address limit: for handshakes from now
+     * on (fresh's old ones are freed with it). */
+    SWAP(struct proxy_cidr *, c->trusted, fresh.trusted);
+    SWAP(size_t, c->ntrusted, fresh.ntrusted);
+    SWAP(struct origin_list *, c->origins, fresh.origins);
+    c->proxy_protocol = fresh.proxy_protocol;
+    c->origins_required = fresh.origins_required;
+    c->max_connections_per_ip = fresh.max_connections_per_ip;
     c->compression = fresh.compression; /* for connections from now on */
     c->compression_threshold = fresh.compression_threshold;
     c->compression_level = fresh.compression_level;
@@ -779,10 +788,8 @@ static void reload_config(struct server *s)
         if (!a || serve(s, a, fresh.routes[i].pattern, err, sizeof err))
             log_once(LOG_ERROR, "SIGHUP: route %s not served: %s", fresh.routes[i].pattern, err);
     }
-    for (size_t i = 0; i < c->nroutes; i++) {
-        free(c->routes[i].pattern);
-        free(c->routes[i].file);
-    }
+    for (size_t i = 0; i < c->nroutes; i++)
+        config_route_free(&c->routes[i]);
     free(c->routes);
     c->routes = fresh.routes;
     c->nroutes = fresh.nroutes;

@@ -20,6 +20,7 @@
 #include "conn.h"
 #include "drain.h"
 #include "lbridge.h"
+#include "ipcount.h"
 #include "log.h"
 #include "metrics.h"
 #include "topic.h"
@@ -622,6 +623,8 @@ int server_run(struct server *s)
     /* Timers and signals must not keep a finished loop alive. */
     ev_run(loop, 0);
     throttle_free(&s->throttle);
+    ipcount_free(s->per_ip); /* every connection is gone */
+    s->per_ip = NULL;
     log_info("stopped");
     return 0;
 }

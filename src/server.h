@@ -36,6 +36,7 @@ struct mesh;
 struct metrics;
 struct admin;
 struct backplane;
+struct ipcount;
 
 /* Connections in the order they entered a state. */
 struct conn_list {
@@ -61,6 +62,8 @@ struct server {
     unsigned metrics_n;
     struct admin *admin; /* admin.h: the admin listener, in worker 1; else NULL */
     struct throttle throttle; /* throttle.h: rate limits and memory budgets */
+    struct ipcount *per_ip; /* ipcount.h: open connections per client address,
+                               made at the first with limits.max_connections_per_ip */
     ev_timer metrics_w;  /* samples gauges and the loop's lag twice a second */
     ev_tstamp metrics_due;
     struct backplane *bp; /* backplane.h: topics across nodes; NULL without one */

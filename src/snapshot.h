@@ -22,6 +22,9 @@ struct snapshot {
     uint16_t client_port, server_port;
     uint8_t nparams : 4; /* at most ROUTE_MAX_PARAMS (8) */
     uint8_t has_reason : 1; /* room for a close reason follows the strings */
+    /* req.scheme as a trusted proxy's X-Forwarded-Proto said (proxy.h):
+     * SNAP_SCHEME_WS or _WSS; 0: the server's own. */
+    uint8_t scheme_fwd : 2;
     /* AF_INET, AF_INET6, or 0: not an IP socket. 4 bits each, so that the
      * strings start 16 bytes in: every byte here is paid per connection. */
     uint8_t client_family : 4, server_family : 4;
@@ -30,6 +33,8 @@ struct snapshot {
      * (name, value) pairs, nheaders (name, value) pairs. */
     char data[];
 };
+
+enum { SNAP_SCHEME_OWN, SNAP_SCHEME_WS, SNAP_SCHEME_WSS };
 
 /* At accept. NULL when out of memory. */
 struct snapshot *snap_new(const struct sockaddr *client, double started);

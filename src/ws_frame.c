@@ -9,6 +9,9 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define HDR_FIN 0x80
 #define HDR_RSV 0x70
@@ -285,6 +288,19 @@ static int unmask_ascii(uint8_t *d, size_t n, const uint8_t key[4])
     memcpy(&k32, key, sizeof k32);
     uint64_t kw = (uint64_t)k32 << 32 | k32, high = 0;
     size_t i = 0;
+#if defined(__SSE2__)
+    /* 16 bytes a step in one register (SSE2 is in every x86-64): a third
+     * of the instructions of two 8-byte words. i stays a multiple of 4, so
+     * the key lines up in every lane and in the word after. */
+    __m128i k = _mm_set1_epi32((int)k32), hi = _mm_setzero_si128();
+    for (; n - i >= 16; i += 16) {
+        __m128i w = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(d + i)), k);
+        hi = _mm_or_si128(hi, w);
+        _mm_storeu_si128((__m128i *)(d + i), w);
+    }
+    if (_mm_movemask_epi8(hi))
+        high = UINT64_C(0x80);
+#else
     for (; n - i >= 16; i += 16) {
         uint64_t w[2];
         memcpy(w, d + i, sizeof w);
@@ -293,6 +309,7 @@ static int unmask_ascii(uint8_t *d, size_t n, const uint8_t key[4])
         high |= w[0] | w[1];
         memcpy(d + i, w, sizeof w);
     }
+#endif
     if (n - i >= 8) {
         uint64_t w;
         memcpy(&w, d + i, sizeof w);

@@ -1085,10 +1085,11 @@ void conn_connect_enter(struct conn *c, struct conn_connect *cc)
     c->in_connect = 1;
 }
 
-void conn_connect_leave(struct conn *c)
+void conn_connect_leave(struct server *srv, struct conn *c)
 {
-    c->in_connect = 0;
-    c->srv->connect_reply = NULL;
+    if (c)
+        c->in_connect = 0;
+    srv->connect_reply = NULL;
 }
 
 void conn_connect_done(struct conn *c, struct conn_connect *cc, int rc)

@@ -222,7 +222,7 @@ void conn_wait_pause(struct conn *c, int pause);
  * unless c has ended meanwhile (c NULL: it is gone), and frees cc. */
 struct conn_connect;
 void conn_connect_enter(struct conn *c, struct conn_connect *cc);
-void conn_connect_leave(struct conn *c);
+void conn_connect_leave(struct server *srv, struct conn *c); /* c NULL: gone meanwhile */
 void conn_connect_done(struct conn *c, struct conn_connect *cc, int rc);
 
 /* Free a dead conn. Only the server's sweep calls this. */

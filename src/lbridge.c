@@ -1103,12 +1103,10 @@ void lbridge_task_enter(struct lbridge *lb, struct lwait_task *t, int enter)
         lb->batch.shared.state = enter ? &not_open : NULL;
     } else if (t->kind == LW_CONNECT) {
         struct lb_waiting *w = waiting_find(lb, t->call.conn_id);
-        if (w && w->c && w->cc) {
-            if (enter)
-                conn_connect_enter(w->c, w->cc);
-            else
-                conn_connect_leave(w->c);
-        }
+        if (!enter) /* also when the connection went while it ran */
+            conn_connect_leave(lb->srv, w ? w->c : NULL);
+        else if (w && w->c && w->cc)
+            conn_connect_enter(w->c, w->cc);
     }
 }
 

@@ -30,6 +30,7 @@ static int npool;
 
 /* Tasks suspended now, and resumes put off to the next loop iteration. */
 static long nwaiting;
+static struct lwait_task *all;
 static struct lwait_task *ready, **ready_tail = &ready;
 static ev_timer ready_timer;
 
@@ -173,6 +174,11 @@ int lwait_run(struct lbridge *lb, lua_State *co, int co_ref, struct lb_call *cal
         }
         t->kind = (uint8_t)kind;
         nwaiting++;
+        t->all_prev = NULL;
+        t->all_next = all;
+        if (all)
+            all->all_prev = t;
+        all = t;
         if (co == lb->co)
             lb->co = co_take(lb, &lb->co_ref);
         *task = t;
@@ -189,6 +195,12 @@ int lwait_run(struct lbridge *lb, lua_State *co, int co_ref, struct lb_call *cal
 
 static void task_free(struct lbridge *lb, struct lwait_task *t, int reuse)
 {
+    if (t->all_prev)
+        t->all_prev->all_next = t->all_next;
+    else
+        all = t->all_next;
+    if (t->all_next)
+        t->all_next->all_prev = t->all_prev;
     luaL_unref(lb->L, LUA_REGISTRYINDEX, t->call.fn_ref);
     if (reuse)
         co_give(lb, t->co, t->co_ref);
@@ -384,18 +396,17 @@ void lwait_close(struct lbridge *lb)
         struct sleeper *s = sleepers;
         sleepers = s->next;
         ev_timer_stop(lb->srv->loop, &s->w);
-        free(s->t->path);
-        free(s->t);
         free(s);
     }
     if (ev_is_active(&ready_timer))
         ev_timer_stop(lb->srv->loop, &ready_timer);
-    while (ready) {
-        struct lwait_task *t = ready;
-        ready = t->next;
+    while (all) {
+        struct lwait_task *t = all;
+        all = t->all_next;
         free(t->path);
         free(t);
     }
+    ready = NULL;
     ready_tail = &ready;
     npool = 0;
     nwaiting = 0;

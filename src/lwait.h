@@ -56,6 +56,7 @@ struct lwait_task {
     int nresults;        /* for a queued resume */
     char *path;          /* a connection handler's request path, for its log lines */
     struct lwait_task *next; /* the ready list */
+    struct lwait_task *all_prev, *all_next; /* every suspended task, to free at exit */
 };
 
 /* ---- For C functions that wait ---- */
@@ -114,7 +115,8 @@ void lwait_co_give(struct lbridge *lb, lua_State *co, int ref);
 /* Tasks now suspended: for tests and the leak check (moonport.waiting). */
 long lwait_count(void);
 
-/* Free everything at exit. */
+/* Free everything at exit: every suspended task (their coroutines go with
+ * the Lua state). Whoever armed a wait stops its own watchers. */
 void lwait_close(struct lbridge *lb);
 
 #endif

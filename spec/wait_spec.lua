@@ -72,6 +72,10 @@ function cmds.spawn(ws)
   order[#order + 1] = "handler"
   ws:send("spawn returned " .. tostring(r))
 end
+function cmds.spawnlong(ws)
+  moonport.spawn(moonport.sleep, 60)
+  ws:send("spawned")
+end
 function cmds.spawnboom(ws)
   moonport.spawn(function()
     moonport.sleep(0)
@@ -382,5 +386,23 @@ describe("handlers that wait", function()
         load("1,000 echoing, one handler waits 2 s")
         assert.are.equal("woke long 0", (ws:receive_message(5)))
         ws:close()
+    end)
+
+    it("exits cleanly while handlers, on_connect and spawned functions wait", function()
+        local ws = connect()
+        assert(ws:send("sleep 60 forever"))
+        assert(ws:send("echo queued behind it"))
+        assert.are.equal("spawned", ask(connect(), "spawnlong"))
+        local raw = require("socket").tcp()
+        assert(raw:connect("127.0.0.1", server.port))
+        assert(raw:send("GET /waits?wait=60 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" ..
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" ..
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"))
+        server:wait_log("mark %d+ on_connect waits", 5)
+        local status = server:stop(10)
+        raw:close()
+        -- Under ASan, a task, a queued event or a sleeper left behind is a
+        -- leak report and a non-zero status.
+        assert.are.equal(0, status, server:stderr():sub(-3000))
     end)
 end)

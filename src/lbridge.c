@@ -969,6 +969,8 @@ static void waiting_free(struct lb_waiting *w)
     }
     if (w->close_owed) /* only at exit: the registry goes with the state */
         free(w->close.path);
+    if (w->cc) /* only at exit: an on_connect still waits */
+        conn_connect_done(NULL, w->cc, 0);
     free(w);
 }
 

@@ -229,6 +229,11 @@ describe("handlers that wait", function()
         assert.are.equal("woke one 0", (ws:receive_message(5)))
         assert.are.equal("woke two 0", (ws:receive_message(5)))
         assert.are.equal("three", (ws:receive_message(5)))
+        -- Past 64 waiting messages reading pauses, and resumes after.
+        assert(ws:send("sleep 0.2 flood"))
+        for i = 1, 500 do assert(ws:send("echo f" .. i)) end
+        assert.are.equal("woke flood 0", (ws:receive_message(5)))
+        for i = 1, 500 do assert.are.equal("f" .. i, (ws:receive_message(5))) end
         ws:close()
     end)
 

@@ -1339,7 +1339,8 @@ static void on_readable_tls(struct conn *c)
         input(c, buf, kept + (size_t)n);
         if (c->srv->throttle.rate_on)
             throttle_read(c, (size_t)n);
-    } while (c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused) && tls_pending(conn_tls(c)));
+    } while (c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused) &&
+             tls_pending(conn_tls(c)));
 }
 
 static void on_readable(struct conn *c)
@@ -1552,7 +1553,8 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
     }
     if (revents & EV_WRITE)
         conn_flush(c);
-    if ((revents & EV_READ) && c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused))
+    if ((revents & EV_READ) && c->state != CONN_DEAD &&
+        !(c->read_paused | c->held | c->wait_paused))
         on_readable(c);
 }
 

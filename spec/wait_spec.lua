@@ -27,6 +27,12 @@ function cmds.sleep(ws, arg)
   ws:send("woke " .. tag .. " " .. r)
 end
 function cmds.echo(ws, arg) ws:send(arg) end
+-- Waits inside pcall, and inside a metamethod the VM calls, are fine.
+function cmds.nested(ws)
+  local ok = pcall(moonport.sleep, 0.01)
+  local lazy = setmetatable({}, { __index = function(_, k) moonport.sleep(0.01); return k end })
+  ws:send("nested " .. tostring(ok) .. " " .. lazy.x)
+end
 -- Wait until another connection's handler sets the flag: only possible if
 -- the loop serves it while this one waits.
 function cmds.waitflag(ws, name)
@@ -203,6 +209,7 @@ describe("handlers that wait", function()
         local ws = connect()
         assert.are.equal("woke a 0", ask(ws, "sleep 0.05 a"))
         assert.are.equal("woke b 0", ask(ws, "sleep 0 b"))
+        assert.are.equal("nested true x", ask(ws, "nested"))
         ws:close()
     end)
 

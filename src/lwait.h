@@ -71,7 +71,9 @@ struct lwait_task {
 void lwait_pushfunction(lua_State *L, lua_CFunction f, const char *fname, int nup);
 
 /* Inside such an f: the running task, marked as waiting. Raises (the
- * message names fname) if this code may not wait. */
+ * message names fname) if this code may not wait. Check the arguments
+ * first: between lwait_begin and lwait_yield nothing may raise (the task
+ * would be marked as waiting and never resumed). */
 struct lwait_task *lwait_begin(lua_State *L, const char *fname);
 
 /* Inside such an f, after lwait_begin and arming what will end the wait:
@@ -88,8 +90,11 @@ static inline lua_State *lwait_thread(struct lwait_task *t)
  * lwait_thread(t) as f's return values. t may be freed when this returns. */
 void lwait_resume(struct lwait_task *t, int nresults);
 
-/* The connection whose handler the task runs (0: none), and whether that
- * connection can still be sent to (0 once it is closing or gone). */
+/* The connection whose handler the task runs (0: none: a moonport timer,
+ * a spawned function), and, for a waiting on_connect, on_message or
+ * on_drain, whether that connection can still be sent to (0 once it is
+ * closing or gone; always 0 for other tasks: a wait that concerns a ws
+ * object should ask the object). */
 uint64_t lwait_conn_id(const struct lwait_task *t);
 int lwait_conn_open(const struct lwait_task *t);
 

@@ -147,6 +147,17 @@ function app.on_message(ws, data)
   local cmd = cmds[name]
   if cmd then cmd(ws, arg) else ws:send(data) end
 end
+function cmds.bigwait(ws)
+  local chunk = string.rep("x", 65536)
+  for _ = 1, 512 do ws:send(chunk) end -- 32 MiB: over limits.send_buffer
+  mark("bigwait waits", ws.id, tostring(select(2, ws:buffered())))
+  moonport.sleep(2)
+  mark("bigwait resumed", ws.id)
+  ws:send("bigwait done")
+end
+function app.on_drain(ws)
+  mark("on_drain", ws.id)
+end
 function app.on_close(ws, code)
   mark("on_close", ws.id, code)
 end
@@ -190,7 +201,7 @@ describe("handlers that wait", function()
         server, err, out = testing.start {
             apps = { waits = app_source("v1") },
             files = { ["apps/lib/waits_at_load.lua"] = WAITS_AT_LOAD },
-            config = "return { timeouts = { handshake = 1 } }",
+            config = "return { timeouts = { handshake = 1 }, limits = { send_buffer = 65536 } }",
             args = { "--reload", "off" },
             -- Under ASan, freed memory waits in a quarantine: RSS would grow.
             env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
@@ -259,6 +270,27 @@ describe("handlers that wait", function()
         end
         assert.are.same({ "waiting " .. id, "resumed " .. id .. " send gives nil closed",
                           "on_close " .. id .. " 4001" }, seen)
+    end)
+
+    it("runs on_drain after a handler that waited while its queue drained", function()
+        local ws, id = connect()
+        assert(ws:send("bigwait"))
+        server:wait_log("mark %d+ bigwait waits " .. id .. " true", 5)
+        local n = 0
+        while n < 512 do
+            local data = assert(ws:receive_message(10))
+            assert.are.equal(65536, #data)
+            n = n + 1
+        end
+        assert.are.equal("bigwait done", (ws:receive_message(10)))
+        server:wait_log("mark %d+ on_drain " .. id, 5)
+        local seen = {}
+        for _, m in ipairs(marks(server)) do
+            if m:match(" " .. id .. "$") or m:match(" " .. id .. " ") then seen[#seen + 1] = m end
+        end
+        assert.are.same({ "bigwait waits " .. id .. " true", "bigwait resumed " .. id,
+                          "on_drain " .. id }, seen)
+        ws:close()
     end)
 
     it("lets on_connect wait, then accept or reject", function()

@@ -154,6 +154,7 @@ int lwait_run(struct lbridge *lb, lua_State *co, int co_ref, struct lb_call *cal
     running_co = prev_co;
     running_task = prev_task;
     if (rc == 0) {
+        free(t); /* a wait that began and was called off (out of memory) */
         luaL_unref(L, LUA_REGISTRYINDEX, temp_ref);
         if (co == lb->co)
             lua_settop(co, 0);
@@ -312,13 +313,11 @@ static int lwait_sleep(lua_State *L)
     if (!(secs >= 0) || isinf(secs))
         return lb_argerror(L, 1, "moonport.sleep", "seconds must be a finite number, 0 or more");
     struct server *srv = lua_touserdata(L, lua_upvalueindex(1));
+    struct lwait_task *t = lwait_begin(L, "moonport.sleep"); /* raises where it cannot wait */
     struct sleeper *s = malloc(sizeof *s);
-    if (!s)
+    if (!s) {
+        t->armed = 0; /* no wait began after all */
         return lb_error(L, "moonport.sleep", "moonport.sleep: out of memory");
-    struct lwait_task *t = lwait_begin(L, "moonport.sleep"); /* raises: s is not armed yet */
-    if (!t) {
-        free(s);
-        return 0;
     }
     s->t = t;
     s->prev = NULL;

@@ -399,7 +399,7 @@ static void partial_drop(struct conn *c)
 static int tls_events(const struct conn *c)
 {
     int events = 0;
-    if (!(c->read_paused | c->held))
+    if (!(c->read_paused | c->held | c->wait_paused))
         events |= c->tls_read_wants_write ? EV_WRITE : EV_READ;
     if (conn_out_pending(c) || (c->state == CONN_LINGER && !c->shut_wr))
         events |= c->tls_write_wants_read ? EV_READ : EV_WRITE;
@@ -412,7 +412,7 @@ static void update_io(struct conn *c)
     if (c->state == CONN_DEAD)
         return;
     int events = conn_tls(c) ? tls_events(c)
-                        : (c->read_paused | c->held ? 0 : EV_READ) |
+                        : (c->read_paused | c->held | c->wait_paused ? 0 : EV_READ) |
                               (conn_out_pending(c) ? EV_WRITE : 0);
     if (events == c->io_events)
         return;
@@ -713,8 +713,9 @@ static void enter_linger(struct conn *c)
     finish(c);
     if (c->state == CONN_DEAD)
         return;
-    if (c->read_paused) {
+    if (c->read_paused | c->wait_paused) {
         c->read_paused = 0;
+        c->wait_paused = 0;
         update_io(c);
     }
     server_want_flush(c->srv, c);
@@ -925,6 +926,53 @@ static int per_ip_ok(struct conn *c)
     return 0;
 }
 
+/* on_connect has returned (rc -1: raised): answer the handshake as it
+ * decided. rest: the client's first frames, which came with the head. */
+static void connect_answer(struct conn *c, struct conn_reply *reply, const char *key,
+                           const char *extensions, uint8_t *rest, size_t nrest, int rc)
+{
+    if (c->state != CONN_HANDSHAKE) { /* dropped while on_connect ran */
+        reply_free(reply);
+        return;
+    }
+    if (rc < 0) {
+        http_error(c, 500, "on_connect raised an error");
+    } else if (reply->status) {
+        const uint8_t *body = buf_head(&reply->body);
+        http_reply(c, reply->status, "rejected by the app", (const char *)buf_head(&reply->headers),
+                   buf_pending(&reply->headers), body ? body : (const uint8_t *)"",
+                   buf_pending(&reply->body));
+    } else {
+        send_101(c, key, reply, extensions);
+        server_conn_enter(c->srv, c, CONN_OPEN);
+        c->accepted = 1;
+        METRIC_ADD(c->app->metrics->handshakes[MS_101], 1);
+        METRIC_ADD(c->app->metrics->open, 1);
+        log_event(c, "WSCONNECT", NULL);
+        hs_free(c->hs);
+        c->hs = NULL;
+        if (nrest) /* the client's first frames came with the head */
+            frames_input(c, rest, nrest);
+        /* Write the 101 now rather than before the loop blocks: a burst of
+         * handshakes then reuses one pooled output block instead of
+         * holding one per handshake in the iteration (each a 2 KiB block
+         * that the buffer pool keeps afterwards). */
+        if (c->state != CONN_DEAD)
+            conn_flush(c);
+    }
+    reply_free(reply);
+}
+
+/* What the answer to a handshake needs while on_connect runs: on the stack,
+ * or on the heap when it waits. */
+struct conn_connect {
+    struct conn_reply reply;
+    char key[25]; /* Sec-WebSocket-Key: 24 base64 characters */
+    char extensions[WS_DEFLATE_RESPONSE_MAX];
+    size_t nrest;
+    uint8_t rest[]; /* the frames that came with the head */
+};
+
 static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
 {
     size_t used = 0;
@@ -988,44 +1036,72 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     }
     log_event(c, "WSCONNECTING", NULL);
 
-    struct conn_reply reply = {0};
-    c->srv->connect_reply = &reply;
+    struct conn_connect cx = {.reply = {0}};
+    c->srv->connect_reply = &cx.reply;
     c->in_connect = 1;
     int rc = lbridge_connect(c->srv->lb, c);
     c->in_connect = 0;
     c->srv->connect_reply = NULL;
-    if (c->state != CONN_HANDSHAKE) { /* dropped while on_connect ran */
-        reply_free(&reply);
+    if (rc == LB_WAITING) {
+        /* on_connect waits: keep what the answer needs, and the frames
+         * that came with the head, until it returns (conn_connect_done). */
+        size_t rest = n - used;
+        struct conn_connect *cc = malloc(sizeof *cc + rest);
+        if (!cc) { /* the handler still runs; the client gets the 500 */
+            lbridge_connect_kept(c->srv->lb, c, NULL);
+            reply_free(&cx.reply);
+            http_error(c, 500, "out of memory for a waiting on_connect");
+            return;
+        }
+        *cc = cx;
+        memcpy(cc->key, up.key, sizeof cc->key - 1);
+        cc->key[sizeof cc->key - 1] = '\0';
+        memcpy(cc->extensions, extensions, sizeof cc->extensions);
+        cc->nrest = rest;
+        memcpy(cc->rest, buf + used, rest);
+        conn_wait_pause(c, 1); /* the request is whole: nothing to read until the answer */
+        lbridge_connect_kept(c->srv->lb, c, cc);
         return;
     }
-    if (rc < 0) {
-        http_error(c, 500, "on_connect raised an error");
-    } else if (reply.status) {
-        const uint8_t *body = buf_head(&reply.body);
-        http_reply(c, reply.status, "rejected by the app", (const char *)buf_head(&reply.headers),
-                   buf_pending(&reply.headers), body ? body : (const uint8_t *)"",
-                   buf_pending(&reply.body));
-    } else {
-        send_101(c, up.key, &reply, extensions);
-        server_conn_enter(c->srv, c, CONN_OPEN);
-        c->accepted = 1;
-        METRIC_ADD(c->app->metrics->handshakes[MS_101], 1);
-        METRIC_ADD(c->app->metrics->open, 1);
-        log_event(c, "WSCONNECT", NULL);
-        hs_free(c->hs);
-        c->hs = NULL;
-        if (used < n) /* the client's first frames came with the head */
-            frames_input(c, buf + used, n - used);
-        /* Write the 101 now rather than before the loop blocks: a burst of
-         * handshakes then reuses one pooled output block instead of
-         * holding one per handshake in the iteration (each a 2 KiB block
-         * that the buffer pool keeps afterwards). */
-        if (c->state != CONN_DEAD)
-            conn_flush(c);
-    }
-    reply_free(&reply);
+    connect_answer(c, &cx.reply, up.key, extensions, buf + used, n - used, rc);
 }
 
+void conn_wait_pause(struct conn *c, int pause)
+{
+    if (c->state == CONN_DEAD || c->wait_paused == (pause != 0))
+        return;
+    c->wait_paused = pause != 0;
+    update_io(c);
+    /* As when the send buffer's pause ends (conn_flush). */
+    if (!pause && conn_tls(c) && !(c->read_paused | c->held) && tls_pending(conn_tls(c)))
+        ev_feed_event(c->srv->loop, &c->io, EV_READ);
+}
+
+void conn_connect_enter(struct conn *c, struct conn_connect *cc)
+{
+    if (c->state != CONN_HANDSHAKE) /* answered meanwhile (a 504): ws calls see it closed */
+        return;
+    c->srv->connect_reply = &cc->reply;
+    c->in_connect = 1;
+}
+
+void conn_connect_leave(struct server *srv, struct conn *c)
+{
+    if (c)
+        c->in_connect = 0;
+    srv->connect_reply = NULL;
+}
+
+void conn_connect_done(struct conn *c, struct conn_connect *cc, int rc)
+{
+    if (c && c->state == CONN_HANDSHAKE) {
+        conn_wait_pause(c, 0);
+        connect_answer(c, &cc->reply, cc->key, cc->extensions, cc->rest, cc->nrest, rc);
+    } else {
+        reply_free(&cc->reply);
+    }
+    free(cc);
+}
 /* The message joins the read's batch; lbridge counts it in msgs_in when it
  * reaches the app. stable: data is in the buffer of the read being parsed,
  * which nothing touches until the batch is dispatched (frames_input). */
@@ -1263,7 +1339,8 @@ static void on_readable_tls(struct conn *c)
         input(c, buf, kept + (size_t)n);
         if (c->srv->throttle.rate_on)
             throttle_read(c, (size_t)n);
-    } while (c->state != CONN_DEAD && !(c->read_paused | c->held) && tls_pending(conn_tls(c)));
+    } while (c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused) &&
+             tls_pending(conn_tls(c)));
 }
 
 static void on_readable(struct conn *c)
@@ -1470,13 +1547,14 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         int read_ready = revents & (c->tls_read_wants_write ? EV_WRITE : EV_READ);
         if (write_ready)
             conn_flush(c);
-        if (read_ready && c->state != CONN_DEAD && !(c->read_paused | c->held))
+        if (read_ready && c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused))
             on_readable_tls(c);
         return;
     }
     if (revents & EV_WRITE)
         conn_flush(c);
-    if ((revents & EV_READ) && c->state != CONN_DEAD && !(c->read_paused | c->held))
+    if ((revents & EV_READ) && c->state != CONN_DEAD &&
+        !(c->read_paused | c->held | c->wait_paused))
         on_readable(c);
 }
 
@@ -1580,6 +1658,12 @@ void conn_timeout(struct conn *c)
 {
     switch (c->state) {
     case CONN_HANDSHAKE:
+        if (c->wait_paused) { /* on_connect waits: the client hears why */
+            log_info("conn %llu %s: on_connect did not return within %gs: 504",
+                     (unsigned long long)c->id, conn_path(c), c->srv->cfg->handshake_timeout);
+            http_error(c, 504, "on_connect did not return within timeouts.handshake");
+            break;
+        }
         log_info("conn %llu from %s: handshake not complete after %gs: closing",
                  (unsigned long long)c->id, conn_peer(c), c->srv->cfg->handshake_timeout);
         char why[80];

@@ -89,7 +89,8 @@ struct conn {
     int lua_ref; /* registry ref of the ws userdata, or LUA_NOREF */
     uint16_t close_code; /* for on_close: the peer's code, ours, or 1006 */
     uint8_t state; /* enum conn_state */
-    uint8_t close_reason_len; /* of the reason kept in req (snap_reason) */
+    uint8_t close_reason_len : 7; /* of the reason kept in req (snap_reason): <= 123 */
+    uint8_t pinged : 1;        /* a keepalive ping went out since stamp */
     uint8_t partial_len; /* at most WS_FRAME_TAIL_MAX */
     uint8_t io_events : 2;      /* what io is set to: EV_READ | EV_WRITE */
     uint8_t deflate : 1;        /* permessage-deflate was agreed */
@@ -103,11 +104,13 @@ struct conn {
     uint8_t held : 1;          /* not reading, held by throttle.h (a rate or a
                                   memory budget): next to read_paused, so that
                                   one test reads both */
+    uint8_t wait_paused : 1;   /* not reading: a handler of it waits (lwait.h)
+                                  and its queued events reached their bound,
+                                  or on_connect waits; next to the other two */
     uint8_t accepted : 1;      /* on_connect accepted: on_close is owed */
     uint8_t on_close_done : 1;
     uint8_t in_connect : 1;    /* inside on_connect */
     uint8_t shut_wr : 1;       /* our side is half-closed */
-    uint8_t pinged : 1;        /* a keepalive ping went out since stamp */
     /* TLS: OpenSSL can need the other direction's readiness to go on. */
     uint8_t tls_read_wants_write : 1; /* the last read needs the socket writable */
     uint8_t tls_write_wants_read : 1; /* the last write needs the socket readable */
@@ -207,6 +210,20 @@ void conn_keepalive(struct conn *c);
 /* Stop (hold 1) or resume (0) reading c for throttle.h, apart from the
  * send buffer's pause. */
 void conn_hold(struct conn *c, int hold);
+
+/* Stop (1) or resume (0) reading c while a handler of it waits (lbridge.c:
+ * its later events queue, up to a bound). */
+void conn_wait_pause(struct conn *c, int pause);
+
+/* An on_connect that waits (lbridge.c): what the handshake needs to finish
+ * once it returns, kept off the C stack. conn_connect_enter / _leave make
+ * its reply the one ws:accept and ws:reject fill while it runs again;
+ * conn_connect_done answers (101, the app's rejection, or 500 when rc < 0)
+ * unless c has ended meanwhile (c NULL: it is gone), and frees cc. */
+struct conn_connect;
+void conn_connect_enter(struct conn *c, struct conn_connect *cc);
+void conn_connect_leave(struct server *srv, struct conn *c); /* c NULL: gone meanwhile */
+void conn_connect_done(struct conn *c, struct conn_connect *cc, int rc);
 
 /* Free a dead conn. Only the server's sweep calls this. */
 void conn_free(struct conn *c);

@@ -25,6 +25,7 @@
 #include "lalloc.h"
 #include "log.h"
 #include "lrequest.h"
+#include "lwait.h"
 #include "metrics.h"
 #include "router.h"
 #include "server.h"
@@ -33,11 +34,13 @@ static int tracked_require(lua_State *L);
 static int run(struct lbridge *lb, struct lb_call *call, int nargs, int nresults);
 static void drain(struct lbridge *lb);
 static int dispatch_open(struct lbridge *lb);
+static void waiting_free_all(struct lbridge *lb);
 
 /* Is source (lua_Debug's) the bridge's own code, not the app's? */
 static int internal_chunk(const char *source)
 {
-    return strcmp(source, "=" LB_DISPATCH_CHUNK) == 0 || strcmp(source, "=" LB_SEND_CHUNK) == 0;
+    return strcmp(source, "=" LB_DISPATCH_CHUNK) == 0 || strcmp(source, "=" LB_SEND_CHUNK) == 0 ||
+           strcmp(source, "=" LB_WAIT_CHUNK) == 0;
 }
 
 /* An on_close that waits for the running call to return. It keeps its own
@@ -318,20 +321,26 @@ int lb_error(lua_State *L, const char *fname, const char *fmt, ...)
     return raise_at(L, fname, msg);
 }
 
-static int traceback(lua_State *L)
+/* The message of the error value at idx, as a string pushed or in place. */
+static const char *error_message(lua_State *L, int idx)
 {
-    const char *msg = lua_tostring(L, 1);
+    const char *msg = lua_tostring(L, idx);
     if (!msg) {
-        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+        if (luaL_callmeta(L, idx, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
             msg = lua_tostring(L, -1);
         else
-            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
     }
-    luaL_traceback(L, L, msg, 1);
-    /* Leave out the bridge's own Lua code (internal_chunk): the app's
-     * code is what a traceback is for. */
+    return msg;
+}
+
+/* The traceback on L's top, without the bridge's own Lua code
+ * (internal_chunk): the app's code is what a traceback is for. */
+static void strip_own_frames(lua_State *L)
+{
     const char *tb = lua_tostring(L, -1);
-    static const char *const own[] = {"\n\t" LB_DISPATCH_CHUNK ":", "\n\t" LB_SEND_CHUNK ":"};
+    static const char *const own[] = {"\n\t" LB_DISPATCH_CHUNK ":", "\n\t" LB_SEND_CHUNK ":",
+                                      "\n\t" LB_WAIT_CHUNK ":"};
     for (size_t k = 0; k < sizeof own / sizeof own[0]; k++) {
         if (!strstr(tb, own[k]))
             continue;
@@ -348,7 +357,22 @@ static int traceback(lua_State *L)
         luaL_pushresult(&b);
         tb = lua_tostring(L, -1);
     }
+}
+
+static int traceback(lua_State *L)
+{
+    luaL_traceback(L, L, error_message(L, 1), 1);
+    strip_own_frames(L);
     return 1;
+}
+
+void lb_push_traceback(lua_State *L, lua_State *co)
+{
+    int top = lua_gettop(L);
+    luaL_traceback(L, co, error_message(L, top), 0);
+    strip_own_frames(L);
+    lua_replace(L, top);
+    lua_settop(L, top);
 }
 
 /* The traceback handler, made once: pushing a C function allocates a new
@@ -432,6 +456,8 @@ struct lbridge *lbridge_new(struct server *srv, const char *apps_dir, char *err,
     lua_setglobal(L, "require");
     lconn_open(L);
     lhost_open(L, srv);
+    lb->co = lua_newthread(L);
+    lb->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     bridge = lb;
     return lb;
 }
@@ -442,6 +468,8 @@ void lbridge_free(struct lbridge *lb)
 {
     if (!lb)
         return;
+    lwait_close(lb);
+    waiting_free_all(lb);
     lua_close(lb->L); /* timers' __gc stop their watchers */
     for (struct app *a = lb->apps, *next; a; a = next) {
         next = a->next;
@@ -839,23 +867,297 @@ static int run(struct lbridge *lb, struct lb_call *call, int nargs, int nresults
     return rc;
 }
 
+/* A coroutine for a handler that starts now: the reused one, unless Lua
+ * code runs on it (then one of lwait's pool). */
+static lua_State *entry_co(struct lbridge *lb, int *ref)
+{
+    if (lb->call)
+        return lwait_co_take(lb, ref);
+    *ref = lb->co_ref;
+    return lb->co;
+}
+
+static void entry_co_unused(struct lbridge *lb, lua_State *co, int ref)
+{
+    if (co != lb->co)
+        lwait_co_give(lb, co, ref);
+}
+
+/* Run on_close (on co's stack with its 3 arguments) as a task: it may wait;
+ * nothing of its connection follows it. path is taken over. */
+static void run_on_close(struct lbridge *lb, lua_State *co, int ref, struct app *app,
+                         uint64_t conn_id, char *path)
+{
+    struct lb_call call = {app, conn_id, app->handler_ref[H_CLOSE], NULL};
+    struct lwait_task *t;
+    int rc = lwait_run(lb, co, ref, &call, 3, LW_CLOSE, &t);
+    if (rc == LB_WAITING) {
+        t->path = path;
+        return;
+    }
+    if (rc)
+        log_handler_error(lb->L, app, path ? path : "-", conn_id, "on_close");
+    free(path);
+}
+
 static void call_on_close(struct lbridge *lb, struct lb_deferred_close *d)
 {
     lua_State *L = lb->L;
-    if (push_handler(L, d->app, H_CLOSE)) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, d->ws_ref);
-        lua_pushinteger(L, d->code);
-        lua_pushlstring(L, d->reason, d->reason_len);
-        struct lb_call call = {d->app, d->conn_id, d->app->handler_ref[H_CLOSE], NULL};
-        if (run(lb, &call, 3, 0))
-            log_handler_error(L, d->app, d->path ? d->path : "-", d->conn_id, "on_close");
+    int ref;
+    lua_State *co = entry_co(lb, &ref);
+    if (push_handler(co, d->app, H_CLOSE)) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, d->ws_ref);
+        lua_pushinteger(co, d->code);
+        lua_pushlstring(co, d->reason, d->reason_len);
+        run_on_close(lb, co, ref, d->app, d->conn_id, d->path);
+        d->path = NULL;
+    } else {
+        entry_co_unused(lb, co, ref);
     }
     luaL_unref(L, LUA_REGISTRYINDEX, d->ws_ref);
     free(d->path);
 }
 
+/* A connection whose handler waits (lwait.h): its later events wait here
+ * until the handler returns. Messages queue (reading pauses past a bound:
+ * LB_QUEUE_MSGS or LB_QUEUE_BYTES); on_drain and on_close are owed. Found
+ * by the connection's id, in a small hash made on the first wait: a
+ * connection that never waits has none, and pays nothing for it. */
+struct lb_qmsg {
+    struct lb_qmsg *next;
+    size_t len;
+    int binary;
+    uint8_t data[];
+};
+
+struct lb_waiting {
+    uint64_t id;
+    struct conn *c;          /* NULL once it is gone (lbridge_release) */
+    struct lwait_task *task; /* the handler that waits; NULL while its queue runs */
+    struct conn_connect *cc; /* a waiting on_connect's answer, kept by conn.c */
+    struct lb_qmsg *head, **tail;
+    size_t nq, qbytes;
+    struct lb_deferred_close close; /* owed if close_owed */
+    int close_owed, drain_owed;
+    struct lb_waiting *next; /* the hash bucket */
+};
+
+#define LB_WAITING_BUCKETS 256
+#define LB_QUEUE_MSGS 64
+#define LB_QUEUE_BYTES (256 * 1024)
+
+static struct lb_waiting **bucket(struct lbridge *lb, uint64_t id)
+{
+    return &lb->waiting[(id * 0x9E3779B97F4A7C15ull) >> 56];
+}
+
+static struct lb_waiting *waiting_find(struct lbridge *lb, uint64_t id)
+{
+    if (!lb->nwaiting)
+        return NULL;
+    for (struct lb_waiting *w = *bucket(lb, id); w; w = w->next)
+        if (w->id == id)
+            return w;
+    return NULL;
+}
+
+static void waiting_free(struct lb_waiting *w)
+{
+    for (struct lb_qmsg *m = w->head, *next; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    if (w->close_owed) /* only at exit: the registry goes with the state */
+        free(w->close.path);
+    if (w->cc) /* only at exit: an on_connect still waits */
+        conn_connect_done(NULL, w->cc, 0);
+    free(w);
+}
+
+static void waiting_free_all(struct lbridge *lb)
+{
+    for (size_t i = 0; lb->waiting && i < LB_WAITING_BUCKETS; i++) {
+        for (struct lb_waiting *w = lb->waiting[i], *next; w; w = next) {
+            next = w->next;
+            waiting_free(w);
+        }
+    }
+    free(lb->waiting);
+    lb->waiting = NULL;
+    lb->nwaiting = 0;
+}
+
+static void waiting_remove(struct lbridge *lb, struct lb_waiting *w)
+{
+    for (struct lb_waiting **p = bucket(lb, w->id); *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            lb->nwaiting--;
+            break;
+        }
+    }
+    w->close_owed = 0; /* handed on by the caller */
+    waiting_free(w);
+}
+
+/* c's handler t waits: from now on c's events wait for it. */
+static struct lb_waiting *conn_waits(struct lbridge *lb, struct conn *c, struct lwait_task *t)
+{
+    t->path = strdup(conn_path(c));
+    if (!lb->waiting && !(lb->waiting = calloc(LB_WAITING_BUCKETS, sizeof *lb->waiting)))
+        return NULL;
+    struct lb_waiting *w = waiting_find(lb, c->id);
+    if (!w) {
+        if (!(w = calloc(1, sizeof *w)))
+            return NULL; /* its events then do not wait: out of memory */
+        w->id = c->id;
+        w->tail = &w->head;
+        struct lb_waiting **b = bucket(lb, c->id);
+        w->next = *b;
+        *b = w;
+        lb->nwaiting++;
+    }
+    w->c = c->state == CONN_DEAD ? NULL : c;
+    w->task = t;
+    return w;
+}
+
+/* Messages from..n-1 of the batch join w's queue. */
+static void queue_batch(struct lbridge *lb, struct lb_waiting *w, int from, int n)
+{
+    struct lb_batch *b = &lb->batch;
+    lua_State *L = lb->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lb->batch_ref);
+    for (int i = from; i < n; i++) {
+        const uint8_t *data = b->shared.bytes[i];
+        if (!data) {
+            lua_rawgeti(L, -1, i + 1);
+            data = (const uint8_t *)lua_tostring(L, -1);
+        }
+        struct lb_qmsg *m = malloc(sizeof *m + b->len[i]);
+        if (m) {
+            m->next = NULL;
+            m->len = b->len[i];
+            m->binary = b->shared.binary[i];
+            memcpy(m->data, data, m->len);
+            *w->tail = m;
+            w->tail = &m->next;
+            w->nq++;
+            w->qbytes += m->len;
+        }
+        if (!b->shared.bytes[i]) {
+            lua_pop(L, 1);
+            lua_pushnil(L);
+            lua_rawseti(L, -2, i + 1);
+        }
+    }
+    lua_pop(L, 1);
+    if (w->c && (w->nq >= LB_QUEUE_MSGS || w->qbytes >= LB_QUEUE_BYTES))
+        conn_wait_pause(w->c, 1);
+}
+
+int lbridge_conn_open(struct lbridge *lb, uint64_t id)
+{
+    struct lb_waiting *w = waiting_find(lb, id);
+    return w && w->c && conn_can_send(w->c);
+}
+
+/* c's handler has returned: hand over what waited for it, in order: the
+ * queued messages (while c is open: as for a batch, messages after a close
+ * are dropped), then on_drain or on_close if owed. A message's handler may
+ * wait in turn: the rest wait again. */
+static void waiting_done(struct lbridge *lb, struct lb_waiting *w)
+{
+    w->task = NULL;
+    while (w->head && !w->task) {
+        struct lb_qmsg *m = w->head;
+        w->head = m->next;
+        if (!w->head)
+            w->tail = &w->head;
+        w->nq--;
+        w->qbytes -= m->len;
+        if (w->c && w->c->state == CONN_OPEN) {
+            lbridge_message(lb, w->c, m->data, m->len, m->binary, 0);
+            lbridge_dispatch(lb);
+        }
+        free(m);
+    }
+    if (w->task)
+        return;
+    struct conn *c = w->c;
+    if (c)
+        conn_wait_pause(c, 0);
+    struct lb_deferred_close d = w->close;
+    int close = w->close_owed, drain_owed = w->drain_owed;
+    waiting_remove(lb, w);
+    if (close)
+        call_on_close(lb, &d);
+    else if (drain_owed && c && c->state == CONN_OPEN && c->accepted)
+        lbridge_drain(lb, c);
+}
+
+void lbridge_task_enter(struct lbridge *lb, struct lwait_task *t, int enter)
+{
+    static const uint8_t not_open = CONN_DEAD;
+    if (t->kind == LW_MESSAGE) {
+        /* The loop that called on_message stops when it returns: the rest
+         * of its batch has been queued (lbridge_dispatch). */
+        lb->batch.shared.state = enter ? &not_open : NULL;
+    } else if (t->kind == LW_CONNECT) {
+        struct lb_waiting *w = waiting_find(lb, t->call.conn_id);
+        if (!enter) /* also when the connection went while it ran */
+            conn_connect_leave(lb->srv, w ? w->c : NULL);
+        else if (w && w->c && w->cc)
+            conn_connect_enter(w->c, w->cc);
+    }
+}
+
+void lbridge_task_failed(struct lbridge *lb, struct app *app, uint64_t conn_id, int kind)
+{
+    lua_State *L = lb->L;
+    const char *what = kind == LW_SPAWN ? "a spawned function" : "a timer callback";
+    if (app)
+        METRIC_ADD(app->metrics->lua_errors, 1);
+    if (conn_id)
+        log_error("app %s conn %llu: error in %s: %s", app ? app->name : "?",
+                  (unsigned long long)conn_id, what, lua_tostring(L, -1));
+    else
+        log_error("app %s: error in %s: %s", app ? app->name : "?", what, lua_tostring(L, -1));
+    lua_pop(L, 1);
+}
+
+void lbridge_task_end(struct lbridge *lb, struct lwait_task *t, int rc)
+{
+    static const char *const names[] = {"on_connect", "on_message", "on_close", "on_drain"};
+    struct app *app = t->call.app;
+    uint64_t id = t->call.conn_id;
+    if (t->kind == LW_TIMER || t->kind == LW_SPAWN) {
+        if (rc)
+            lbridge_task_failed(lb, app, id, t->kind);
+        drain(lb);
+        return;
+    }
+    if (rc)
+        log_handler_error(lb->L, app, t->path ? t->path : "-", id, names[t->kind]);
+    struct lb_waiting *w = t->kind == LW_CLOSE ? NULL : waiting_find(lb, id);
+    if (w && w->task == t) {
+        if (t->kind == LW_CONNECT) {
+            struct conn_connect *cc = w->cc;
+            w->cc = NULL;
+            w->task = NULL; /* the frames that came with the head are not queued */
+            if (cc)
+                conn_connect_done(w->c, cc, rc);
+        } else if (rc && w->c) {
+            conn_close(w->c, WS_CLOSE_INTERNAL, "internal error");
+        }
+        waiting_done(lb, w);
+    }
+    drain(lb);
+}
+
 /* Once the outermost call has returned: run the on_close calls that waited
- * for it, in the order they were owed, and those they cause in turn. */
+ * for it, in the order they were owed, and those they cause in turn. An
+ * on_close owed to a connection whose handler waits waits for it too. */
 static void drain(struct lbridge *lb)
 {
     static int draining;
@@ -864,6 +1166,12 @@ static void drain(struct lbridge *lb)
     draining = 1;
     for (size_t i = 0; i < lb->ndeferred; i++) {
         struct lb_deferred_close d = lb->deferred[i]; /* the array may move */
+        struct lb_waiting *w = waiting_find(lb, d.conn_id);
+        if (w && w->task && !w->close_owed) {
+            w->close = d;
+            w->close_owed = 1;
+            continue;
+        }
         call_on_close(lb, &d);
     }
     lb->ndeferred = 0;
@@ -882,6 +1190,9 @@ void lbridge_unhold(struct lbridge *lb, struct lb_call *hold)
     drain(lb);
 }
 
+static void close_fill(struct lbridge *lb, struct lb_deferred_close *d, struct conn *c,
+                       uint16_t code, const char *reason, size_t reason_len);
+
 /* Queue c's on_close until the running call returns; 0, or -1 if out of
  * memory. */
 static int defer_close(struct lbridge *lb, struct conn *c, uint16_t code, const char *reason,
@@ -895,7 +1206,15 @@ static int defer_close(struct lbridge *lb, struct conn *c, uint16_t code, const 
         lb->deferred = d;
         lb->deferred_cap = cap;
     }
-    struct lb_deferred_close *d = &lb->deferred[lb->ndeferred];
+    close_fill(lb, &lb->deferred[lb->ndeferred], c, code, reason, reason_len);
+    lb->ndeferred++;
+    return 0;
+}
+
+/* What on_close needs when it runs later: the ws object, code, reason. */
+static void close_fill(struct lbridge *lb, struct lb_deferred_close *d, struct conn *c,
+                       uint16_t code, const char *reason, size_t reason_len)
+{
     if (reason_len > sizeof d->reason)
         reason_len = sizeof d->reason;
     d->app = c->app;
@@ -907,25 +1226,38 @@ static int defer_close(struct lbridge *lb, struct conn *c, uint16_t code, const 
         memcpy(d->reason, reason, reason_len);
     push_ws(lb->L, c);
     d->ws_ref = luaL_ref(lb->L, LUA_REGISTRYINDEX);
-    lb->ndeferred++;
-    return 0;
 }
 
 int lbridge_connect(struct lbridge *lb, struct conn *c)
 {
-    lua_State *L = lb->L;
-    if (!push_handler(L, c->app, H_CONNECT))
+    int ref;
+    lua_State *co = entry_co(lb, &ref);
+    if (!push_handler(co, c->app, H_CONNECT)) {
+        entry_co_unused(lb, co, ref);
         return 0;
-    push_ws(L, c);
-    lconn_push_request(L, lua_gettop(L));
+    }
+    push_ws(co, c);
+    lconn_push_request(co, lua_gettop(co));
     struct lb_call call = {c->app, c->id, c->app->handler_ref[H_CONNECT], NULL};
-    int rc = 0;
-    if (run(lb, &call, 2, 0)) {
-        log_handler_error(L, c->app, conn_path(c), c->id, "on_connect");
+    struct lwait_task *t;
+    int rc = lwait_run(lb, co, ref, &call, 2, LW_CONNECT, &t);
+    if (rc == LB_WAITING) {
+        conn_waits(lb, c, t);
+    } else if (rc) {
+        log_handler_error(lb->L, c->app, conn_path(c), c->id, "on_connect");
         rc = -1;
     }
     drain(lb);
     return rc;
+}
+
+void lbridge_connect_kept(struct lbridge *lb, struct conn *c, struct conn_connect *cc)
+{
+    struct lb_waiting *w = waiting_find(lb, c->id);
+    if (w)
+        w->cc = cc;
+    else if (cc) /* out of memory for the record: answer as it is now */
+        conn_connect_done(c, cc, 0);
 }
 
 void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
@@ -1032,29 +1364,39 @@ void lbridge_dispatch(struct lbridge *lb)
     if (!n)
         return;
     b->n = 0; /* whatever the handlers cause, these are dispatched once */
-    lua_State *L = lb->L;
     struct conn *c = b->c;
+    if (lb->nwaiting) { /* its handler waits: these wait for it */
+        struct lb_waiting *w = waiting_find(lb, c->id);
+        if (w && w->task) {
+            queue_batch(lb, w, 0, n);
+            b->c = NULL;
+            return;
+        }
+    }
+    lua_State *L = lb->L, *co = lb->co;
     struct app *app = c->app;
-    /* [traceback] [dispatch] [on_message] [ws] [n] */
-    int base = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lb->dispatch_ref);
-    push_handler(L, app, H_MESSAGE); /* a batch is only made when there is one */
-    push_ws(L, c);
-    lua_pushinteger(L, n);
+    /* [dispatch] [on_message] [ws] [n], on the coroutine handlers run in:
+     * no call runs now, on_message is only ever called from the loop. */
+    lua_rawgeti(co, LUA_REGISTRYINDEX, lb->dispatch_ref);
+    push_handler(co, app, H_MESSAGE); /* a batch is only made when there is one */
+    push_ws(co, c);
+    lua_pushinteger(co, n);
     b->shared.state = &c->state;
-    /* No call runs now: on_message is only ever called from the loop. */
     struct lb_call call = {app, c->id, app->handler_ref[H_MESSAGE], NULL};
-    lb->call = &call;
-    int rc = lua_pcall(L, 3, 0, base + 1);
-    lb->call = NULL;
+    struct lwait_task *t;
+    int rc = lwait_run(lb, co, lb->co_ref, &call, 3, LW_MESSAGE, &t);
     lbridge_settle(lb, c);
     int delivered = b->shared.cur;
     b->shared.cur = 0;
     b->shared.state = NULL;
     b->counted = 0;
     b->c = NULL;
-    if (rc) {
+    if (rc == LB_WAITING) { /* the rest of the batch waits with c's later events */
+        struct lb_waiting *w = conn_waits(lb, c, t);
+        if (w && delivered < n)
+            queue_batch(lb, w, delivered, n);
+        delivered = w ? n : delivered;
+    } else if (rc) {
         log_handler_error(L, app, conn_path(c), c->id, "on_message");
         conn_close(c, WS_CLOSE_INTERNAL, "internal error");
     }
@@ -1066,8 +1408,8 @@ void lbridge_dispatch(struct lbridge *lb)
             lua_pushnil(L);
             lua_rawseti(L, -2, i);
         }
+        lua_pop(L, 1);
     }
-    lua_settop(L, base);
     if (lb->ndeferred)
         drain(lb);
 }
@@ -1082,17 +1424,24 @@ void lbridge_close(struct lbridge *lb, struct conn *c, uint16_t code, const char
         lconn_cancel_timers(L, c);
     if (c->app->handler_ref[H_CLOSE] == LUA_NOREF)
         return;
+    /* Its handler waits: on_close follows when that returns. */
+    struct lb_waiting *w = waiting_find(lb, c->id);
+    if (w && w->task && !w->close_owed) {
+        close_fill(lb, &w->close, c, code, reason, reason_len);
+        w->close_owed = 1;
+        return;
+    }
     /* Inside a call (a ws:send that overflowed c's queue, say): the running
      * handler must not be re-entered, so on_close waits for it. */
     if (lb->call && defer_close(lb, c, code, reason, reason_len) == 0)
         return;
-    push_handler(L, c->app, H_CLOSE);
-    push_ws(L, c);
-    lua_pushinteger(L, code);
-    lua_pushlstring(L, reason, reason_len);
-    struct lb_call call = {c->app, c->id, c->app->handler_ref[H_CLOSE], NULL};
-    if (run(lb, &call, 3, 0))
-        log_handler_error(L, c->app, conn_path(c), c->id, "on_close");
+    int ref;
+    lua_State *co = entry_co(lb, &ref);
+    push_handler(co, c->app, H_CLOSE);
+    push_ws(co, c);
+    lua_pushinteger(co, code);
+    lua_pushlstring(co, reason, reason_len);
+    run_on_close(lb, co, ref, c->app, c->id, strdup(conn_path(c)));
     drain(lb);
 }
 
@@ -1101,11 +1450,22 @@ void lbridge_drain(struct lbridge *lb, struct conn *c)
     lua_State *L = lb->L;
     /* conn_flush runs from the server's callbacks, between calls into Lua;
      * should that ever change, a handler is still never re-entered. */
-    if (lb->call || !push_handler(L, c->app, H_DRAIN))
+    if (lb->call || c->app->handler_ref[H_DRAIN] == LUA_NOREF)
         return;
-    push_ws(L, c);
+    struct lb_waiting *w = waiting_find(lb, c->id);
+    if (w && w->task) { /* its handler waits: on_drain follows it */
+        w->drain_owed = 1;
+        return;
+    }
+    lua_State *co = lb->co;
+    push_handler(co, c->app, H_DRAIN);
+    push_ws(co, c);
     struct lb_call call = {c->app, c->id, c->app->handler_ref[H_DRAIN], NULL};
-    if (run(lb, &call, 1, 0)) {
+    struct lwait_task *t;
+    int rc = lwait_run(lb, co, lb->co_ref, &call, 1, LW_DRAIN, &t);
+    if (rc == LB_WAITING) {
+        conn_waits(lb, c, t);
+    } else if (rc) {
         log_handler_error(L, c->app, conn_path(c), c->id, "on_drain");
         conn_close(c, WS_CLOSE_INTERNAL, "internal error");
     }
@@ -1114,19 +1474,13 @@ void lbridge_drain(struct lbridge *lb, struct conn *c)
 
 void lbridge_timer(struct lbridge *lb, struct app *app, uint64_t conn_id, int nargs)
 {
-    lua_State *L = lb->L;
+    int ref;
+    lua_State *co = entry_co(lb, &ref);
+    lua_xmove(lb->L, co, nargs + 1);
     struct lb_call call = {app, conn_id, LUA_NOREF, NULL};
-    if (run(lb, &call, nargs, 0)) {
-        if (app)
-            METRIC_ADD(app->metrics->lua_errors, 1);
-        if (conn_id)
-            log_error("app %s conn %llu: error in a timer callback: %s", app ? app->name : "?",
-                      (unsigned long long)conn_id, lua_tostring(L, -1));
-        else
-            log_error("app %s: error in a timer callback: %s", app ? app->name : "?",
-                      lua_tostring(L, -1));
-        lua_pop(L, 1);
-    }
+    struct lwait_task *t;
+    if (lwait_run(lb, co, ref, &call, nargs, LW_TIMER, &t) < 0)
+        lbridge_task_failed(lb, app, conn_id, LW_TIMER);
     drain(lb);
 }
 
@@ -1179,6 +1533,9 @@ void lbridge_tune_gc(struct lbridge *lb)
 
 void lbridge_release(struct lbridge *lb, struct conn *c)
 {
+    struct lb_waiting *w = waiting_find(lb, c->id);
+    if (w) /* its waiting handler goes on without it */
+        w->c = NULL;
     if (c->lua_ref == LUA_NOREF)
         return;
     lconn_detach(lb->L, c);

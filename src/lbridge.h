@@ -83,6 +83,13 @@ void lbridge_hold(struct lbridge *lb, struct lb_call *hold);
 void lbridge_unhold(struct lbridge *lb, struct lb_call *hold);
 
 struct lb_deferred_close; /* lbridge.c */
+struct lb_waiting;        /* lbridge.c */
+struct lwait_task;        /* lwait.h */
+struct conn_connect;      /* conn.c */
+
+/* lbridge_connect: on_connect waits (lwait.h); conn.c then hands over what
+ * the answer needs (lbridge_connect_kept). */
+#define LB_WAITING 1
 
 /* Messages per protected call at most (see lbridge_message). */
 #define LB_BATCH_MAX 64
@@ -130,6 +137,14 @@ struct lbridge {
     const char *text_str, *binary_str; /* their bytes: Lua strings are interned,
                                           so a kind is recognised by address */
     int gc_pause;                      /* the pause last given to the collector */
+    /* The coroutine handlers run in while nobody waits (lwait.h): reused
+     * from call to call, replaced when a handler waits in it. */
+    lua_State *co;
+    int co_ref;
+    /* Connections whose handler waits (lbridge.c), by id: their later
+     * events queue there. nwaiting is 0 on the fast path. */
+    struct lb_waiting **waiting;
+    size_t nwaiting;
     struct server *srv;
     struct app *apps;
     struct module *modules;
@@ -171,8 +186,26 @@ int file_sig_equal(const struct file_sig *a, const struct file_sig *b);
 
 /* Handshake done and routed (c->req holds the request): create the ws
  * object and run on_connect. Afterwards conn_reply(c) says accept or reject.
- * Returns 0, or -1 if the app raised (answer 500). */
+ * Returns 0, -1 if the app raised (answer 500), or LB_WAITING if it waits:
+ * then the caller passes what the answer needs with lbridge_connect_kept,
+ * and the bridge calls conn_connect_done once on_connect has returned. */
 int lbridge_connect(struct lbridge *lb, struct conn *c);
+void lbridge_connect_kept(struct lbridge *lb, struct conn *c, struct conn_connect *cc);
+
+/* lwait.c's calls into the bridge. A task's code runs again (enter 1) or
+ * has stopped running (0): set up what its kind needs meanwhile. */
+void lbridge_task_enter(struct lbridge *lb, struct lwait_task *t, int enter);
+/* A task's function has ended (rc 0), or raised (-1: the message and its
+ * traceback on lb->L, which this pops): log it, and let its connection's
+ * queued events go on. */
+void lbridge_task_end(struct lbridge *lb, struct lwait_task *t, int rc);
+/* Log a timer's or a spawned function's error (on lb->L's top, popped). */
+void lbridge_task_failed(struct lbridge *lb, struct app *app, uint64_t conn_id, int kind);
+/* Is the connection id, whose handler waits, still one that can be sent to? */
+int lbridge_conn_open(struct lbridge *lb, uint64_t id);
+/* Push the traceback of the coroutine co that failed, with the message on
+ * L's top (which it replaces); the bridge's own frames are left out. */
+void lb_push_traceback(lua_State *L, lua_State *co);
 
 /* A whole message arrived on c and waits, with the others of the same
  * read, for lbridge_dispatch; when LB_BATCH_MAX wait, they are dispatched
@@ -317,6 +350,7 @@ static inline void lb_checktype(lua_State *L, int idx, const char *fname, int ty
  * locations and tracebacks leave their frames out. */
 #define LB_DISPATCH_CHUNK "moonport.batch"
 #define LB_SEND_CHUNK "moonport.send"
+#define LB_WAIT_CHUNK "moonport.wait"
 
 /* Load a chunk of the bridge's own Lua, src (len bytes, named name), and
  * require(module) for it: pushes the chunk, then the module's value, its

@@ -1,5 +1,6 @@
 /* lhost: the moonport module apps require: log, now, after, every,
  * worker and workers (where the app runs: workers.h), backplane (its counts: backplane.h),
+ * sleep and spawn (handlers that wait: lwait.h),
  * publish, subscribers (topics: pubsub.h; their argument checks are
  * lconn.c's, shared with ws:publish), and the timer type, which ws:after
  * and ws:every (lconn.c) share. A timer is a userdata holding its
@@ -19,6 +20,7 @@
 #include "backplane.h"
 #include "lbridge.h"
 #include "log.h"
+#include "lwait.h"
 #include "pubsub.h"
 #include "server.h"
 
@@ -192,7 +194,7 @@ void lhost_timer_start(lua_State *L, struct server *srv, double after, int repea
     ws = ws < 0 ? top + ws + 1 : ws;
     struct ltimer *t = lua_newuserdata(L, sizeof *t);
     memset(t, 0, sizeof *t);
-    t->L = L;
+    t->L = srv->lb ? srv->lb->L : L; /* the main state: L may be a handler's coroutine */
     t->srv = srv;
     t->app = app;
     t->conn_id = conn_id;
@@ -286,6 +288,7 @@ void lhost_open(lua_State *L, struct server *srv)
     lua_setfield(L, -2, "worker");
     lua_pushinteger(L, (lua_Integer)srv->nworkers);
     lua_setfield(L, -2, "workers");
+    lwait_open(L, srv);
     lua_setfield(L, -2, "moonport");
     lua_pop(L, 2);
 }

@@ -716,6 +716,7 @@ struct app *lbridge_find(struct lbridge *lb, const char *file)
 }
 
 enum { H_CONNECT, H_MESSAGE, H_CLOSE, H_DRAIN };
+_Static_assert(H_MESSAGE == 1, "lbridge_message (lbridge.h) reads handler_ref[1]");
 
 /* Take refs to the handlers of the table on top of the stack, dropping the
  * previous version's: an event then costs one registry read, not a table
@@ -1260,8 +1261,8 @@ void lbridge_connect_kept(struct lbridge *lb, struct conn *c, struct conn_connec
         conn_connect_done(c, cc, 0);
 }
 
-void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
-                     int binary, int stable)
+void lbridge_message_slow(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
+                          int binary, int stable)
 {
     struct lb_batch *b = &lb->batch;
     if (c->app->handler_ref[H_MESSAGE] == LUA_NOREF) { /* counted, never delivered */

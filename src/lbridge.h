@@ -10,8 +10,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <lauxlib.h>
 #include <lua.h>
 
+#include "conn.h"
 #include "lalloc.h"
 
 struct server;
@@ -215,8 +217,28 @@ void lb_push_traceback(lua_State *L, lua_State *co);
  * code must dispatch before anything else that writes to c or closes it (a
  * control frame, a protocol error, the end of the read), so that frames go
  * out in the order of one call per message. */
-void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
-                     int binary, int stable);
+void lbridge_message_slow(struct lbridge *lb, struct conn *c, const uint8_t *data, size_t len,
+                          int binary, int stable);
+/* The usual case inline, as it comes once per message: a message in the
+ * read buffer joining its connection's batch, with room for one more after
+ * it. (1 is app->handler_ref's on_message: see lbridge.c's H_MESSAGE.) */
+static inline void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data,
+                                   size_t len, int binary, int stable)
+{
+    struct lb_batch *b = &lb->batch;
+    int n = b->n;
+    if (stable && len <= UINT32_MAX && (n == 0 || b->c == c) && n < LB_BATCH_MAX - 1 &&
+        c->app->handler_ref[1] != LUA_NOREF) {
+        b->shared.bytes[n] = data;
+        b->shared.bytes_len[n] = (uint32_t)len;
+        b->len[n] = len;
+        b->shared.binary[n] = (uint8_t)(binary != 0);
+        b->c = c;
+        b->n = n + 1;
+        return;
+    }
+    lbridge_message_slow(lb, c, data, len, binary, stable);
+}
 
 /* Hand the waiting messages to on_message, in order, in one protected call.
  * After each, delivery stops if the connection is no longer open (the

@@ -1274,21 +1274,16 @@ void lbridge_message_slow(struct lbridge *lb, struct conn *c, const uint8_t *dat
     }
     if (b->n && b->c != c) /* another connection's: the caller forgot to dispatch */
         lbridge_dispatch(lb);
-    if (stable && len <= UINT32_MAX) {
-        b->shared.bytes[b->n] = data;
-        b->shared.bytes_len[b->n] = (uint32_t)len;
-    } else {
+    if (!stable || len > UINT32_MAX) {
         lua_State *L = lb->L;
         lua_rawgeti(L, LUA_REGISTRYINDEX, lb->batch_ref);
         lua_pushlstring(L, (const char *)data, len);
         lua_rawseti(L, -2, b->n + 1);
         lua_pop(L, 1);
-        b->shared.bytes[b->n] = NULL;
+        data = NULL;
     }
-    b->len[b->n] = len;
-    b->shared.binary[b->n] = (uint8_t)(binary != 0);
-    b->c = c;
-    if (++b->n == LB_BATCH_MAX)
+    lb_batch_add(b, c, data, len, binary);
+    if (b->n == LB_BATCH_MAX)
         lbridge_dispatch(lb);
 }
 

@@ -222,6 +222,19 @@ void lbridge_message_slow(struct lbridge *lb, struct conn *c, const uint8_t *dat
 /* The usual case inline, as it comes once per message: a message in the
  * read buffer joining its connection's batch, with room for one more after
  * it. (1 is app->handler_ref's on_message: see lbridge.c's H_MESSAGE.) */
+/* One more message in c's batch: bytes are where the dispatch loop makes
+ * its string, or NULL when the string is made already (batch_ref). */
+static inline void lb_batch_add(struct lb_batch *b, struct conn *c, const uint8_t *bytes,
+                                size_t len, int binary)
+{
+    int n = b->n;
+    b->shared.bytes[n] = bytes;
+    b->shared.bytes_len[n] = (uint32_t)len; /* read only with bytes, when it fits */
+    b->len[n] = len;
+    b->shared.binary[n] = (uint8_t)(binary != 0);
+    b->c = c;
+    b->n = n + 1;
+}
 static inline void lbridge_message(struct lbridge *lb, struct conn *c, const uint8_t *data,
                                    size_t len, int binary, int stable)
 {
@@ -229,12 +242,7 @@ static inline void lbridge_message(struct lbridge *lb, struct conn *c, const uin
     int n = b->n;
     if (stable && len <= UINT32_MAX && (n == 0 || b->c == c) && n < LB_BATCH_MAX - 1 &&
         c->app->handler_ref[1] != LUA_NOREF) {
-        b->shared.bytes[n] = data;
-        b->shared.bytes_len[n] = (uint32_t)len;
-        b->len[n] = len;
-        b->shared.binary[n] = (uint8_t)(binary != 0);
-        b->c = c;
-        b->n = n + 1;
+        lb_batch_add(b, c, data, len, binary);
         return;
     }
     lbridge_message_slow(lb, c, data, len, binary, stable);

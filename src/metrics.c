@@ -136,6 +136,14 @@ static uint64_t get(const uint64_t *p)
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+/* The worker-wide counts: every field of struct metrics from closes up to
+ * napps is a uint64_t (metrics.h says so), summed word by word, so a new
+ * count needs no line of its own here. */
+#define COUNTS_FIRST offsetof(struct metrics, closes)
+#define COUNTS_N ((offsetof(struct metrics, napps) - COUNTS_FIRST) / sizeof(uint64_t))
+_Static_assert((offsetof(struct metrics, napps) - COUNTS_FIRST) % sizeof(uint64_t) == 0,
+               "struct metrics: only uint64_t counts between closes and napps");
+
 static void add_app(struct metrics_app *to, const struct metrics_app *a)
 {
     to->open += get(&a->open);
@@ -192,39 +200,10 @@ int metrics_render(struct buf *out, const struct metrics *blocks, unsigned n,
             }
             add_app(&sums[k].sum, a);
         }
-        for (int c = 0; c < MC_N; c++)
-            for (int b = 0; b < MB_N; b++)
-                total.closes[c][b] += get(&m->closes[c][b]);
-        total.send_buffer_drops += get(&m->send_buffer_drops);
-        total.reloads_ok += get(&m->reloads_ok);
-        total.reloads_failed += get(&m->reloads_failed);
-        total.publishes += get(&m->publishes);
-        total.bp_servers += get(&m->bp_servers);
-        total.bp_connected += get(&m->bp_connected);
-        total.bp_published += get(&m->bp_published);
-        total.bp_received += get(&m->bp_received);
-        total.bp_delivered += get(&m->bp_delivered);
-        total.bp_dropped_unreachable += get(&m->bp_dropped_unreachable);
-        total.bp_dropped_pending += get(&m->bp_dropped_pending);
-        total.bp_dropped_bad += get(&m->bp_dropped_bad);
-        total.bp_reconnects += get(&m->bp_reconnects);
-        total.drain_closes += get(&m->drain_closes);
-        total.lifetime_closes += get(&m->lifetime_closes);
-        for (int r = 0; r < MR_N; r++)
-            total.refusals[r] += get(&m->refusals[r]);
-        total.topics += get(&m->topics);
-        total.subscriptions += get(&m->subscriptions);
-        for (int i = 0; i <= METRICS_LAG_BUCKETS; i++)
-            total.lag_buckets[i] += get(&m->lag_buckets[i]);
-        total.lag_count += get(&m->lag_count);
-        for (int i = 0; i < 2; i++) {
-            total.rate_limited[i] += get(&m->rate_limited[i]);
-            total.budget_held[i] += get(&m->budget_held[i]);
-            total.budget_failed[i] += get(&m->budget_failed[i]);
-            total.budget_used[i] += get(&m->budget_used[i]);
-            total.budget_bytes[i] += get(&m->budget_bytes[i]);
-        }
-        total.lag_sum_us += get(&m->lag_sum_us);
+        const uint64_t *from = (const uint64_t *)((const char *)m + COUNTS_FIRST);
+        uint64_t *to = (uint64_t *)((char *)&total + COUNTS_FIRST);
+        for (size_t i = 0; i < COUNTS_N; i++)
+            to[i] += get(&from[i]);
     }
 
 #define APP_FIELD(f) offsetof(struct metrics_app, f)

@@ -61,6 +61,8 @@ struct metrics_app {
 struct metrics {
     int32_t pid;    /* this worker's process, for its memory and descriptors */
     uint32_t live;  /* 1 once a worker runs in this block */
+    /* From here to napps, only uint64_t counts (and arrays of them):
+     * metrics_render sums the workers' blocks word by word. */
     uint64_t closes[MC_N][MB_N];
     uint64_t send_buffer_drops; /* connections dropped over limits.max_send_buffer */
     uint64_t reloads_ok, reloads_failed;

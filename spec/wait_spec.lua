@@ -49,10 +49,19 @@ function cmds.closewait(ws, s)
   local ok, err = ws:send("after the wait")
   mark("resumed", ws.id, "send gives", tostring(ok), tostring(err))
 end
+function cmds.late(ws, tag)
+  local ok, err = ws:send("late " .. tag)
+  mark("late", tag, ws.id, "send gives", tostring(ok), tostring(err))
+end
+function cmds.closeme(ws, s)
+  mark("closeme waits", ws.id)
+  moonport.sleep(tonumber(s))
+  ws:close(4002, "by the app")
+end
 function cmds.boom(ws)
   moonport.sleep(0.01)
   local t = nil
-  return t.field -- line 32
+  return t.field -- an error after a wait
 end
 function cmds.version(ws, s)
   moonport.sleep(tonumber(s))
@@ -270,6 +279,46 @@ describe("handlers that wait", function()
         end
         assert.are.same({ "waiting " .. id, "resumed " .. id .. " send gives nil closed",
                           "on_close " .. id .. " 4001" }, seen)
+    end)
+
+    local function marks_of(id)
+        local seen = {}
+        for _, m in ipairs(marks(server)) do
+            if m:find(" " .. id .. " ", 1, true) or m:match(" " .. id .. "$") then
+                seen[#seen + 1] = m
+            end
+        end
+        return seen
+    end
+
+    it("hands messages sent before the peer's close to on_message, then runs on_close", function()
+        local ws, id = connect()
+        assert(ws:send("closewait 0.3"))
+        server:wait_log("mark %d+ waiting " .. id, 5)
+        assert(ws:send("late a"))
+        assert(ws:send("late b"))
+        ws:close(4001, "leaving")
+        ws:expect_close(5)
+        server:wait_log("mark %d+ on_close " .. id, 5)
+        assert.are.same({ "waiting " .. id, "resumed " .. id .. " send gives nil closed",
+                          "late a " .. id .. " send gives nil closed",
+                          "late b " .. id .. " send gives nil closed",
+                          "on_close " .. id .. " 4001" }, marks_of(id))
+    end)
+
+    it("drops the messages behind a waiting handler that closes the connection itself", function()
+        local ws, id = connect()
+        assert(ws:send("closeme 0.3"))
+        server:wait_log("mark %d+ closeme waits " .. id, 5)
+        assert(ws:send("late c"))
+        assert.are.equal(4002, (ws:expect_close(5)))
+        server:wait_log("mark %d+ on_close " .. id, 5)
+        -- "late c" never reaches on_message (the client here does not answer
+        -- the close frame, so on_close gets 1006 when the socket ends).
+        local seen = marks_of(id)
+        assert.are.equal(2, #seen, table.concat(seen, "\n"))
+        assert.are.equal("closeme waits " .. id, seen[1])
+        assert.truthy(seen[2]:match("^on_close " .. id .. " %d+$"), seen[2])
     end)
 
     it("runs on_drain after a handler that waited while its queue drained", function()

@@ -940,6 +940,10 @@ struct lb_waiting {
     size_t nq, qbytes;
     struct lb_deferred_close close; /* owed if close_owed */
     int close_owed, drain_owed;
+    /* Once c is gone with messages still queued: what delivers them. */
+    struct app *app;
+    int ws_ref;
+    char *path;
     struct lb_waiting *next; /* the hash bucket */
 };
 
@@ -962,7 +966,7 @@ static struct lb_waiting *waiting_find(struct lbridge *lb, uint64_t id)
     return NULL;
 }
 
-static void waiting_free(struct lb_waiting *w)
+static void waiting_free(struct lbridge *lb, struct lb_waiting *w)
 {
     for (struct lb_qmsg *m = w->head, *next; m; m = next) {
         next = m->next;
@@ -972,6 +976,9 @@ static void waiting_free(struct lb_waiting *w)
         free(w->close.path);
     if (w->cc) /* only at exit: an on_connect still waits */
         conn_connect_done(NULL, w->cc, 0);
+    if (w->ws_ref != LUA_NOREF)
+        luaL_unref(lb->L, LUA_REGISTRYINDEX, w->ws_ref);
+    free(w->path);
     free(w);
 }
 
@@ -980,7 +987,7 @@ static void waiting_free_all(struct lbridge *lb)
     for (size_t i = 0; lb->waiting && i < LB_WAITING_BUCKETS; i++) {
         for (struct lb_waiting *w = lb->waiting[i], *next; w; w = next) {
             next = w->next;
-            waiting_free(w);
+            waiting_free(lb, w);
         }
     }
     free(lb->waiting);
@@ -998,7 +1005,7 @@ static void waiting_remove(struct lbridge *lb, struct lb_waiting *w)
         }
     }
     w->close_owed = 0; /* handed on by the caller */
-    waiting_free(w);
+    waiting_free(lb, w);
 }
 
 /* c's handler t waits: from now on c's events wait for it. */
@@ -1013,6 +1020,7 @@ static struct lb_waiting *conn_waits(struct lbridge *lb, struct conn *c, struct 
             return NULL; /* its events then do not wait: out of memory */
         w->id = c->id;
         w->tail = &w->head;
+        w->ws_ref = LUA_NOREF;
         struct lb_waiting **b = bucket(lb, c->id);
         w->next = *b;
         *b = w;
@@ -1063,10 +1071,50 @@ int lbridge_conn_open(struct lbridge *lb, uint64_t id)
     return w && w->c && conn_can_send(w->c);
 }
 
+/* A queued message of a connection that is closing or gone: on_message
+ * still gets it, with ws closed (its methods return nil, "closed"), since
+ * the peer sent it before it closed. Its handler may wait in turn. */
+static void deliver_late(struct lbridge *lb, struct lb_waiting *w, const struct lb_qmsg *m)
+{
+    struct conn *c = w->c;
+    struct app *app = c ? c->app : w->app;
+    if (!app || (!c && w->ws_ref == LUA_NOREF) || app->handler_ref[H_MESSAGE] == LUA_NOREF)
+        return;
+    if (c) {
+        c->msgs_in++;
+        c->bytes_in += m->len;
+    }
+    METRIC_ADD(app->metrics->msgs_in, 1);
+    METRIC_ADD(app->metrics->bytes_in, m->len);
+    int ref;
+    lua_State *co = entry_co(lb, &ref);
+    push_handler(co, app, H_MESSAGE);
+    if (c)
+        push_ws(co, c);
+    else
+        lua_rawgeti(co, LUA_REGISTRYINDEX, w->ws_ref);
+    lua_pushlstring(co, (const char *)m->data, m->len);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, m->binary ? lb->binary_ref : lb->text_ref);
+    struct lb_call call = {app, w->id, app->handler_ref[H_MESSAGE], NULL};
+    struct lwait_task *t;
+    const char *path = c ? conn_path(c) : w->path ? w->path : "-";
+    int rc = lwait_run(lb, co, ref, &call, 3, LW_MESSAGE, &t);
+    if (rc == LB_WAITING) {
+        t->path = strdup(path);
+        w->task = t;
+    } else if (rc) {
+        log_handler_error(lb->L, app, path, w->id, "on_message");
+        if (c)
+            conn_close(c, WS_CLOSE_INTERNAL, "internal error");
+    }
+}
+
 /* c's handler has returned: hand over what waited for it, in order: the
- * queued messages (while c is open: as for a batch, messages after a close
- * are dropped), then on_drain or on_close if owed. A message's handler may
- * wait in turn: the rest wait again. */
+ * queued messages, then on_drain or on_close if owed. Messages the peer
+ * sent before it closed are still delivered (ws is closed by then); those
+ * behind the app's own ws:close() were dropped then (lbridge_app_closes),
+ * as in a batch. A message's handler may wait in turn: the rest wait
+ * again. */
 static void waiting_done(struct lbridge *lb, struct lb_waiting *w)
 {
     w->task = NULL;
@@ -1080,6 +1128,8 @@ static void waiting_done(struct lbridge *lb, struct lb_waiting *w)
         if (w->c && w->c->state == CONN_OPEN) {
             lbridge_message(lb, w->c, m->data, m->len, m->binary, 0);
             lbridge_dispatch(lb);
+        } else {
+            deliver_late(lb, w, m);
         }
         free(m);
     }
@@ -1527,11 +1577,32 @@ void lbridge_tune_gc(struct lbridge *lb)
     }
 }
 
+void lbridge_app_closes(struct lbridge *lb, struct conn *c)
+{
+    struct lb_waiting *w = waiting_find(lb, c->id);
+    if (!w)
+        return;
+    for (struct lb_qmsg *m = w->head, *next; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    w->head = NULL;
+    w->tail = &w->head;
+    w->nq = w->qbytes = 0;
+}
+
 void lbridge_release(struct lbridge *lb, struct conn *c)
 {
     struct lb_waiting *w = waiting_find(lb, c->id);
-    if (w) /* its waiting handler goes on without it */
+    if (w) { /* its waiting handler goes on without it */
+        if (w->head && c->lua_ref != LUA_NOREF && w->ws_ref == LUA_NOREF) {
+            push_ws(lb->L, c); /* for the messages still queued */
+            w->ws_ref = luaL_ref(lb->L, LUA_REGISTRYINDEX);
+            w->app = c->app;
+            w->path = strdup(conn_path(c));
+        }
         w->c = NULL;
+    }
     if (c->lua_ref == LUA_NOREF)
         return;
     lconn_detach(lb->L, c);

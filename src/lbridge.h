@@ -301,8 +301,13 @@ void lbridge_flush_jit(struct lbridge *lb);
  * step with the size of the Lua heap (see lbridge.c). */
 void lbridge_tune_gc(struct lbridge *lb);
 
+/* The app closes c (ws:close): messages of c still queued behind a waiting
+ * handler are dropped, as the rest of a batch is after a close. */
+void lbridge_app_closes(struct lbridge *lb, struct conn *c);
+
 /* The conn is going away: detach its ws object (methods then return
- * nil, "closed") and drop its refs. */
+ * nil, "closed") and drop its refs; messages still queued behind its
+ * waiting handler keep the ws object for their late on_message. */
 void lbridge_release(struct lbridge *lb, struct conn *c);
 
 /* Let go of a registry ref that kept a queued payload alive. */

@@ -227,6 +227,8 @@ static int lconn_close(lua_State *L)
     }
     if (!c || c->state != CONN_OPEN)
         return closed(L);
+    if (c->srv->lb->nwaiting)
+        lbridge_app_closes(c->srv->lb, c);
     conn_close(c, (uint16_t)code, reason);
     lua_pushboolean(L, 1);
     return 1;

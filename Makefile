@@ -34,14 +34,14 @@ LLHTTP_LIBS   :=
 LLHTTP_SRC    := $(LLHTTP_DIR)/llhttp.c $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c
 endif
 
-CFLAGS_ALL := $(CSTD) $(WARN) $(OPT) $(LUAJIT_CFLAGS) $(LLHTTP_CFLAGS) -DMOONPORT_VERSION='"$(VERSION)"' $(CFLAGS)
+CFLAGS_ALL := $(CSTD) $(WARN) $(OPT) -Ibuild/gen $(LUAJIT_CFLAGS) $(LLHTTP_CFLAGS) -DMOONPORT_VERSION='"$(VERSION)"' $(CFLAGS)
 # hiredis (Debian's libhiredis-dev) is the Redis client of the backplane.
 HIREDIS_LIBS := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 LIBS       := -lev $(LUAJIT_LIBS) $(LLHTTP_LIBS) $(HIREDIS_LIBS) -lssl -lcrypto -lz -lm
 
 SRC      := $(wildcard src/*.c)
 # The pure modules: no libev, no Lua, no sockets. Unit tests and fuzz targets link only these.
-PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/ws_deflate.c src/buf.c src/sha1.c src/topic.c src/bpwire.c src/metrics.c src/proxy.c src/origin.c src/ipcount.c
+PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/ws_deflate.c src/buf.c src/sha1.c src/topic.c src/bpwire.c src/metrics.c src/proxy.c src/origin.c src/ipcount.c src/httpc.c
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 REL_OBJ  := $(SRC:src/%.c=build/rel/%.o) $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/rel/llhttp_%.o)

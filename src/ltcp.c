@@ -793,13 +793,13 @@ static int recv_step(lua_State *L, struct ltcp *s, int *want)
         if (s->rmode == RM_LINE && avail > s->rscan) {
             char *start = s->rbuf + s->rpos;
             char *nl = memchr(start + s->rscan, '\n', avail - s->rscan);
-            if (nl) {
+            if (nl && (size_t)(nl - start) <= s->limit) {
                 size_t n = (size_t)(nl - start);
                 lua_pushlstring(L, start, n && nl[-1] == '\r' ? n - 1 : n);
                 rbuf_consume(s, n + 1);
                 return 1;
             }
-            s->rscan = avail;
+            s->rscan = avail; /* a line end past the limit is caught just below */
         }
         if (s->rmode != RM_N && avail > s->limit) {
             lua_pushnil(L);

@@ -80,6 +80,14 @@ build/asan/llhttp_%.o: $(LLHTTP_DIR)/%.c
 
 asan: build/asan/moonport
 
+# moonport.http is Lua (lua/moonport/http.lua), built into the binary as one
+# C string literal that src/lhttpc.c loads: each line is escaped (\, " and ?,
+# against trigraphs) and ends with \n.
+build/gen/http_lua.h: lua/moonport/http.lua
+	@mkdir -p $(@D)
+	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/?/\\?/g' -e 's/^/"/' -e 's/$$/\\n"/' $< >$@
+build/rel/lhttpc.o build/asan/lhttpc.o: build/gen/http_lua.h
+
 # Unit tests #include nothing but the header under test and link the pure
 # modules, built with the sanitizers.
 # llhttp's generated C does not pass our warnings: link the objects built

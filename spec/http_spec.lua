@@ -364,4 +364,12 @@ describe("moonport.http.request", function()
         ws:close()
         assert.is_true(server:alive())
     end)
+
+    it("exits cleanly with a connection kept in the pool (ASan: nothing leaked)", function()
+        local ws = connect()
+        assert.are.equal("200", ask(ws, [[
+            return (assert(http.request{ url = P.url .. "/echo" })).status ]]))
+        local status = server:stop(10)
+        assert.are.equal(0, status, server:stderr():sub(-3000))
+    end)
 end)

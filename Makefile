@@ -34,14 +34,14 @@ LLHTTP_LIBS   :=
 LLHTTP_SRC    := $(LLHTTP_DIR)/llhttp.c $(LLHTTP_DIR)/api.c $(LLHTTP_DIR)/http.c
 endif
 
-CFLAGS_ALL := $(CSTD) $(WARN) $(OPT) $(LUAJIT_CFLAGS) $(LLHTTP_CFLAGS) -DMOONPORT_VERSION='"$(VERSION)"' $(CFLAGS)
+CFLAGS_ALL := $(CSTD) $(WARN) $(OPT) -Ibuild/gen $(LUAJIT_CFLAGS) $(LLHTTP_CFLAGS) -DMOONPORT_VERSION='"$(VERSION)"' $(CFLAGS)
 # hiredis (Debian's libhiredis-dev) is the Redis client of the backplane.
 HIREDIS_LIBS := $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 LIBS       := -lev $(LUAJIT_LIBS) $(LLHTTP_LIBS) $(HIREDIS_LIBS) -lssl -lcrypto -lz -lm
 
 SRC      := $(wildcard src/*.c)
 # The pure modules: no libev, no Lua, no sockets. Unit tests and fuzz targets link only these.
-PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/ws_deflate.c src/buf.c src/sha1.c src/topic.c src/bpwire.c src/metrics.c src/proxy.c src/origin.c src/ipcount.c
+PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/ws_deflate.c src/buf.c src/sha1.c src/topic.c src/bpwire.c src/metrics.c src/proxy.c src/origin.c src/ipcount.c src/httpc.c
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 REL_OBJ  := $(SRC:src/%.c=build/rel/%.o) $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/rel/llhttp_%.o)
@@ -80,6 +80,14 @@ build/asan/llhttp_%.o: $(LLHTTP_DIR)/%.c
 
 asan: build/asan/moonport
 
+# moonport.http is Lua (lua/moonport/http.lua), built into the binary as one
+# C string literal that src/lhttpc.c loads: each line is escaped (\, " and ?,
+# against trigraphs) and ends with \n.
+build/gen/http_lua.h: lua/moonport/http.lua
+	@mkdir -p $(@D)
+	sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/?/\\?/g' -e 's/^/"/' -e 's/$$/\\n"/' $< >$@
+build/rel/lhttpc.o build/asan/lhttpc.o: build/gen/http_lua.h
+
 # Unit tests #include nothing but the header under test and link the pure
 # modules, built with the sanitizers.
 # llhttp's generated C does not pass our warnings: link the objects built
@@ -88,11 +96,13 @@ LLHTTP_ASAN_OBJ := $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/asan/llhttp_%.o)
 build/unit/%: spec/c/%.c $(PURE_SRC) $(LLHTTP_ASAN_OBJ) $(wildcard src/*.h) spec/c/unit.h
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) -O1 -g $(SAN) -Isrc $(LLHTTP_CFLAGS) $(LUAJIT_CFLAGS) -o $@ $< $(PURE_SRC) \
-	    $(LLHTTP_ASAN_OBJ) $(LLHTTP_LIBS) $(LUAJIT_LIBS) -lcrypto -lz -lm
+	    $(LLHTTP_ASAN_OBJ) $(LLHTTP_LIBS) $(LUAJIT_LIBS) -lcrypto -lz -lm $(UNIT_LIBS)
 
 # These include the code they test (to test it as it runs outside ASan).
 build/unit/test_slab: src/slab.c
 build/unit/test_lalloc: src/slab.c src/lalloc.c
+build/unit/test_resolve: src/resolve.c
+build/unit/test_resolve: UNIT_LIBS := -lev -pthread
 
 unit: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do $$t || exit 1; done

@@ -1,6 +1,6 @@
 /* lhost: the moonport module apps require: log, now, after, every,
  * worker and workers (where the app runs: workers.h), backplane (its counts: backplane.h),
- * sleep and spawn (handlers that wait: lwait.h),
+ * sleep and spawn (handlers that wait: lwait.h), redis and null (lredis.h),
  * publish, subscribers (topics: pubsub.h; their argument checks are
  * lconn.c's, shared with ws:publish), and the timer type, which ws:after
  * and ws:every (lconn.c) share. A timer is a userdata holding its
@@ -20,6 +20,7 @@
 #include "backplane.h"
 #include "lbridge.h"
 #include "log.h"
+#include "lredis.h"
 #include "lwait.h"
 #include "pubsub.h"
 #include "server.h"
@@ -289,6 +290,7 @@ void lhost_open(lua_State *L, struct server *srv)
     lua_pushinteger(L, (lua_Integer)srv->nworkers);
     lua_setfield(L, -2, "workers");
     lwait_open(L, srv);
+    lredis_open(L, srv);
     lua_setfield(L, -2, "moonport");
     lua_pop(L, 2);
 }

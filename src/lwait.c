@@ -330,13 +330,6 @@ static int lwait_sleep(lua_State *L)
     return lwait_yield(L);
 }
 
-/* moonport.waiting(): how many tasks are suspended now (for leak checks). */
-static int lwait_waiting(lua_State *L)
-{
-    lua_pushinteger(L, (lua_Integer)nwaiting);
-    return 1;
-}
-
 /* ---- moonport.spawn ---- */
 
 /* moonport.spawn(fn, ...): fn(...) runs now, in its own task, and goes on
@@ -394,8 +387,6 @@ void lwait_open(lua_State *L, struct server *srv)
     lua_pushlightuserdata(L, srv);
     lua_pushcclosure(L, lwait_spawn, 1);
     lua_setfield(L, -2, "spawn");
-    lua_pushcfunction(L, lwait_waiting);
-    lua_setfield(L, -2, "waiting");
 }
 
 void lwait_close(struct lbridge *lb)

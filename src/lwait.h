@@ -100,7 +100,7 @@ int lwait_conn_open(const struct lwait_task *t);
 
 /* ---- For the bridge ---- */
 
-/* Register moonport.sleep, moonport.spawn and moonport.waiting in the module table on top. */
+/* Register moonport.sleep and moonport.spawn in the module table on top. */
 void lwait_open(lua_State *L, struct server *srv);
 
 /* Run the function below nargs arguments on co (the bridge's reused

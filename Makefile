@@ -88,11 +88,13 @@ LLHTTP_ASAN_OBJ := $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/asan/llhttp_%.o)
 build/unit/%: spec/c/%.c $(PURE_SRC) $(LLHTTP_ASAN_OBJ) $(wildcard src/*.h) spec/c/unit.h
 	@mkdir -p $(@D)
 	$(CC) $(CSTD) $(WARN) -O1 -g $(SAN) -Isrc $(LLHTTP_CFLAGS) $(LUAJIT_CFLAGS) -o $@ $< $(PURE_SRC) \
-	    $(LLHTTP_ASAN_OBJ) $(LLHTTP_LIBS) $(LUAJIT_LIBS) -lcrypto -lz -lm
+	    $(LLHTTP_ASAN_OBJ) $(LLHTTP_LIBS) $(LUAJIT_LIBS) -lcrypto -lz -lm $(UNIT_LIBS)
 
 # These include the code they test (to test it as it runs outside ASan).
 build/unit/test_slab: src/slab.c
 build/unit/test_lalloc: src/slab.c src/lalloc.c
+build/unit/test_resolve: src/resolve.c
+build/unit/test_resolve: UNIT_LIBS := -lev -pthread
 
 unit: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do $$t || exit 1; done

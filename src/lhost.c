@@ -19,6 +19,7 @@
 
 #include "backplane.h"
 #include "lbridge.h"
+#include "ltcp.h"
 #include "log.h"
 #include "lredis.h"
 #include "lwait.h"
@@ -290,6 +291,7 @@ void lhost_open(lua_State *L, struct server *srv)
     lua_pushinteger(L, (lua_Integer)srv->nworkers);
     lua_setfield(L, -2, "workers");
     lwait_open(L, srv);
+    ltcp_open(L, srv);
     lredis_open(L, srv);
     lua_setfield(L, -2, "moonport");
     lua_pop(L, 2);

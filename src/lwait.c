@@ -349,6 +349,13 @@ static int lwait_spawn(lua_State *L)
     return 1;
 }
 
+/* moonport.waiting(): how many tasks wait now (for tests and leak checks). */
+static int lwait_waiting(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)nwaiting);
+    return 1;
+}
+
 /* The wrapper around each waiting C function: coroutine.isyieldable() is
  * the only reliable test for a C boundary on the stack (require, a
  * metamethod called from C), and only Lua code can call it meaningfully. */
@@ -387,6 +394,8 @@ void lwait_open(lua_State *L, struct server *srv)
     lua_pushlightuserdata(L, srv);
     lua_pushcclosure(L, lwait_spawn, 1);
     lua_setfield(L, -2, "spawn");
+    lua_pushcfunction(L, lwait_waiting);
+    lua_setfield(L, -2, "waiting");
 }
 
 void lwait_close(struct lbridge *lb)

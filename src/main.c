@@ -30,6 +30,7 @@
 #include "metrics.h"
 #include "pubsub.h"
 #include "reload.h"
+#include "resolve.h"
 #include "router.h"
 #include "server.h"
 #include "tls.h"
@@ -131,6 +132,7 @@ out:
     srv.bp = NULL;
     mesh_free(srv.mesh);
     lbridge_free(srv.lb);
+    resolve_stop(); /* after the Lua state: its sockets cancel their lookups */
     router_free(srv.router);
     compress_free(srv.z);
     pubsub_free(&srv);

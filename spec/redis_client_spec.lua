@@ -150,6 +150,19 @@ function cmds.badauth(ws)
   local d, e = c:get("x")
   ws:send(pack(a, b) .. " | " .. pack(d, e))
 end
+-- Host names go through the resolver: commands made meanwhile wait unsent,
+-- in order.
+function cmds.names(ws)
+  local c = moonport.redis((URL:gsub("127%.0%.0%.1", "localhost")))
+  local got = {}
+  for i = 1, 3 do
+    moonport.spawn(function() got[i] = pack(c:incr("named")) end)
+  end
+  local last = pack(c:get("named"))
+  while #got < 3 do moonport.sleep(0.005) end
+  local bad = moonport.redis("redis://no-such-host.invalid:6379")
+  ws:send(table.concat(got, ",") .. " " .. last .. " | " .. pack(bad:get("x")))
+end
 function cmds.down(ws)
   local c = client("down", DOWN_URL)
   ws:send(pack(c:get("x")))
@@ -330,6 +343,10 @@ describe("moonport.redis", function()
             ' | nil "AUTH failed: WRONGPASS invalid username-password pair or user is disabled."',
             ask(ws, "badauth"))
         server:wait_log("redis: 127.0.0.1:%d+: AUTH failed: WRONGPASS", 5)
+    end)
+
+    it("resolves host names without blocking, keeping the order of commands", function()
+        assert.are.equal('1,2,3 "3" | nil "no such host"', ask(ws, "names"))
     end)
 
     it("returns nil, \"connection refused\" when nothing listens", function()

@@ -15,7 +15,8 @@
  * resume, and nothing of ours touched after it): where several tasks must
  * be let go at once, each gets its answer pushed and its own timer set to
  * fire now. It never blocks the loop: host names go through the shared
- * resolver (resolve.h), never hiredis's own getaddrinfo. */
+ * resolver (resolve.h), never hiredis's own getaddrinfo; commands made
+ * while it works wait on the list unsent, in order. */
 #include "lredis.h"
 
 #include <arpa/inet.h>
@@ -34,6 +35,7 @@
 #include "lbridge.h"
 #include "log.h"
 #include "lwait.h"
+#include "resolve.h"
 #include "server.h"
 
 #define LREDIS_MT "moonport.redis"
@@ -50,6 +52,7 @@ struct rreq;
 struct rclient {
     struct ev_loop *loop;
     redisAsyncContext *ac;  /* NULL: none; the next command connects */
+    struct resolve_req *resolving; /* the host's address is coming: commands wait unsent */
     ev_timer connect_timer; /* while ac connects */
     double timeout;         /* seconds */
     int up;                 /* ac has connected */
@@ -350,8 +353,8 @@ static void on_setup(redisAsyncContext *ac, void *reply, void *priv)
     conn_fail(c, why);
 }
 
-/* Open c's connection to addr (a numeric address or "localhost": hiredis
- * resolves nothing else without blocking). 0, or -1 with why in err. */
+/* Open c's connection to addr, a numeric address (hiredis would resolve a
+ * name with getaddrinfo on the loop's thread). 0, or -1 with why in err. */
 static int conn_open(struct rclient *c, const char *addr, char *err, size_t errlen)
 {
     redisAsyncContext *ac = redisAsyncConnect(addr, c->url.port);
@@ -397,21 +400,26 @@ static int conn_open(struct rclient *c, const char *addr, char *err, size_t errl
     return 0;
 }
 
-/* Queue r's commands on c's connection, opening it if there is none.
- * 0, or -1 with why in err (nothing of r was sent). */
+static void on_resolved(void *data, const char *err, const struct sockaddr *sa, socklen_t salen);
+
+/* Queue r's commands on c's connection, opening it if there is none (an
+ * address at once; a name once the resolver answers: r stays unsent, and
+ * on_resolved sends it). 0, or -1 with why in err (nothing of r was sent). */
 static int req_send(struct rclient *c, struct rreq *r, char *err, size_t errlen)
 {
-    if (!c->ac) {
+    if (!c->ac && !c->resolving) {
         unsigned char tmp[sizeof(struct in6_addr)];
         const char *h = c->url.host;
-        if (strcasecmp(h, "localhost") != 0 && inet_pton(AF_INET, h, tmp) != 1 &&
-            inet_pton(AF_INET6, h, tmp) != 1) {
-            snprintf(err, errlen, "cannot resolve host names yet: use an address");
+        if (inet_pton(AF_INET, h, tmp) == 1 || inet_pton(AF_INET6, h, tmp) == 1) {
+            if (conn_open(c, h, err, errlen) < 0)
+                return -1;
+        } else if (!(c->resolving = resolve_start(c->loop, h, c->url.port, on_resolved, c))) {
+            snprintf(err, errlen, "out of memory");
             return -1;
         }
-        if (conn_open(c, h, err, errlen) < 0)
-            return -1;
     }
+    if (!c->ac)
+        return 0;
     if (c->inflight + r->want > MAX_INFLIGHT) {
         snprintf(err, errlen, "too many commands in flight");
         return -1;
@@ -435,6 +443,37 @@ static int req_send(struct rclient *c, struct rreq *r, char *err, size_t errlen)
     r->cmds = NULL;
     r->lens = NULL;
     return 0;
+}
+
+/* The host's address, or why there is none: send the commands that waited
+ * for it, or end their waits. No Lua runs here (req_end_soon). */
+static void on_resolved(void *data, const char *err, const struct sockaddr *sa, socklen_t salen)
+{
+    (void)salen;
+    struct rclient *c = data;
+    char why[160], addr[INET6_ADDRSTRLEN];
+    c->resolving = NULL;
+    int ok = 0;
+    if (err) {
+        snprintf(why, sizeof why, "%s", err);
+    } else if (!inet_ntop(sa->sa_family,
+                          sa->sa_family == AF_INET6
+                              ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+                              : (const void *)&((const struct sockaddr_in *)sa)->sin_addr,
+                          addr, sizeof addr)) {
+        snprintf(why, sizeof why, "no such host");
+    } else {
+        ok = conn_open(c, addr, why, sizeof why) == 0;
+    }
+    for (struct rreq *r = c->head; r; r = r->next) {
+        if (!r->cmds || r->done)
+            continue;
+        char send_err[160];
+        if (!ok)
+            req_end_soon(r, why);
+        else if (req_send(c, r, send_err, sizeof send_err) < 0)
+            req_end_soon(r, send_err);
+    }
 }
 
 /* ---- arguments ---- */
@@ -592,6 +631,10 @@ static int lredis_settimeout(lua_State *L)
  * connection. */
 static void client_close(struct rclient *c)
 {
+    if (c->resolving) {
+        resolve_cancel(c->resolving);
+        c->resolving = NULL;
+    }
     for (struct rreq *r = c->head; r; r = r->next)
         if (!r->done)
             req_end_soon(r, "closed");
@@ -630,6 +673,8 @@ static int lredis_gc(lua_State *L)
         detach(c, "closed", 0);
         redisAsyncFree(ac);
     }
+    if (c->resolving)
+        resolve_cancel(c->resolving);
     ev_timer_stop(c->loop, &c->connect_timer);
     return 0;
 }

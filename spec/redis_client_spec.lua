@@ -62,7 +62,6 @@ function cmds.kinds(ws)
   out[#out + 1] = pack(r:incr("k1"))
   out[#out + 1] = pack(r:call("NOSUCHCMD", "x"))
   out[#out + 1] = pack(r:GET("k1"))
-  out[#out + 1] = pack(r:call("multi"), r:set("t", "1"), r:incr("k1"), r:call("exec"))
   out[#out + 1] = pack(r:lrange("empty", 0, -1))
   ws:send(table.concat(out, "\n"))
 end
@@ -93,7 +92,29 @@ function cmds.pipeline(ws)
   p:lrange("nolist2", 0, -1)
   local res, err = p:commit()
   local again = p:commit() -- emptied by the commit: no wait, an empty table
-  ws:send(pack(res, err) .. " | " .. pack(again))
+  -- A transaction: MULTI ... EXEC go out back to back, nothing between.
+  p:multi()
+  p:set("t", "1")
+  p:incr("k1")
+  p:exec()
+  ws:send(pack(res, err) .. " | " .. pack(again) .. " | " .. pack(p:commit()))
+end
+-- Commands stuck behind a server that reads nothing hold at most 64 MiB.
+function cmds.bounded(ws)
+  local c = client("b")
+  c:settimeout(300)
+  local big = string.rep("x", 1024 * 1024)
+  local errs, n = {}, 0
+  for i = 1, 70 do
+    moonport.spawn(function()
+      local ok, err = c:set("big" .. i, big)
+      errs[tostring(err)] = (errs[tostring(err)] or 0) + 1
+      n = n + 1
+    end)
+  end
+  while n < 70 do moonport.sleep(0.01) end
+  ws:send(string.format("timeout %d, too many %d", errs["timeout"] or 0,
+    errs["too many commands in flight"] or 0))
 end
 -- n spawned functions share r: all wait at once on its one connection.
 function cmds.many(ws, n)
@@ -219,6 +240,12 @@ function cmds.misuse(ws)
     if not ok then error(err, 0) end
   end)
   try(r.pipeline(r).commit, r)
+  try(r.call, r, "MULTI")
+  try(r.select, r, 2)
+  try(r.call, r, "client", "REPLY", "OFF")
+  try(function() local p = r:pipeline(); p:multi(); p:set("a", 1); p:commit() end)
+  try(function() r:pipeline():exec() end)
+  try(r.watch, r, "k")
   ws:send(table.concat(out, "\n"))
 end
 -- Waits left for the exit: BLPOPs, a pipeline half answered, and a
@@ -301,7 +328,6 @@ describe("moonport.redis", function()
             'false "ERR value is not an integer or out of range"', -- error reply
             'false "ERR unknown command \'NOSUCHCMD\', with args beginning with: \'x\' "',
             '"v1"',                -- command names in any case
-            '"OK" "QUEUED" "QUEUED" {"OK",{false,"ERR value is not an integer or out of range"}}',
             '{}',                  -- an empty array
         }, out)
     end)
@@ -319,9 +345,10 @@ describe("moonport.redis", function()
         assert.are.equal('"OK" true 268 268 0', ask(ws, "binary"))
     end)
 
-    it("runs a pipeline in one wait, error replies in place", function()
+    it("runs a pipeline in one wait, error replies in place, transactions in it", function()
         assert.are.equal('{"OK","a",{false,"ERR value is not an integer or out of range"},{},null,2,{"x","y"}} nil' ..
-            " | {}", ask(ws, "pipeline"))
+            ' | {} | {"OK","QUEUED","QUEUED",{"OK",{false,"ERR value is not an integer or out of range"}}}',
+            ask(ws, "pipeline"))
     end)
 
     it("sends the commands of many waiting handlers on one connection", function()
@@ -387,6 +414,21 @@ describe("moonport.redis", function()
         assert.are.equal('"v1"', ask(ws, "t GET k1"))
     end)
 
+    it("holds at most 64 MiB of commands for a server that reads nothing", function()
+        rs:pause()
+        local ok, got = pcall(ask, ws, "bounded", 20)
+        rs:resume()
+        assert(ok, got)
+        local timeouts, refused = got:match("^timeout (%d+), too many (%d+)$")
+        -- 63 SETs of 1 MiB fit, the rest are refused at once.
+        assert.are.equal(70, tonumber(timeouts) + tonumber(refused), got)
+        assert.is_true(tonumber(refused) >= 6 and tonumber(timeouts) >= 60, got)
+        -- Once Redis reads again, the client works.
+        assert.truthy(testing.eventually(function()
+            return ask(ws, "call GET k1") == '"v1"'
+        end, 10))
+    end)
+
     it("ends a wait normally when the handler's connection closes", function()
         local w2 = assert(server:connect("/rc"))
         assert(w2:send("closewait cwlist"))
@@ -424,6 +466,12 @@ describe("moonport.redis", function()
         assert.truthy(out[11]:match("bad argument #2 to 'pipeline:set' %(string or number expected, got boolean%)"), out[11])
         assert.truthy(out[12]:match("redis:get: cannot wait here %(inside a coroutine the app made%)"), out[12])
         assert.truthy(out[13]:match("calling 'pipeline:commit' on bad self %(redis pipeline expected"), out[13])
+        assert.truthy(out[14]:match("redis:call: MULTI is not available on moonport.redis %(the connection is shared: send MULTI ... EXEC in a pipeline%)"), out[14])
+        assert.truthy(out[15]:match("redis:select: select is not available on moonport.redis %(the connection is shared: name the db in the URL%)"), out[15])
+        assert.truthy(out[16]:match("redis:call: client is not available on moonport.redis %(replies are how"), out[16])
+        assert.truthy(out[17]:match("pipeline:commit: a MULTI without its EXEC or DISCARD"), out[17])
+        assert.truthy(out[18]:match("pipeline:exec: exec without MULTI"), out[18])
+        assert.truthy(out[19]:match("redis:watch: watch is not available"), out[19])
         assert.truthy(ask(ws, "tostring"):match("^redis client %(127%.0%.0%.1:%d+%)$"))
         assert.are.equal('"v1"', ask(ws, "get k1")) -- nothing broke
     end)

@@ -42,6 +42,8 @@
 #define LPIPE_MT "moonport.redis.pipeline"
 #define DEFAULT_TIMEOUT 5.0  /* seconds, for the connect and for each command */
 #define MAX_INFLIGHT 100000  /* commands that may wait for a reply on one connection */
+#define MAX_PENDING ((size_t)64 << 20) /* bytes of them: a server that reads nothing
+                                          holds this much in hiredis's buffer at most */
 #define CACHE_MAX 512        /* command closures kept per type (r:get, p:set ...) */
 #define ARGV_STACK 16
 
@@ -58,6 +60,7 @@ struct rclient {
     int up;                 /* ac has connected */
     int self_ref;           /* the registry holds the client while a request waits */
     long inflight;          /* callbacks hiredis owes on ac (ours and AUTH/SELECT) */
+    size_t pending;         /* bytes of our commands on ac without all their replies */
     struct rreq *head, *tail; /* requests a task waits on, oldest first */
     struct bp_url url;
 };
@@ -68,6 +71,7 @@ struct rreq {
     ev_timer timer;        /* its timeout; set to fire now when done is set */
     int want, got;         /* replies it waits for, and has */
     int inflight;          /* callbacks hiredis still owes it */
+    size_t bytes;          /* of its commands, counted in its client's pending once sent */
     uint8_t pipeline;      /* its answer is a table of want replies */
     uint8_t pushed;        /* that table is on the task's stack */
     uint8_t done;          /* results (this many) already pushed: the timer ends it */
@@ -82,6 +86,7 @@ struct rpipe {
     size_t len, cap;
     size_t *lens;
     int n, cap_n;
+    int in_multi; /* a MULTI is recorded without its EXEC or DISCARD yet */
 };
 
 /* ---- requests ---- */
@@ -235,7 +240,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     const redisReply *rep = reply;
     if (c)
         c->inflight--;
-    r->inflight--;
+    if (!--r->inflight && c)
+        c->pending -= r->bytes;
     if (!r->t || r->done) { /* let go already: nothing waits for this */
         if (!r->t && !r->inflight)
             req_free(r);
@@ -293,6 +299,7 @@ static void detach(struct rclient *c, const char *why, int lost)
     c->ac = NULL;
     c->up = 0;
     c->inflight = 0;
+    c->pending = 0;
     ev_timer_stop(c->loop, &c->connect_timer);
 }
 
@@ -374,6 +381,9 @@ static int conn_open(struct rclient *c, const char *addr, char *err, size_t errl
     c->ac = ac;
     c->up = 0;
     c->inflight = 0;
+    c->pending = 0;
+    /* A server that vanished without a word (a partition) is noticed. */
+    redisEnableKeepAlive(&ac->c);
     ev_timer_set(&c->connect_timer, c->timeout, 0);
     ev_timer_start(c->loop, &c->connect_timer);
     if (c->url.password[0]) {
@@ -420,7 +430,10 @@ static int req_send(struct rclient *c, struct rreq *r, char *err, size_t errlen)
     }
     if (!c->ac)
         return 0;
-    if (c->inflight + r->want > MAX_INFLIGHT) {
+    size_t bytes = 0;
+    for (int i = 0; i < r->want; i++)
+        bytes += r->lens[i];
+    if (c->inflight + r->want > MAX_INFLIGHT || c->pending + bytes > MAX_PENDING) {
         snprintf(err, errlen, "too many commands in flight");
         return -1;
     }
@@ -437,7 +450,9 @@ static int req_send(struct rclient *c, struct rreq *r, char *err, size_t errlen)
         p += r->lens[i];
         r->inflight++;
         c->inflight++;
+        r->bytes += r->lens[i];
     }
+    c->pending += r->bytes;
     free(r->cmds);
     free(r->lens);
     r->cmds = NULL;
@@ -478,21 +493,48 @@ static void on_resolved(void *data, const char *err, const struct sockaddr *sa, 
 
 /* ---- arguments ---- */
 
-static int is_pubsub(const char *name)
+/* Commands that change the connection for every handler sharing it, or
+ * that break hiredis's pairing of replies with commands: why each is
+ * refused, or NULL. In a pipeline (inpipe), MULTI, EXEC and DISCARD are
+ * fine (nothing of another handler's can come between them there). */
+static const char *refused(lua_State *L, const char *name, int first, int inpipe)
 {
-    static const char *const names[] = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe",
-                                        "punsubscribe", "sunsubscribe", "monitor", NULL};
-    for (const char *const *n = names; *n; n++)
-        if (strcasecmp(name, *n) == 0)
-            return 1;
-    return 0;
+    static const struct {
+        const char *name, *why;
+        int pipe_ok;
+    } list[] = {
+        {"subscribe", "pub/sub: use topics, which the backplane carries across nodes", 0},
+        {"psubscribe", "pub/sub: use topics, which the backplane carries across nodes", 0},
+        {"ssubscribe", "pub/sub: use topics, which the backplane carries across nodes", 0},
+        {"unsubscribe", "pub/sub: use topics, which the backplane carries across nodes", 0},
+        {"punsubscribe", "pub/sub: use topics, which the backplane carries across nodes", 0},
+        {"sunsubscribe", "pub/sub: use topics, which the backplane carries across nodes", 0},
+        {"monitor", "it would take the connection over", 0},
+        {"select", "the connection is shared: name the db in the URL", 0},
+        {"auth", "the connection is shared: put the user and password in the URL", 0},
+        {"hello", "the connection is shared and speaks RESP2", 0},
+        {"reset", "the connection is shared", 0},
+        {"watch", "the connection is shared: another handler's commands would come between", 0},
+        {"unwatch", "the connection is shared", 0},
+        {"multi", "the connection is shared: send MULTI ... EXEC in a pipeline", 1},
+        {"exec", "the connection is shared: send MULTI ... EXEC in a pipeline", 1},
+        {"discard", "the connection is shared: send MULTI ... DISCARD in a pipeline", 1},
+    };
+    for (size_t i = 0; i < sizeof list / sizeof list[0]; i++)
+        if (strcasecmp(name, list[i].name) == 0)
+            return inpipe && list[i].pipe_ok ? NULL : list[i].why;
+    if (strcasecmp(name, "client") == 0 && lua_type(L, first) == LUA_TSTRING &&
+        strcasecmp(lua_tostring(L, first), "reply") == 0)
+        return "replies are how commands and their waits are paired";
+    return NULL;
 }
 
 /* Check the command made of *name (or, when it is NULL, the argument at
  * *first: then *name and *first are set past it) and the arguments from
  * *first to the top, each a string or a number (numbers are made strings in
  * place). Raises on a bad one; returns how many words the command has. */
-static int check_command(lua_State *L, const char **name, int *first, const char *fname)
+static int check_command(lua_State *L, const char **name, int *first, const char *fname,
+                         int inpipe)
 {
     int top = lua_gettop(L);
     if (!*name) {
@@ -504,11 +546,9 @@ static int check_command(lua_State *L, const char **name, int *first, const char
             lb_argerror(L, *first, fname, "the command name is empty");
         (*first)++;
     }
-    if (is_pubsub(*name))
-        lb_error(L, fname,
-                 "%s: %s is not available on moonport.redis (pub/sub: use topics, which the "
-                 "backplane carries across nodes)",
-                 fname, *name);
+    const char *why = refused(L, *name, *first, inpipe);
+    if (why)
+        lb_error(L, fname, "%s: %s is not available on moonport.redis (%s)", fname, *name, why);
     for (int i = *first; i <= top; i++) {
         int type = lua_type(L, i);
         if (type == LUA_TNUMBER) { /* integers as integers: 1e15, not "1e+15" */
@@ -596,7 +636,7 @@ static int lredis_command(lua_State *L)
     const char *name = lua_tostring(L, lua_upvalueindex(1));
     struct rclient *c = check_client(L, fname);
     int first = 2;
-    int argc = check_command(L, &name, &first, fname);
+    int argc = check_command(L, &name, &first, fname, 0);
     struct lwait_task *t = lwait_begin(L, fname); /* raises where it cannot wait */
     size_t len;
     char *cmd = format_command(L, name, first, argc, &len);
@@ -714,7 +754,13 @@ static int lpipe_command(lua_State *L)
         return lb_error(L, fname, "%s: a pipeline holds %d commands at most", fname,
                         MAX_INFLIGHT);
     int first = 2;
-    int argc = check_command(L, &name, &first, fname);
+    int argc = check_command(L, &name, &first, fname, 1);
+    int multi = strcasecmp(name, "multi") == 0;
+    int ends = strcasecmp(name, "exec") == 0 || strcasecmp(name, "discard") == 0;
+    if (multi && p->in_multi)
+        return lb_error(L, fname, "%s: MULTI inside MULTI", fname);
+    if (ends && !p->in_multi)
+        return lb_error(L, fname, "%s: %s without MULTI", fname, name);
     size_t len;
     char *cmd = format_command(L, name, first, argc, &len);
     if (!cmd)
@@ -745,6 +791,8 @@ static int lpipe_command(lua_State *L)
     redisFreeCommand(cmd);
     p->len += len;
     p->lens[p->n++] = len;
+    if (multi || ends)
+        p->in_multi = multi;
     return 0;
 }
 
@@ -754,6 +802,10 @@ static int lpipe_command(lua_State *L)
 static int lpipe_commit(lua_State *L)
 {
     struct rpipe *p = check_pipe(L, "pipeline:commit");
+    if (p->in_multi)
+        return lb_error(L, "pipeline:commit",
+                        "pipeline:commit: a MULTI without its EXEC or DISCARD (the connection "
+                        "is shared: the transaction must end in the pipeline)");
     lua_getfenv(L, 1);
     lua_rawgeti(L, -1, 1);
     struct rclient *c = luaL_testudata(L, -1, LREDIS_MT);

@@ -79,7 +79,14 @@ function cmds.binary(ws)
   local key = "bin\0key"
   local ok = r:set(key, v)
   local got = r:get(key)
-  ws:send(pack(ok, got == v, #got, r:strlen(key), r:exists("bin")))
+  local many = {}
+  for i = 1, 1000 do many[i] = i % 2 == 0 and i or ("w" .. i) end
+  r:del("many")
+  local n = r:rpush("many", unpack(many))
+  local back = r:lrange("many", 0, -1)
+  local same = #back == 1000
+  for i = 1, 1000 do same = same and back[i] == tostring(many[i]) end
+  ws:send(pack(ok, got == v, #got, r:strlen(key), r:exists("bin"), n, same))
 end
 function cmds.pipeline(ws)
   local p = r:pipeline()
@@ -341,8 +348,8 @@ describe("moonport.redis", function()
         assert.are.equal("1000000000000005\n", (rs:cli("GET", "n")))
     end)
 
-    it("keeps binary keys and values byte for byte", function()
-        assert.are.equal('"OK" true 268 268 0', ask(ws, "binary"))
+    it("keeps binary keys and values byte for byte, and commands of 1,000 words", function()
+        assert.are.equal('"OK" true 268 268 0 1000 true', ask(ws, "binary"))
     end)
 
     it("runs a pipeline in one wait, error replies in place, transactions in it", function()

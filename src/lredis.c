@@ -45,7 +45,6 @@
 #define MAX_PENDING ((size_t)64 << 20) /* bytes of them: a server that reads nothing
                                           holds this much in hiredis's buffer at most */
 #define CACHE_MAX 512        /* command closures kept per type (r:get, p:set ...) */
-#define ARGV_STACK 16
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -76,7 +75,8 @@ struct rreq {
     uint8_t pushed;        /* that table is on the task's stack */
     uint8_t done;          /* results (this many) already pushed: the timer ends it */
     char *cmds;            /* unsent commands, formatted, back to back; or NULL */
-    size_t *lens;          /* their lengths (want of them) */
+    size_t *lens;          /* their lengths (want of them): &len1 for one command */
+    size_t len1;
     struct rreq *prev, *next;
 };
 
@@ -94,7 +94,8 @@ struct rpipe {
 static void req_free(struct rreq *r)
 {
     free(r->cmds);
-    free(r->lens);
+    if (r->lens != &r->len1)
+        free(r->lens);
     free(r);
 }
 
@@ -454,7 +455,8 @@ static int req_send(struct rclient *c, struct rreq *r, char *err, size_t errlen)
     }
     c->pending += r->bytes;
     free(r->cmds);
-    free(r->lens);
+    if (r->lens != &r->len1)
+        free(r->lens);
     r->cmds = NULL;
     r->lens = NULL;
     return 0;
@@ -497,6 +499,8 @@ static void on_resolved(void *data, const char *err, const struct sockaddr *sa, 
  * that break hiredis's pairing of replies with commands: why each is
  * refused, or NULL. In a pipeline (inpipe), MULTI, EXEC and DISCARD are
  * fine (nothing of another handler's can come between them there). */
+/* With L NULL: whether name may be refused at all (r:get never is: its
+ * closure skips the check). */
 static const char *refused(lua_State *L, const char *name, int first, int inpipe)
 {
     static const struct {
@@ -520,11 +524,14 @@ static const char *refused(lua_State *L, const char *name, int first, int inpipe
         {"exec", "the connection is shared: send MULTI ... EXEC in a pipeline", 1},
         {"discard", "the connection is shared: send MULTI ... DISCARD in a pipeline", 1},
     };
+    if (!L) /* only asked whether name is one that may be refused */
+        inpipe = 0;
     for (size_t i = 0; i < sizeof list / sizeof list[0]; i++)
         if (strcasecmp(name, list[i].name) == 0)
             return inpipe && list[i].pipe_ok ? NULL : list[i].why;
-    if (strcasecmp(name, "client") == 0 && lua_type(L, first) == LUA_TSTRING &&
-        strcasecmp(lua_tostring(L, first), "reply") == 0)
+    if (strcasecmp(name, "client") == 0 &&
+        (!L || (lua_type(L, first) == LUA_TSTRING &&
+                strcasecmp(lua_tostring(L, first), "reply") == 0)))
         return "replies are how commands and their waits are paired";
     return NULL;
 }
@@ -534,7 +541,7 @@ static const char *refused(lua_State *L, const char *name, int first, int inpipe
  * *first to the top, each a string or a number (numbers are made strings in
  * place). Raises on a bad one; returns how many words the command has. */
 static int check_command(lua_State *L, const char **name, int *first, const char *fname,
-                         int inpipe)
+                         int inpipe, int maybe)
 {
     int top = lua_gettop(L);
     if (!*name) {
@@ -546,7 +553,7 @@ static int check_command(lua_State *L, const char **name, int *first, const char
             lb_argerror(L, *first, fname, "the command name is empty");
         (*first)++;
     }
-    const char *why = refused(L, *name, *first, inpipe);
+    const char *why = maybe ? refused(L, *name, *first, inpipe) : NULL;
     if (why)
         lb_error(L, fname, "%s: %s is not available on moonport.redis (%s)", fname, *name, why);
     for (int i = *first; i <= top; i++) {
@@ -567,35 +574,52 @@ static int check_command(lua_State *L, const char **name, int *first, const char
     return 1 + (top >= *first ? top - *first + 1 : 0);
 }
 
-/* The checked command (check_command) formatted for the wire: a malloc'd
- * string and its length in *len, or NULL when out of memory. Never raises. */
+static char *put_count(char *p, char type, size_t n)
+{
+    char digits[24];
+    int i = 0;
+    do
+        digits[i++] = (char)('0' + n % 10);
+    while ((n /= 10));
+    *p++ = type;
+    while (i)
+        *p++ = digits[--i];
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+static char *put_word(char *p, const char *s, size_t n)
+{
+    p = put_count(p, '$', n);
+    memcpy(p, s, n);
+    p += n;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* The checked command (check_command) in RESP for the wire: a malloc'd
+ * string and its length in *len, or NULL when out of memory. Never raises.
+ * (hiredis's own formatter spends more on sprintf than this does in all.) */
 static char *format_command(lua_State *L, const char *name, int first, int argc, size_t *len)
 {
-    const char *argv_s[ARGV_STACK];
-    size_t lens_s[ARGV_STACK];
-    const char **argv = argv_s;
-    size_t *lens = lens_s;
-    char *cmd = NULL;
-    if (argc > ARGV_STACK) {
-        argv = malloc((size_t)argc * sizeof *argv);
-        lens = malloc((size_t)argc * sizeof *lens);
-        if (!argv || !lens)
-            goto out;
+    enum { HEAD = 1 + 20 + 2 }; /* "$" or "*", a count, CRLF */
+    size_t nlen = strlen(name), total = HEAD + HEAD + nlen + 2, n;
+    for (int i = 1; i < argc; i++) {
+        lua_tolstring(L, first + i - 1, &n);
+        total += HEAD + n + 2;
     }
-    argv[0] = name;
-    lens[0] = strlen(name);
-    for (int i = 1; i < argc; i++)
-        argv[i] = lua_tolstring(L, first + i - 1, &lens[i]);
-    int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
-    if (n < 0)
-        cmd = NULL;
-    else
-        *len = (size_t)n;
-out:
-    if (argv != argv_s)
-        free(argv);
-    if (lens != lens_s)
-        free(lens);
+    char *cmd = malloc(total);
+    if (!cmd)
+        return NULL;
+    char *p = put_count(cmd, '*', (size_t)argc);
+    p = put_word(p, name, nlen);
+    for (int i = 1; i < argc; i++) {
+        const char *s = lua_tolstring(L, first + i - 1, &n);
+        p = put_word(p, s, n);
+    }
+    *len = (size_t)(p - cmd);
     return cmd;
 }
 
@@ -629,29 +653,27 @@ static int client_wait(lua_State *L, struct lwait_task *t, struct rclient *c, st
 }
 
 /* r:get(...), r:set(...) and every command: upvalue 1 is its name, 2 the
- * name apps see ("redis:get"); r:call(cmd, ...) has no upvalue 1. */
+ * name apps see ("redis:get"), 3 whether the name may be one refused
+ * (refused); r:call(cmd, ...) has no upvalue 1. */
 static int lredis_command(lua_State *L)
 {
     const char *fname = lua_tostring(L, lua_upvalueindex(2));
     const char *name = lua_tostring(L, lua_upvalueindex(1));
     struct rclient *c = check_client(L, fname);
     int first = 2;
-    int argc = check_command(L, &name, &first, fname, 0);
+    int argc = check_command(L, &name, &first, fname, 0, lua_toboolean(L, lua_upvalueindex(3)));
     struct lwait_task *t = lwait_begin(L, fname); /* raises where it cannot wait */
     size_t len;
     char *cmd = format_command(L, name, first, argc, &len);
     struct rreq *r = cmd ? calloc(1, sizeof *r) : NULL;
-    size_t *lens = r ? malloc(sizeof *lens) : NULL;
-    if (!lens) {
-        redisFreeCommand(cmd);
-        free(r);
+    if (!r) {
+        free(cmd);
         t->armed = 0; /* no wait began after all */
         return lb_error(L, fname, "%s: out of memory", fname);
     }
-    /* hiredis formats with malloc: free() and redisFreeCommand are one */
     r->cmds = cmd;
-    r->lens = lens;
-    lens[0] = len;
+    r->lens = &r->len1;
+    r->len1 = len;
     r->want = 1;
     return client_wait(L, t, c, r);
 }
@@ -754,9 +776,10 @@ static int lpipe_command(lua_State *L)
         return lb_error(L, fname, "%s: a pipeline holds %d commands at most", fname,
                         MAX_INFLIGHT);
     int first = 2;
-    int argc = check_command(L, &name, &first, fname, 1);
-    int multi = strcasecmp(name, "multi") == 0;
-    int ends = strcasecmp(name, "exec") == 0 || strcasecmp(name, "discard") == 0;
+    int maybe = lua_toboolean(L, lua_upvalueindex(3));
+    int argc = check_command(L, &name, &first, fname, 1, maybe);
+    int multi = maybe && strcasecmp(name, "multi") == 0;
+    int ends = maybe && (strcasecmp(name, "exec") == 0 || strcasecmp(name, "discard") == 0);
     if (multi && p->in_multi)
         return lb_error(L, fname, "%s: MULTI inside MULTI", fname);
     if (ends && !p->in_multi)
@@ -769,7 +792,7 @@ static int lpipe_command(lua_State *L)
         int cap = p->cap_n ? p->cap_n * 2 : 8;
         size_t *lens = realloc(p->lens, (size_t)cap * sizeof *lens);
         if (!lens) {
-            redisFreeCommand(cmd);
+            free(cmd);
             return lb_error(L, fname, "%s: out of memory", fname);
         }
         p->lens = lens;
@@ -781,14 +804,14 @@ static int lpipe_command(lua_State *L)
             cap *= 2;
         char *cmds = realloc(p->cmds, cap);
         if (!cmds) {
-            redisFreeCommand(cmd);
+            free(cmd);
             return lb_error(L, fname, "%s: out of memory", fname);
         }
         p->cmds = cmds;
         p->cap = cap;
     }
     memcpy(p->cmds + p->len, cmd, len);
-    redisFreeCommand(cmd);
+    free(cmd);
     p->len += len;
     p->lens[p->n++] = len;
     if (multi || ends)
@@ -880,10 +903,11 @@ static int lindex(lua_State *L)
     const char *fname = lua_pushfstring(L, "%s:%s", prefix, lua_tostring(L, 2));
     lua_pushvalue(L, 2);
     lua_insert(L, -2); /* name, fname */
+    lua_pushboolean(L, refused(NULL, lua_tostring(L, 2), 0, 0) != NULL);
     if (waits)
-        lwait_pushfunction(L, lredis_command, fname, 2);
+        lwait_pushfunction(L, lredis_command, fname, 3);
     else
-        lua_pushcclosure(L, lpipe_command, 2);
+        lua_pushcclosure(L, lpipe_command, 3);
     lua_Integer n = lua_tointeger(L, lua_upvalueindex(5));
     if (n < CACHE_MAX) { /* past it, a name (made up at run time?) costs a closure per call */
         lua_pushvalue(L, 2);
@@ -938,10 +962,11 @@ static void new_type(lua_State *L, const char *mt, const char *prefix, int waits
     /* call: a command named by its first argument */
     lua_pushboolean(L, 0); /* upvalue 1: no name */
     lua_pushfstring(L, "%s:call", prefix);
+    lua_pushboolean(L, 1); /* upvalue 3: check the name it is given */
     if (waits)
-        lwait_pushfunction(L, lredis_command, lua_tostring(L, -1), 2);
+        lwait_pushfunction(L, lredis_command, lua_tostring(L, -2), 3);
     else
-        lua_pushcclosure(L, lpipe_command, 2);
+        lua_pushcclosure(L, lpipe_command, 3);
     lua_setfield(L, -2, "call");
     lua_newtable(L); /* the cache */
     lua_pushstring(L, prefix);

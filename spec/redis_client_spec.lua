@@ -508,6 +508,32 @@ describe("moonport.redis", function()
         assert.is_true(last <= settled + 1024, settled .. " -> " .. last)
     end)
 
+    it("lets a reload's old clients go: a waiting command finishes, then they close", function()
+        -- A command of the old code waits through the reload and ends with
+        -- its own reply; once the old code is collected, none of its
+        -- connections to Redis stays open.
+        assert(ws:send("k BLPOP reloadlist 10"))
+        server:wait_log("mark k waits BLPOP reloadlist 10", 5)
+        server:write_app("rc", APP .. "\n-- v2\n")
+        assert(server:signal("HUP"))
+        server:wait_log("reload rc %(.-%) v2 ok", 5)
+        rs:cli("RPUSH", "reloadlist", "x")
+        assert.are.equal('{"reloadlist","x"}', recv(ws))
+        local function clients()
+            local n = 0
+            for line in rs:cli("CLIENT", "LIST"):gmatch("[^\n]+") do
+                if not line:find("cmd=client", 1, true) then n = n + 1 end
+            end
+            return n
+        end
+        assert.is_true(clients() > 0)
+        assert.truthy(testing.eventually(function()
+            ask(ws, "heap") -- a full collection in the server
+            return clients() == 0
+        end, 10), "old connections still open: " .. rs:cli("CLIENT", "LIST"))
+        assert.are.equal('"v1"', ask(ws, "get k1")) -- the new code's client
+    end)
+
     it("exits cleanly while commands wait, answered or not", function()
         assert.are.equal('nil "timeout"', ask(ws, "park"))
         local waiting = ask(ws, "heap"):match("%d+ %d+ (%d+)")

@@ -13,6 +13,7 @@ local socket = require "socket"
 local APP = [[
 local moonport = require "moonport"
 local URL, AUTH_URL, DOWN_URL = os.getenv("RC_URL"), os.getenv("RC_AUTH_URL"), os.getenv("RC_DOWN_URL")
+local HUNG_URL = os.getenv("RC_HUNG_URL")
 local r = moonport.redis(URL)
 local clients = {}
 local function client(name, url)
@@ -191,6 +192,14 @@ function cmds.names(ws)
   local bad = moonport.redis("redis://no-such-host.invalid:6379")
   ws:send(table.concat(got, ",") .. " " .. last .. " | " .. pack(bad:get("x")))
 end
+-- A server whose listen queue is full: the connect never completes.
+function cmds.hung(ws)
+  local c = client("hung", HUNG_URL)
+  c:settimeout(1000)
+  local t0 = moonport.now()
+  local a = pack(c:get("x"))
+  ws:send(a .. " " .. (moonport.now() - t0 < 3 and "quick" or "slow"))
+end
 function cmds.down(ws)
   local c = client("down", DOWN_URL)
   ws:send(pack(c:get("x")))
@@ -299,7 +308,7 @@ local function lines(s)
 end
 
 describe("moonport.redis", function()
-    local server, rs, auth_rs, ws
+    local server, rs, auth_rs, ws, hung, filler, hung_port
 
     setup(function()
         local err, log
@@ -307,9 +316,18 @@ describe("moonport.redis", function()
         assert(rs, tostring(err) .. "\n" .. tostring(log))
         auth_rs, err, log = redis.start { password = "s3cret:@/x" }
         assert(auth_rs, tostring(err) .. "\n" .. tostring(log))
+        -- A listener that never accepts, its queue (backlog 0) filled by
+        -- one connection: a connect to it hangs.
+        hung = assert(socket.tcp())
+        assert(hung:bind("127.0.0.1", 0))
+        assert(hung:listen(0))
+        hung_port = select(2, hung:getsockname())
+        filler = assert(socket.tcp())
+        assert(filler:connect("127.0.0.1", hung_port))
         local env = string.format("RC_URL=%s RC_AUTH_URL=%s RC_DOWN_URL=redis://127.0.0.1:%d " ..
+            "RC_HUNG_URL=redis://127.0.0.1:%d " ..
             'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
-            testing.quote(rs:url()), testing.quote(auth_rs:url(3)), testing.free_port())
+            testing.quote(rs:url()), testing.quote(auth_rs:url(3)), testing.free_port(), hung_port)
         server, err, log = testing.start { apps = { rc = APP }, env = env, args = { "--reload", "off" } }
         assert(server, tostring(err) .. "\n" .. tostring(log))
         ws = assert(server:connect("/rc"))
@@ -320,6 +338,8 @@ describe("moonport.redis", function()
         if server then server:cleanup() end
         if rs then rs:stop() end
         if auth_rs then auth_rs:stop() end
+        if filler then filler:close() end
+        if hung then hung:close() end
     end)
 
     it("maps every kind of reply to Lua", function()
@@ -385,6 +405,21 @@ describe("moonport.redis", function()
 
     it("returns nil, \"connection refused\" when nothing listens", function()
         assert.are.equal('nil "connection refused"', ask(ws, "down"))
+    end)
+
+    it("times out a connect that never completes, and drops it", function()
+        local function syn_sent()
+            local _, out = testing.capture("ss -tnH state syn-sent dport = :" .. hung_port, 5)
+            return select(2, out:gsub("\n", ""))
+        end
+        for _ = 1, 2 do -- the second time, a new connect
+            assert(ws:send("hung"))
+            assert.truthy(testing.eventually(function() return syn_sent() == 1 end, 1))
+            assert.are.equal('nil "timeout" quick', recv(ws))
+            -- The connect timer closed the socket: with only the command's
+            -- timer it would stay in SYN-SENT, retrying, for minutes.
+            assert.are.equal(0, syn_sent())
+        end
     end)
 
     it("fails the commands in flight when Redis dies, and connects again after", function()

@@ -2,7 +2,9 @@
 # Makefile. `make bench` runs the standard matrix against bin/moonport,
 # `make bench-peers` the same matrix against nginx+Lua, Node ws and Python
 # websockets, `make bench-test` checks that the tools catch a wrong server,
-# `make bench-callgrind` counts moonport's instructions per echoed message.
+# `make bench-callgrind` counts moonport's instructions per echoed message,
+# `make bench-redis` a handler doing one Redis GET per message, moonport next
+# to OpenResty with lua-resty-redis.
 # The tools are built with -O2 and no sanitizers: they must outrun the server.
 
 BENCH_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN)
@@ -17,12 +19,15 @@ build/bench/codec_bench: bench/codec_bench.c src/ws_frame.c src/ws_utf8.c src/ws
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) -Isrc -o $@ bench/codec_bench.c src/ws_frame.c src/ws_utf8.c
 
-.PHONY: bench bench-peers bench-test bench-callgrind bench-compare
+.PHONY: bench bench-peers bench-test bench-callgrind bench-compare bench-redis
 bench: all $(BENCH_TOOLS)
 	@bash bench/run
 
 bench-peers: all $(BENCH_TOOLS)
 	@bash bench/peers
+
+bench-redis: all build/bench/loadgen
+	@bash bench/redis_get
 
 bench-test: all $(BENCH_TOOLS)
 	@bash bench/test_loadgen.sh

@@ -1,6 +1,7 @@
 /* lhost: the moonport module apps require: log, now, after, every,
  * worker and workers (where the app runs: workers.h), backplane (its counts: backplane.h),
- * sleep and spawn (handlers that wait: lwait.h), http (lhttpc.h),
+ * sleep and spawn (handlers that wait: lwait.h), tcp (ltcp.h), http (lhttpc.h),
+ * redis and null (lredis.h),
  * publish, subscribers (topics: pubsub.h; their argument checks are
  * lconn.c's, shared with ws:publish), and the timer type, which ws:after
  * and ws:every (lconn.c) share. A timer is a userdata holding its
@@ -22,6 +23,7 @@
 #include "lhttpc.h"
 #include "ltcp.h"
 #include "log.h"
+#include "lredis.h"
 #include "lwait.h"
 #include "pubsub.h"
 #include "server.h"
@@ -293,6 +295,7 @@ void lhost_open(lua_State *L, struct server *srv)
     lwait_open(L, srv);
     ltcp_open(L, srv);
     lhttpc_open(L);
+    lredis_open(L, srv);
     lua_setfield(L, -2, "moonport");
     lua_pop(L, 2);
 }

@@ -716,8 +716,12 @@ static int ltcp_send(lua_State *L)
             return push_fail(L, err);
         }
         if (n == 0) { /* the kernel's buffer is full: keep the rest and wait */
+            begin_wait(L, s, fname, OP_SEND, s->tsend); /* may raise: before the copy */
             s->sbuf = malloc(len - off);
             if (!s->sbuf) {
+                s->t->armed = 0; /* no wait after all */
+                s->t = NULL;
+                s->op = OP_NONE;
                 sock_shut(s); /* part of it went: the stream is of no use now */
                 return push_fail(L, "out of memory");
             }
@@ -725,7 +729,6 @@ static int ltcp_send(lua_State *L)
             s->soff = 0;
             s->slen = len - off;
             s->stotal = len;
-            begin_wait(L, s, fname, OP_SEND, s->tsend);
             want_io(s, want);
             return lwait_yield(L);
         }

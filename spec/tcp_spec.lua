@@ -112,7 +112,7 @@ describe("moonport.tcp", function()
         P.free = testing.free_port()
         local err, out
         server, err, out = testing.start {
-            apps = { tcp = APP },
+            apps = { tcp = APP, echo = "return { on_message = function(ws, d) ws:send(d) end }" },
             -- Under ASan, freed memory waits in a quarantine: RSS would grow.
             env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
         }
@@ -399,6 +399,60 @@ describe("moonport.tcp", function()
         assert(ws:send(string.format("ports %d %d %d %d %s", P.plain, P.tls, P.stuck, P.free, cert)))
         assert.are.equal("ok", (ws:receive_message(5)))
         assert.are.equal("version v2 timeout", ask(ws, "version"))
+        ws:close()
+    end)
+
+    it("keeps 1,000 other connections echoing while one handler waits 2 s on a backend", function()
+        local function load(tag)
+            local d = testing.temp_dir()
+            local cmd = "build/bench/loadgen echo -c 1000 -p 1 -s 64 --text -d 3 -w 0 --json --url " ..
+                "ws://127.0.0.1:" .. server.port .. "/echo > " .. d .. "/out 2>&1; echo $? > " ..
+                d .. "/rc"
+            os.execute("(" .. cmd .. ") &")
+            assert.truthy(testing.eventually(function() return testing.read_file(d .. "/rc") end, 60))
+            local rc, out = testing.read_file(d .. "/rc"), testing.read_file(d .. "/out")
+            os.execute("rm -rf " .. testing.quote(d))
+            assert.are.equal("0\n", rc, out)
+            io.stderr:write(string.format("\n[tcp_spec] %s: p99 %s us, p99.9 %s us\n", tag,
+                out:match('"p99_us": ([%d.]+)') or "?", out:match('"p999_us": ([%d.]+)') or "?"))
+        end
+        load("1,000 echoing, nobody waits")
+        local ws = connect()
+        assert(ws:send([[
+            local s = moonport.tcp()
+            s:settimeouts(1000, 1000, 2000)
+            assert(s:connect("127.0.0.1", P.plain))
+            s:send("SILENT\n")
+            return s:receive()
+        ]]))
+        load("1,000 echoing, one handler waits 2 s on a silent backend")
+        local got, gerr = ws:receive_message(10)
+        assert.are.equal("nil|timeout|", got, tostring(gerr))
+        ws:close()
+    end)
+
+    it("keeps a socket alive while a wait on it is the only thing that holds it", function()
+        -- Tail calls leave no Lua frame holding the socket while it waits,
+        -- and the collector runs meanwhile: the wait must still end.
+        local ws = connect()
+        assert.are.equal("nil|timeout||1|abc", ask(ws, [[
+            moonport.spawn(function()
+              for _ = 1, 40 do collectgarbage("collect"); moonport.sleep(0.01) end
+            end)
+            local function get(cmd, pattern)
+              local s = moonport.tcp()
+              s:settimeouts(1000, 1000, 300)
+              assert(s:connect("127.0.0.1", P.plain))
+              s:send(cmd)
+              return s:receive(pattern)
+            end
+            local a, b, c = get("SILENT\n")
+            local function slow_connect()
+              local s = moonport.tcp()
+              return s:connect("localhost", P.plain) -- a name: the resolver's threads
+            end
+            return a, b, c, slow_connect(), get("SPLIT ab c\n")
+        ]]))
         ws:close()
     end)
 

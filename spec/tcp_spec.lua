@@ -294,6 +294,29 @@ describe("moonport.tcp", function()
             local d = moonport.tcp():connect("127.0.0.1", P.tls, { tls = true, verify = false })
             return ok, a, b, c, d
         ]]))
+        -- Megabytes both ways, over TCP and over TLS: sends that wait for
+        -- the kernel's buffer, reads that span many records.
+        assert.are.equal("4000000|true|4000000|true", ask(ws, [[
+            local data = {}
+            for i = 1, 4000000 / 8 do data[i] = string.format("%07d ", i % 10000000) end
+            data = table.concat(data)
+            local out = {}
+            for _, tls in ipairs({ false, true }) do
+              local s = moonport.tcp()
+              if tls then
+                assert(s:connect("localhost", P.tls, { tls = true, ca_file = P.cert }))
+              else
+                assert(s:connect("127.0.0.1", P.plain))
+              end
+              assert(s:send("BIN " .. #data .. "\n"))
+              assert(s:send(data) == #data) -- the backend reads it all, then answers
+              local got = s:receive(#data)
+              out[#out + 1] = #got
+              out[#out + 1] = tostring(got == data)
+              s:close()
+            end
+            return unpack(out)
+        ]], 60))
         -- A name the certificate is not for: refused.
         got = ask(ws, [[
             return moonport.tcp():connect("127.0.0.1", P.tls,

@@ -564,6 +564,38 @@ describe("moonport.tcp", function()
         assert.are.equal(0, fresh:stop(10), fresh:stderr():sub(-3000))
     end)
 
+    it("resolves and connects in every worker of --workers 2", function()
+        -- The resolver's threads start in the process that first resolves,
+        -- so each forked worker has its own; a worker without them would hang.
+        local multi, err, out = testing.start {
+            apps = { tcp = APP },
+            args = { "--workers", "2" },
+            env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
+        }
+        assert(multi, tostring(err) .. "\n" .. tostring(out))
+        finally(function() multi:cleanup() end)
+        local seen, n = {}, 0
+        for _ = 1, 40 do
+            local ws = connect(multi)
+            local got = ask(ws, [[
+                local s = moonport.tcp()
+                assert(s:connect("localhost", P.plain))
+                s:send("ECHO from worker\n")
+                local line = s:receive()
+                s:close()
+                return moonport.worker, line
+            ]])
+            local worker, line = got:match("^(%d+)|(.*)$")
+            assert.are.equal("from worker", line, got)
+            seen[worker] = true
+            n = n + 1
+            ws:close()
+            if seen["1"] and seen["2"] then break end
+        end
+        assert.truthy(seen["1"] and seen["2"], "only one worker served " .. n .. " connections")
+        assert.are.equal(0, multi:stop(10), multi:stderr():sub(-3000))
+    end)
+
     it("exits cleanly with sockets waiting, connecting and pooled", function()
         local ws = connect()
         assert.are.equal("pooled", ask(ws, [[

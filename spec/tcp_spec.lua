@@ -5,7 +5,9 @@
 -- size, line and to the end; refused, no such host, timeouts of each kind,
 -- a reset mid-read, a flood (bounded), TLS verified by default, with
 -- ca_file, a wrong server_name; the keepalive pool; a handler whose
--- connection closes during a socket wait; a reload during one; misuse
+-- connection closes during a socket wait; a reload during one; a socket
+-- that only its wait holds (a tail call) survives collections; 1,000
+-- echoing connections keep their latency while a handler waits; misuse
 -- raises; 100,000 waits and 10,000 connects leave nothing behind.
 --
 -- The app runs Lua snippets the spec sends (each in a handler, so they may
@@ -112,7 +114,7 @@ describe("moonport.tcp", function()
         P.free = testing.free_port()
         local err, out
         server, err, out = testing.start {
-            apps = { tcp = APP },
+            apps = { tcp = APP, echo = "return { on_message = function(ws, d) ws:send(d) end }" },
             -- Under ASan, freed memory waits in a quarantine: RSS would grow.
             env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
         }
@@ -292,6 +294,29 @@ describe("moonport.tcp", function()
             local d = moonport.tcp():connect("127.0.0.1", P.tls, { tls = true, verify = false })
             return ok, a, b, c, d
         ]]))
+        -- Megabytes both ways, over TCP and over TLS: sends that wait for
+        -- the kernel's buffer, reads that span many records.
+        assert.are.equal("4000000|true|4000000|true", ask(ws, [[
+            local data = {}
+            for i = 1, 4000000 / 8 do data[i] = string.format("%07d ", i % 10000000) end
+            data = table.concat(data)
+            local out = {}
+            for _, tls in ipairs({ false, true }) do
+              local s = moonport.tcp()
+              if tls then
+                assert(s:connect("localhost", P.tls, { tls = true, ca_file = P.cert }))
+              else
+                assert(s:connect("127.0.0.1", P.plain))
+              end
+              assert(s:send("BIN " .. #data .. "\n"))
+              assert(s:send(data) == #data) -- the backend reads it all, then answers
+              local got = s:receive(#data)
+              out[#out + 1] = #got
+              out[#out + 1] = tostring(got == data)
+              s:close()
+            end
+            return unpack(out)
+        ]], 60))
         -- A name the certificate is not for: refused.
         got = ask(ws, [[
             return moonport.tcp():connect("127.0.0.1", P.tls,
@@ -402,6 +427,60 @@ describe("moonport.tcp", function()
         ws:close()
     end)
 
+    it("keeps 1,000 other connections echoing while one handler waits 2 s on a backend", function()
+        local function load(tag)
+            local d = testing.temp_dir()
+            local cmd = "build/bench/loadgen echo -c 1000 -p 1 -s 64 --text -d 3 -w 0 --json --url " ..
+                "ws://127.0.0.1:" .. server.port .. "/echo > " .. d .. "/out 2>&1; echo $? > " ..
+                d .. "/rc"
+            os.execute("(" .. cmd .. ") &")
+            assert.truthy(testing.eventually(function() return testing.read_file(d .. "/rc") end, 60))
+            local rc, out = testing.read_file(d .. "/rc"), testing.read_file(d .. "/out")
+            os.execute("rm -rf " .. testing.quote(d))
+            assert.are.equal("0\n", rc, out)
+            io.stderr:write(string.format("\n[tcp_spec] %s: p99 %s us, p99.9 %s us\n", tag,
+                out:match('"p99_us": ([%d.]+)') or "?", out:match('"p999_us": ([%d.]+)') or "?"))
+        end
+        load("1,000 echoing, nobody waits")
+        local ws = connect()
+        assert(ws:send([[
+            local s = moonport.tcp()
+            s:settimeouts(1000, 1000, 2000)
+            assert(s:connect("127.0.0.1", P.plain))
+            s:send("SILENT\n")
+            return s:receive()
+        ]]))
+        load("1,000 echoing, one handler waits 2 s on a silent backend")
+        local got, gerr = ws:receive_message(10)
+        assert.are.equal("nil|timeout|", got, tostring(gerr))
+        ws:close()
+    end)
+
+    it("keeps a socket alive while a wait on it is the only thing that holds it", function()
+        -- Tail calls leave no Lua frame holding the socket while it waits,
+        -- and the collector runs meanwhile: the wait must still end.
+        local ws = connect()
+        assert.are.equal("nil|timeout||1|abc", ask(ws, [[
+            moonport.spawn(function()
+              for _ = 1, 40 do collectgarbage("collect"); moonport.sleep(0.01) end
+            end)
+            local function get(cmd, pattern)
+              local s = moonport.tcp()
+              s:settimeouts(1000, 1000, 300)
+              assert(s:connect("127.0.0.1", P.plain))
+              s:send(cmd)
+              return s:receive(pattern)
+            end
+            local a, b, c = get("SILENT\n")
+            local function slow_connect()
+              local s = moonport.tcp()
+              return s:connect("localhost", P.plain) -- a name: the resolver's threads
+            end
+            return a, b, c, slow_connect(), get("SPLIT ab c\n")
+        ]]))
+        ws:close()
+    end)
+
     it("raises on misuse, naming the method", function()
         local ws = connect()
         local cases = {
@@ -481,6 +560,40 @@ describe("moonport.tcp", function()
         assert.is_true(kib1 <= kib0 + 256, kib0 .. " -> " .. kib1)
         assert.is_true(last <= settled + 1024, settled .. " -> " .. last)
         ws:close()
+        -- Under ASan, anything left behind is a leak report and a non-zero status.
+        assert.are.equal(0, fresh:stop(10), fresh:stderr():sub(-3000))
+    end)
+
+    it("resolves and connects in every worker of --workers 2", function()
+        -- The resolver's threads start in the process that first resolves,
+        -- so each forked worker has its own; a worker without them would hang.
+        local multi, err, out = testing.start {
+            apps = { tcp = APP },
+            args = { "--workers", "2" },
+            env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
+        }
+        assert(multi, tostring(err) .. "\n" .. tostring(out))
+        finally(function() multi:cleanup() end)
+        local seen, n = {}, 0
+        for _ = 1, 40 do
+            local ws = connect(multi)
+            local got = ask(ws, [[
+                local s = moonport.tcp()
+                assert(s:connect("localhost", P.plain))
+                s:send("ECHO from worker\n")
+                local line = s:receive()
+                s:close()
+                return moonport.worker, line
+            ]])
+            local worker, line = got:match("^(%d+)|(.*)$")
+            assert.are.equal("from worker", line, got)
+            seen[worker] = true
+            n = n + 1
+            ws:close()
+            if seen["1"] and seen["2"] then break end
+        end
+        assert.truthy(seen["1"] and seen["2"], "only one worker served " .. n .. " connections")
+        assert.are.equal(0, multi:stop(10), multi:stderr():sub(-3000))
     end)
 
     it("exits cleanly with sockets waiting, connecting and pooled", function()

@@ -80,6 +80,8 @@ struct ltcp {
     ev_io io;
     ev_timer timer;
     struct lwait_task *t;    /* the task waiting on this socket, or NULL */
+    int self_ref;            /* while t waits: the registry holds the object (no Lua
+                                frame may: `return sock:receive()` is a tail call) */
     uint8_t op;              /* OP_*: what t waits for */
     uint8_t rmode;           /* RM_*: what the receive under way wants */
     int reused;              /* times the connection came from the pool */
@@ -189,6 +191,8 @@ static void finish(struct ltcp *s, int nresults)
     struct lwait_task *t = s->t;
     s->t = NULL;
     s->op = OP_NONE;
+    luaL_unref(lwait_thread(t), LUA_REGISTRYINDEX, s->self_ref); /* s lives on: a result holds it or not */
+    s->self_ref = LUA_NOREF;
     lwait_resume(t, nresults);
 }
 
@@ -212,9 +216,23 @@ static void want_io(struct ltcp *s, int events)
     ev_io_start(s->loop, &s->io);
 }
 
+/* A wait that began and is called off before the yield (out of memory). */
+static void cancel_wait(lua_State *L, struct ltcp *s)
+{
+    s->t->armed = 0;
+    s->t = NULL;
+    s->op = OP_NONE;
+    ev_timer_stop(s->loop, &s->timer);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->self_ref);
+    s->self_ref = LUA_NOREF;
+}
+
+/* Begin a wait on the socket at stack index 1. */
 static void begin_wait(lua_State *L, struct ltcp *s, const char *fname, int op, double timeout)
 {
     s->t = lwait_begin(L, fname);
+    lua_pushvalue(L, 1);
+    s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     s->op = (uint8_t)op;
     ev_timer_set(&s->timer, timeout, 0);
     ev_timer_start(s->loop, &s->timer);
@@ -559,9 +577,7 @@ static int ltcp_connect(lua_State *L)
     begin_wait(L, s, fname, OP_RESOLVE, s->tconnect);
     s->rr = resolve_start(s->loop, host, port, on_resolved, s);
     if (!s->rr) {
-        s->t->armed = 0; /* no wait after all */
-        s->t = NULL;
-        s->op = OP_NONE;
+        cancel_wait(L, s);
         sock_shut(s);
         return push_fail(L, "out of memory");
     }
@@ -719,9 +735,7 @@ static int ltcp_send(lua_State *L)
             begin_wait(L, s, fname, OP_SEND, s->tsend); /* may raise: before the copy */
             s->sbuf = malloc(len - off);
             if (!s->sbuf) {
-                s->t->armed = 0; /* no wait after all */
-                s->t = NULL;
-                s->op = OP_NONE;
+                cancel_wait(L, s);
                 sock_shut(s); /* part of it went: the stream is of no use now */
                 return push_fail(L, "out of memory");
             }
@@ -1084,6 +1098,7 @@ static int ltcp_new(lua_State *L)
     memset(s, 0, sizeof *s);
     s->loop = st->loop;
     s->fd = -1;
+    s->self_ref = LUA_NOREF;
     s->tconnect = s->tsend = s->tread = DEFAULT_TIMEOUT;
     s->limit = DEFAULT_LIMIT;
     ev_io_init(&s->io, on_io, -1, EV_READ);

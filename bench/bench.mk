@@ -4,11 +4,16 @@
 # websockets, `make bench-test` checks that the tools catch a wrong server,
 # `make bench-callgrind` counts moonport's instructions per echoed message,
 # `make bench-redis` a handler doing one Redis GET per message, moonport next
-# to OpenResty with lua-resty-redis.
+# to OpenResty with lua-resty-redis, `make bench-floor` what one loopback
+# write costs the writer here (bench/write_floor.c).
 # The tools are built with -O2 and no sanitizers: they must outrun the server.
 
 BENCH_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN)
 BENCH_TOOLS  := build/bench/loadgen build/bench/codec_bench
+
+build/bench/write_floor: bench/write_floor.c
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) -o $@ $<
 
 build/bench/loadgen: bench/loadgen.c
 	@mkdir -p $(@D)
@@ -19,7 +24,7 @@ build/bench/codec_bench: bench/codec_bench.c src/ws_frame.c src/ws_utf8.c src/ws
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) -Isrc -o $@ bench/codec_bench.c src/ws_frame.c src/ws_utf8.c
 
-.PHONY: bench bench-peers bench-test bench-callgrind bench-compare bench-redis
+.PHONY: bench bench-peers bench-test bench-callgrind bench-compare bench-redis bench-floor
 bench: all $(BENCH_TOOLS)
 	@bash bench/run
 
@@ -28,6 +33,10 @@ bench-peers: all $(BENCH_TOOLS)
 
 bench-redis: all build/bench/loadgen
 	@bash bench/redis_get
+
+bench-floor: build/bench/write_floor
+	@build/bench/write_floor 1000 700 100 4
+	@build/bench/write_floor 1000 70 1000 4
 
 bench-test: all $(BENCH_TOOLS)
 	@bash bench/test_loadgen.sh

@@ -8,7 +8,7 @@
 -- connection closes during a socket wait; a reload during one; a socket
 -- that only its wait holds (a tail call) survives collections; 1,000
 -- echoing connections keep their latency while a handler waits; misuse
--- raises; 100,000 waits and 10,000 connects leave nothing behind.
+-- raises; 100,000 waits and 1,000 connects leave nothing behind.
 --
 -- The app runs Lua snippets the spec sends (each in a handler, so they may
 -- wait) and answers with their results joined by "|".
@@ -48,19 +48,35 @@ function app.on_message(ws, data)
     local _, err = s:receive()
     s:close()
     return ws:send("version " .. VERSION .. " " .. err)
-  elseif cmd == "round" then -- 10,000 send/receive waits, 1,000 connects
-    local s = moonport.tcp()
-    assert(s:connect("127.0.0.1", P.plain))
-    for i = 1, 10000 do
-      assert(s:send("ECHO " .. i .. "\n"))
-      assert(s:receive() == tostring(i))
+  elseif cmd == "round" then -- 10,000 send/receive waits, 100 connects
+    -- Ten sockets at once, 1,000 round trips each: the waits overlap, so
+    -- the round takes a tenth of the time one socket after another would.
+    local done = 0
+    for _ = 1, 10 do
+      moonport.spawn(function()
+        local s = moonport.tcp()
+        assert(s:connect("127.0.0.1", P.plain))
+        for i = 1, 1000 do
+          assert(s:send("ECHO " .. i .. "\n"))
+          assert(s:receive() == tostring(i))
+        end
+        s:close()
+        done = done + 1
+      end)
     end
-    s:close()
-    for _ = 1, 1000 do
-      local t = moonport.tcp()
-      assert(t:connect("127.0.0.1", P.plain))
-      t:close()
+    while done < 10 do moonport.sleep(0.01) end
+    done = 0
+    for _ = 1, 10 do
+      moonport.spawn(function()
+        for _ = 1, 10 do
+          local t = moonport.tcp()
+          assert(t:connect("127.0.0.1", P.plain))
+          t:close()
+        end
+        done = done + 1
+      end)
     end
+    while done < 10 do moonport.sleep(0.01) end
     collectgarbage("collect") -- RSS then measures what stays, not the collector's lag
     return ws:send("round done")
   elseif cmd == "closewait" then
@@ -517,7 +533,7 @@ describe("moonport.tcp", function()
         ws:close()
     end)
 
-    it("leaves nothing behind after 100,000 waits and 10,000 connects", function()
+    it("leaves nothing behind after 100,000 waits and 1,000 connects", function()
         -- A server of its own: what earlier tests made the heap and RSS
         -- grow to would hide what this one measures.
         local fresh, err, out = testing.start {
@@ -538,8 +554,10 @@ describe("moonport.tcp", function()
         end
         -- A round ("round" in the app, not a snippet: compiling new code
         -- each round would grow LuaJIT's machine code, not ours): 10,000
-        -- send/receive pairs on one socket (each receive waits for the
-        -- backend), and 1,000 connect/close cycles.
+        -- send/receive pairs on ten sockets at once (each receive waits for
+        -- the backend), and 100 connect/close cycles (no more: on loopback
+        -- about one connect in 150 to this backend waits 1 s for its SYN to
+        -- be sent again, which made 1,000 a round take 6 s).
         local trail = {}
         local function round()
             assert.are.equal("round done", ask(ws, "round", 300))
@@ -551,7 +569,7 @@ describe("moonport.tcp", function()
         for _ = 1, 7 do round() end
         local kib1, refs1, waiting1 = heap()
         local last = math.max(unpack(trail, 4))
-        io.stderr:write(string.format("\n[tcp_spec] 100,000 send/receive waits and 10,000 connects: " ..
+        io.stderr:write(string.format("\n[tcp_spec] 100,000 send/receive waits and 1,000 connects: " ..
             "Lua heap %d -> %d KiB, registry %d -> %d entries, waiting %d -> %d, RSS after each " ..
             "round (KiB): %s\n", kib0, kib1, refs0, refs1, waiting0, waiting1, table.concat(trail, " ")))
         assert.are.equal(0, waiting0)

@@ -14,6 +14,7 @@
 -- handler, so they may wait) and answers with their results joined by "|";
 -- any other message is echoed.
 local testing = require "moonport.testing"
+local echo_load = require "support.echo_load"
 
 local APP = [[
 local moonport = require "moonport"
@@ -304,19 +305,7 @@ describe("moonport.http.request", function()
     end)
 
     it("keeps 1,000 other connections echoing while one handler waits 2 s on a backend", function()
-        local function load(tag)
-            local tmp = testing.temp_dir()
-            local cmd = "build/bench/loadgen echo -c 1000 -p 1 -s 64 --text -d 3 -w 0 --json --url " ..
-                "ws://127.0.0.1:" .. server.port .. "/http > " .. tmp .. "/out 2>&1; echo $? > " ..
-                tmp .. "/rc"
-            os.execute("(" .. cmd .. ") &")
-            assert.truthy(testing.eventually(function() return testing.read_file(tmp .. "/rc") end, 60))
-            local rc, out = testing.read_file(tmp .. "/rc"), testing.read_file(tmp .. "/out")
-            os.execute("rm -rf " .. testing.quote(tmp))
-            assert.are.equal("0\n", rc, out)
-            io.stderr:write(string.format("\n[http_spec] %s: p99 %s us, p99.9 %s us\n", tag,
-                out:match('"p99_us": ([%d.]+)') or "?", out:match('"p999_us": ([%d.]+)') or "?"))
-        end
+        local function load(tag) echo_load(server, "/http", "http_spec", tag) end
         load("1,000 echoing, nobody waits")
         local ws = connect()
         assert(ws:send("lua return http.request{ url = P.url .. '/slow?s=2' }.body"))

@@ -8,6 +8,7 @@
 -- timer callbacks and moonport.spawn may wait; misuse raises; 100,000 waits
 -- leave no task, coroutine or registry ref behind.
 local testing = require "moonport.testing"
+local echo_load = require "support.echo_load"
 local socket = require "socket"
 
 local function app_source(version)
@@ -460,19 +461,7 @@ describe("handlers that wait", function()
     end)
 
     it("keeps 1,000 other connections echoing while one handler waits 2 s", function()
-        local function load(tag)
-            local dir = testing.temp_dir()
-            local cmd = "build/bench/loadgen echo -c 1000 -p 1 -s 64 --text -d 3 -w 0 --json --url " ..
-                "ws://127.0.0.1:" .. server.port .. "/waits > " .. dir .. "/out 2>&1; echo $? > " ..
-                dir .. "/rc"
-            os.execute("(" .. cmd .. ") &")
-            assert.truthy(testing.eventually(function() return testing.read_file(dir .. "/rc") end, 60))
-            local rc, out = testing.read_file(dir .. "/rc"), testing.read_file(dir .. "/out")
-            os.execute("rm -rf " .. testing.quote(dir))
-            assert.are.equal("0\n", rc, out)
-            io.stderr:write(string.format("\n[wait_spec] %s: p99 %s us, p99.9 %s us\n", tag,
-                out:match('"p99_us": ([%d.]+)') or "?", out:match('"p999_us": ([%d.]+)') or "?"))
-        end
+        local function load(tag) echo_load(server, "/waits", "wait_spec", tag) end
         load("1,000 echoing, nobody waits")
         local ws = connect()
         assert(ws:send("sleep 2 long"))

@@ -6,8 +6,6 @@
  * touching it. */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "handshake.h"
 #include "unit.h"
@@ -649,13 +647,9 @@ static void test_reason(void)
  * readable address. A read past what was given faults. */
 static void test_guard_page(void)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    char *map = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHECK(map != MAP_FAILED);
-    if (map == MAP_FAILED)
+    char *end = unit_guard_page();
+    if (!end)
         return;
-    CHECK(mprotect(map + page, page, PROT_NONE) == 0);
-    char *end = map + page;
 
     static const struct {
         const char *s;
@@ -688,7 +682,7 @@ static void test_guard_page(void)
         CHECK_EQ(rc, cases[i].rc);
         hs_free(r);
     }
-    munmap(map, 2 * page);
+    unit_guard_free(end);
 }
 
 int main(void)

@@ -7,8 +7,6 @@
  * touching it. */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "httpc.h"
 #include "unit.h"
@@ -318,13 +316,9 @@ static void test_garbage(void)
  * whole and a byte at a time (each byte moved to that last address). */
 static void test_guard_page(void)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    char *map = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHECK(map != MAP_FAILED);
-    if (map == MAP_FAILED)
+    char *end = unit_guard_page();
+    if (!end)
         return;
-    CHECK(mprotect(map + page, page, PROT_NONE) == 0);
-    char *end = map + page;
     static const struct {
         const char *s;
         size_t len;
@@ -356,7 +350,7 @@ static void test_guard_page(void)
         CHECK_EQ(rc, cases[i].rc);
         httpc_free(p);
     }
-    munmap(map, 2 * page);
+    unit_guard_free(end);
 }
 
 static void test_want(void)

@@ -5,6 +5,8 @@
 #define MOONPORT_UNIT_H
 
 #include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static int unit_passed, unit_failed;
 
@@ -29,6 +31,27 @@ static int unit_passed, unit_failed;
                     __LINE__, #a, #b, unit_a_, unit_b_);                               \
         }                                                                              \
     } while (0)
+
+/* For parsers of untrusted bytes: the end of a readable page followed by
+ * one that faults on any access. An input copied to end - len is read up
+ * to its last byte and no further, or the test crashes. NULL if it cannot
+ * be made (a CHECK has failed then); unit_guard_free(end) gives it back. */
+static inline char *unit_guard_page(void)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char *map = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(map != MAP_FAILED);
+    if (map == MAP_FAILED)
+        return NULL;
+    CHECK(mprotect(map + page, page, PROT_NONE) == 0);
+    return map + page;
+}
+
+static inline void unit_guard_free(char *end)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    munmap(end - page, 2 * page);
+}
 
 static inline int unit_done(const char *name)
 {

@@ -5,6 +5,7 @@
 -- handshake's status, no token is a 401 without asking, and a backend that
 -- cannot be reached is a 503.
 local testing = require "moonport.testing"
+local backend = require "support.backend"
 
 local SOURCE = assert(testing.read_file("apps/auth_http.lua"))
 
@@ -13,13 +14,7 @@ describe("apps/auth_http.lua", function()
 
     setup(function()
         dir = testing.temp_dir()
-        local portfile = dir .. "/http.port"
-        local p = io.popen("python3 spec/support/httpbackend.py " .. testing.quote(portfile) ..
-            " >/dev/null 2>&1 & echo $!")
-        pid = tonumber(p:read("*l"))
-        p:close()
-        assert(testing.eventually(function() return testing.read_file(portfile) end, 10))
-        port = tonumber(testing.read_file(portfile):match("%d+"))
+        port, _, pid = backend(dir, "http", "spec/support/httpbackend.py")
         local err, out
         server, err, out = testing.start {
             apps = { auth_http = SOURCE },

@@ -14,6 +14,7 @@
 -- handler, so they may wait) and answers with their results joined by "|";
 -- any other message is echoed.
 local testing = require "moonport.testing"
+local backend = require "support.backend"
 local echo_load = require "support.echo_load"
 
 local APP = [[
@@ -51,18 +52,6 @@ end
 return app
 ]]
 
--- A backend process: returns its ports and pid.
-local function start_backend(dir, name, script, args)
-    local portfile = dir .. "/" .. name .. ".port"
-    local p = io.popen("python3 " .. script .. " " .. testing.quote(portfile) .. " " ..
-        (args or "") .. " >/dev/null 2>&1 & echo $!")
-    local pid = tonumber(p:read("*l"))
-    p:close()
-    assert(testing.eventually(function() return testing.read_file(portfile) end, 10),
-        "backend " .. name .. " did not start")
-    local a, b = testing.read_file(portfile):match("(%d+) ?(%d*)")
-    return tonumber(a), tonumber(b), pid
-end
 
 describe("moonport.http.request", function()
     local server, dir, cert
@@ -73,9 +62,9 @@ describe("moonport.http.request", function()
         dir = testing.temp_dir()
         local key
         cert, key = testing.make_cert(dir, "backend")
-        P.plain, P.tls, backends[1] = start_backend(dir, "http", "spec/support/httpbackend.py",
+        P.plain, P.tls, backends[1] = backend(dir, "http", "spec/support/httpbackend.py",
             "--cert " .. testing.quote(cert) .. " --key " .. testing.quote(key))
-        P.stuck, _, backends[2] = start_backend(dir, "stuck", "spec/support/tcp_backend.py",
+        P.stuck, _, backends[2] = backend(dir, "stuck", "spec/support/tcp_backend.py",
             "--stuck")
         P.free = testing.free_port()
         local err, out

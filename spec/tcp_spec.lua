@@ -13,6 +13,8 @@
 -- The app runs Lua snippets the spec sends (each in a handler, so they may
 -- wait) and answers with their results joined by "|".
 local testing = require "moonport.testing"
+local backend = require "support.backend"
+local TCP_BACKEND = "spec/support/tcp_backend.py"
 local echo_load = require "support.echo_load"
 
 local APP = [[
@@ -103,17 +105,6 @@ local function sh(cmd)
     assert(testing.run(cmd), cmd)
 end
 
--- A backend process: returns its port and pid.
-local function start_backend(dir, name, args)
-    local portfile = dir .. "/" .. name .. ".port"
-    local p = io.popen("python3 spec/support/tcp_backend.py " .. testing.quote(portfile) .. " " ..
-        (args or "") .. " >/dev/null 2>&1 & echo $!")
-    local pid = tonumber(p:read("*l"))
-    p:close()
-    assert(testing.eventually(function() return testing.read_file(portfile) end, 10),
-        "backend " .. name .. " did not start")
-    return tonumber(testing.read_file(portfile)), pid
-end
 
 describe("moonport.tcp", function()
     local server, dir, cert
@@ -124,10 +115,10 @@ describe("moonport.tcp", function()
         dir = testing.temp_dir()
         cert = testing.make_cert(dir, "backend")
         local key = dir .. "/backend-key.pem"
-        P.plain, backends[1] = start_backend(dir, "plain")
-        P.tls, backends[2] = start_backend(dir, "tls", "--cert " .. testing.quote(cert) ..
+        P.plain, _, backends[1] = backend(dir, "plain", TCP_BACKEND)
+        P.tls, _, backends[2] = backend(dir, "tls", TCP_BACKEND, "--cert " .. testing.quote(cert) ..
             " --key " .. testing.quote(key))
-        P.stuck, backends[3] = start_backend(dir, "stuck", "--stuck")
+        P.stuck, _, backends[3] = backend(dir, "stuck", TCP_BACKEND, "--stuck")
         P.free = testing.free_port()
         local err, out
         server, err, out = testing.start {

@@ -1547,15 +1547,21 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         int read_ready = revents & (c->tls_read_wants_write ? EV_WRITE : EV_READ);
         if (write_ready)
             conn_flush(c);
-        if (read_ready && c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused))
+        if (read_ready && c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused)) {
+            server_read_begin(c->srv, c);
             on_readable_tls(c);
+            server_read_end(c->srv, c);
+        }
         return;
     }
     if (revents & EV_WRITE)
         conn_flush(c);
     if ((revents & EV_READ) && c->state != CONN_DEAD &&
-        !(c->read_paused | c->held | c->wait_paused))
+        !(c->read_paused | c->held | c->wait_paused)) {
+        server_read_begin(c->srv, c);
         on_readable(c);
+        server_read_end(c->srv, c);
+    }
 }
 
 /* A PROXY header that cannot be one: refuse the connection. Over plain

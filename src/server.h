@@ -99,6 +99,11 @@ struct server {
     struct limits_gen *limits;
     struct conn **flush;
     size_t nflush, flush_cap;
+    /* The conn whose input is being read (server_read_begin): output it
+     * queues meanwhile is written as soon as the read ends, while its
+     * memory is still in the cache, rather than with the flush array's. */
+    struct conn *reading;
+    int reading_flush;
     /* Conns with published output that may wait for more, up to
      * timeouts.publish_delay (publish_w), to leave in fewer writes. A dead
      * one is not freed while it is here. */
@@ -145,6 +150,11 @@ int server_run(struct server *s);
 
 /* Connection bookkeeping for conn.c. */
 void server_want_flush(struct server *s, struct conn *c);
+/* Around the reading of c's input: output queued for c in between is
+ * written by server_read_end (output queued for others still waits for
+ * the end of the loop turn). */
+void server_read_begin(struct server *s, struct conn *c);
+void server_read_end(struct server *s, struct conn *c);
 /* The same for output that may wait up to timeouts.publish_delay (a
  * published message): other publishes in that time leave in the same write.
  * Anything else queued for c meanwhile flushes it all in the loop turn. */

@@ -84,6 +84,34 @@ describe("resources", function()
     server:cleanup()
   end)
 
+  it("echoes 16 KiB messages under load with the Lua heap's slack and the kept heap bounded", function()
+    -- Large messages widen the collector's slack (lbridge_tune_gc: up to
+    -- 8 MiB more heap) and glibc keeps up to 16 MiB of freed heap (main.c);
+    -- with 400 messages of 16 KiB in flight the server must stay well
+    -- under their sum plus what it had. Under ASan, freed memory would sit
+    -- in its quarantine instead, so that is off.
+    local server = assert(testing.start {
+      apps = { echo = ECHO },
+      env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
+    })
+    local before = server:rss_kib()
+    local dir = testing.temp_dir()
+    local rc = os.execute("build/bench/loadgen echo -c 100 -p 4 -s 16384 --binary -d 3 -w 0 --json --url ws://127.0.0.1:"
+                          .. server.port .. "/echo > " .. dir .. "/out 2>&1")
+    local out = testing.read_file(dir .. "/out")
+    os.execute("rm -rf " .. testing.quote(dir))
+    assert.is_true(rc == true or rc == 0, out) -- every echo came back intact
+    local echoed = tonumber(out:match('"checked": (%d+)'))
+    assert.is_true(echoed and echoed > 1000, out)
+    local grown = server:rss_kib() - before
+    io.stderr:write(string.format("\n[resources_spec] 16 KiB echo, %d messages: RSS grew %d KiB\n",
+                                  echoed, grown))
+    assert.is_true(grown < 64 * 1024, "server RSS grew by " .. grown .. " KiB")
+    assert.is_true(server:alive())
+    assert.are.equal(0, server:stop())
+    server:cleanup()
+  end)
+
   it("refuses connections beyond limits.max_connections, with one log line a second", function()
     local server = assert(testing.start {
       apps = { echo = ECHO },

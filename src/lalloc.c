@@ -55,10 +55,7 @@ void *lalloc_f(void *ud, void *p, size_t osize, size_t nsize)
     if (!p) {
         if (small(nsize))
             return slab_alloc_raw(class_of(a, nsize));
-        if (!nsize)
-            return NULL;
-        a->big_bytes += nsize;
-        return malloc(nsize);
+        return nsize ? malloc(nsize) : NULL;
     }
     if (!nsize) {
         release(a, p, osize);

@@ -25,9 +25,6 @@
 
 struct lalloc {
     struct slab_cache cls[LALLOC_SMALL_MAX / LALLOC_STEP];
-    /* Bytes of new blocks over LALLOC_SMALL_MAX since start: the
-     * collector's pacing (lbridge_tune_gc) looks at them. */
-    size_t big_bytes;
 };
 
 void lalloc_init(struct lalloc *a);

@@ -1410,7 +1410,6 @@ void lbridge_dispatch(struct lbridge *lb)
     if (!n)
         return;
     b->n = 0; /* whatever the handlers cause, these are dispatched once */
-    lb->gc_msgs += (size_t)n;
     struct conn *c = b->c;
     if (lb->nwaiting) { /* its handler waits: these wait for it */
         struct lb_waiting *w = waiting_find(lb, c->id);
@@ -1553,49 +1552,25 @@ void lbridge_flush_jit(struct lbridge *lb)
  * is set by how much garbage it lets pile up between cycles: each cycle
  * marks the whole live heap, and with the default pause (a cycle starts
  * when the heap has doubled) a small heap means a cycle every few hundred
- * messages. So the pause lets the heap grow by a slack beyond what is in
- * use (estimated by the heap's size now, garbage included, which only
+ * messages. So the pause lets the heap grow by GC_SLACK_KIB beyond what is
+ * in use (estimated by the heap's size now, garbage included, which only
  * errs towards a smaller pause), and never by less than the default
- * doubling. A heap over the slack gets the default; a small one spends at
- * most the slack in more memory. The pause is read when a cycle ends, so
- * setting it once per loop iteration is soon enough.
- * The slack is GC_SLACK_KIB, small on purpose: new strings are written to
- * memory the last sweep freed, and garbage that fits in a core's L2 cache
- * keeps those writes cheap. A larger slack saves a few more instructions
- * and loses more to cache misses (see the commit that set it). Large
- * messages (blocks over LALLOC_SMALL_MAX, malloc's) fill that slack in a
- * few dozen: with 16 KiB messages a cycle came every ~60 of them, and the
- * collector took ~6,900 instructions per message. So the slack is also
- * at least GC_BIG_MSGS times the large-block bytes allocated per message
- * dispatched, recently, up to GC_SLACK_BIG_MAX_KIB (~2,500 instructions
- * per 16 KiB message at 4 MiB). Per message, not per block: small
- * messages' heaps have large blocks too (the string table, each time it
- * doubles), a few hundred bytes' worth per message, which leave the slack
- * as it was. */
+ * doubling. A heap over GC_SLACK_KIB gets the default; a small one spends
+ * at most GC_SLACK_KIB more memory. The pause is read when a cycle ends,
+ * so setting it once per loop iteration is soon enough.
+ * The slack is small on purpose: new strings are written to memory the
+ * last sweep freed, and garbage that fits in a core's L2 cache keeps those
+ * writes cheap. A larger slack saves a few more instructions and loses
+ * more to cache misses (see the commit that set it). */
 #define GC_SLACK_KIB 512
-#define GC_SLACK_BIG_MAX_KIB 8192
-#define GC_BIG_MSGS 256
 #define GC_PAUSE_DEFAULT 200
 
 void lbridge_tune_gc(struct lbridge *lb)
 {
-    /* Over the loop iteration that ends: its messages' strings were made in
-     * it. One without messages (a timer's, a reload's) is left out. */
-    size_t msgs = lb->gc_msgs - lb->gc_seen_msgs;
-    size_t bytes = lb->alloc.big_bytes - lb->gc_big_bytes;
-    lb->gc_seen_msgs = lb->gc_msgs;
-    lb->gc_big_bytes = lb->alloc.big_bytes;
-    if (msgs) /* an average that follows the last dozen or so iterations */
-        lb->gc_big_per_msg = (lb->gc_big_per_msg * 7 + bytes / msgs) / 8;
-    long slack = (long)(lb->gc_big_per_msg * GC_BIG_MSGS / 1024);
-    if (slack < GC_SLACK_KIB)
-        slack = GC_SLACK_KIB;
-    if (slack > GC_SLACK_BIG_MAX_KIB)
-        slack = GC_SLACK_BIG_MAX_KIB;
     long kib = lua_gc(lb->L, LUA_GCCOUNT, 0);
     int pause = GC_PAUSE_DEFAULT;
-    if (kib > 0 && kib < slack)
-        pause = (int)(100 * (kib + slack) / kib);
+    if (kib > 0 && kib < GC_SLACK_KIB)
+        pause = (int)(100 * (kib + GC_SLACK_KIB) / kib);
     if (pause != lb->gc_pause) {
         lua_gc(lb->L, LUA_GCSETPAUSE, pause);
         lb->gc_pause = pause;

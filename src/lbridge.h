@@ -139,9 +139,6 @@ struct lbridge {
     const char *text_str, *binary_str; /* their bytes: Lua strings are interned,
                                           so a kind is recognised by address */
     int gc_pause;                      /* the pause last given to the collector */
-    size_t gc_msgs;                    /* messages dispatched since start */
-    size_t gc_seen_msgs, gc_big_bytes; /* that and alloc.big_bytes when lbridge_tune_gc last looked */
-    size_t gc_big_per_msg;             /* large-block bytes per message, recently */
     /* The coroutine handlers run in while nobody waits (lwait.h): reused
      * from call to call, replaced when a handler waits in it. */
     lua_State *co;

@@ -6,9 +6,6 @@
  * backplane id is made before that, so they share it. `moonport publish`
  * is bpcli.c's. */
 #include <errno.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,25 +155,6 @@ static void make_node_id(struct config *cfg)
     snprintf(cfg->node_id, sizeof cfg->node_id, "%016llx", (unsigned long long)r);
 }
 
-/* glibc gives freed memory at the top of its heap back to the system once
- * more than 128 KiB of it is free, and the next allocations fault it in
- * again, page by page. The Lua heap frees large messages by the megabyte
- * (a collector cycle's worth, lbridge_tune_gc), so with 16 KiB messages
- * that was 0.6 page faults per message and a quarter of the server's time.
- * Up to MAIN_TRIM_MIB stays mapped now. Setting the threshold stops glibc
- * from raising its mmap threshold as it goes, so that is set too: blocks
- * up to MAIN_MMAP_MIB come from the heap, larger ones are mapped apart. */
-#define MAIN_TRIM_MIB 16
-#define MAIN_MMAP_MIB 4
-
-static void tune_malloc(void)
-{
-#ifdef __GLIBC__
-    mallopt(M_TRIM_THRESHOLD, MAIN_TRIM_MIB << 20);
-    mallopt(M_MMAP_THRESHOLD, MAIN_MMAP_MIB << 20);
-#endif
-}
-
 int main(int argc, char **argv)
 {
     static struct config cfg;
@@ -196,7 +174,6 @@ int main(int argc, char **argv)
     make_node_id(&cfg);
     log_json = cfg.log_json;
     raise_fd_limit();
-    tune_malloc();
     main_argc = argc;
     main_argv = argv;
     size_t metrics_size = cfg.workers * sizeof *metric_blocks; /* SIGHUP may change cfg */

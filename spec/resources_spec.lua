@@ -85,11 +85,9 @@ describe("resources", function()
   end)
 
   it("echoes 16 KiB messages under load with the Lua heap's slack and the kept heap bounded", function()
-    -- Large messages widen the collector's slack (lbridge_tune_gc: up to
-    -- 8 MiB more heap) and glibc keeps up to 16 MiB of freed heap (main.c);
-    -- with 400 messages of 16 KiB in flight the server must stay well
-    -- under their sum plus what it had. Under ASan, freed memory would sit
-    -- in its quarantine instead, so that is off.
+    -- With 400 messages of 16 KiB in flight the server must stay well under
+    -- their sum plus what it had, whatever the collector's pacing. Under
+    -- ASan, freed memory would sit in its quarantine instead, so that is off.
     local server = assert(testing.start {
       apps = { echo = ECHO },
       env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',

@@ -84,7 +84,7 @@ describe("resources", function()
     server:cleanup()
   end)
 
-  it("echoes 16 KiB messages under load with the Lua heap's slack and the kept heap bounded", function()
+  it("echoes 16 KiB messages under load with RSS growth bounded", function()
     -- With 400 messages of 16 KiB in flight the server must stay well under
     -- their sum plus what it had, whatever the collector's pacing. Under
     -- ASan, freed memory would sit in its quarantine instead, so that is off.

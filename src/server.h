@@ -103,7 +103,6 @@ struct server {
      * queues meanwhile is written as soon as the read ends, while its
      * memory is still in the cache, rather than with the flush array's. */
     struct conn *reading;
-    int reading_flush;
     /* Conns with published output that may wait for more, up to
      * timeouts.publish_delay (publish_w), to leave in fewer writes. A dead
      * one is not freed while it is here. */

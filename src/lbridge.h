@@ -139,6 +139,11 @@ struct lbridge {
     const char *text_str, *binary_str; /* their bytes: Lua strings are interned,
                                           so a kind is recognised by address */
     int gc_pause;                      /* the pause last given to the collector */
+    /* Messages and their bytes handed to on_message since start, as
+     * lbridge_tune_gc last saw them, and their mean size, recently. */
+    uint64_t gc_msgs, gc_bytes, gc_seen_msgs, gc_seen_bytes;
+    size_t gc_msg_size;
+    size_t gc_trim_kib; /* malloc's trim threshold as last raised; 0: untouched */
     /* The coroutine handlers run in while nobody waits (lwait.h): reused
      * from call to call, replaced when a handler waits in it. */
     lua_State *co;

@@ -17,6 +17,7 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1583,26 +1584,55 @@ void lbridge_flush_jit(struct lbridge *lb)
 /* A large slack frees the strings of large messages by the megabyte, and
  * glibc gives memory at the top of its heap back to the system once 128
  * KiB of it is free, for the next messages to fault it in again, page by
- * page: 0.6 page faults per 16 KiB message, a quarter of the server's
- * time. So once the slack grows, malloc keeps twice the slack mapped
- * (setting that threshold stops glibc from moving its mmap threshold on
- * its own, so that one is set too: blocks up to GC_MMAP_MIB come from the
- * heap). A server that never sees large messages keeps glibc's defaults. */
+ * page: 0.06 page faults per 16 KiB message, more with larger ones. So
+ * while the slack is grown, malloc keeps twice the slack mapped (setting
+ * that threshold stops glibc from moving its mmap threshold on its own,
+ * so that one is set too: blocks up to GC_MMAP_MIB come from the heap).
+ * When large messages stop (their mean falls to half of what grows the
+ * slack: the gap keeps a mix near the edge from going to and fro), glibc's
+ * threshold comes back, and once the collector has freed the last large
+ * strings (the heap has shrunk by half the old slack), malloc_trim gives
+ * the freed heap back, from the middle of the heap too. A server that
+ * never sees large messages keeps glibc's defaults. */
 #define GC_MMAP_MIB 4
+#define GC_TRIM_DEFAULT_KIB 128 /* glibc's own */
+#define GC_TRIM_EVERY 10.0
 
-static void keep_mapped(struct lbridge *lb, long slack_kib)
+static void keep_mapped(struct lbridge *lb, size_t slack_kib, long heap_kib)
 {
 #ifdef __GLIBC__
-    size_t want = (size_t)slack_kib * 2;
-    if (want <= lb->gc_trim_kib)
-        return;
-    if (!lb->gc_trim_kib)
-        mallopt(M_MMAP_THRESHOLD, GC_MMAP_MIB << 20);
-    mallopt(M_TRIM_THRESHOLD, (int)(want * 1024));
-    lb->gc_trim_kib = want;
+    if (slack_kib > GC_SLACK_KIB) { /* grown: keep twice the slack */
+        size_t want = slack_kib * 2;
+        if (want <= lb->gc_trim_kib)
+            return;
+        if (!lb->gc_trim_kib)
+            mallopt(M_MMAP_THRESHOLD, GC_MMAP_MIB << 20);
+        mallopt(M_TRIM_THRESHOLD, (int)(want * 1024));
+        lb->gc_trim_kib = want;
+        lb->gc_trim_below = 0;
+    } else if (lb->gc_trim_kib && slack_kib < GC_SLACK_KIB / 2) {
+        mallopt(M_TRIM_THRESHOLD, GC_TRIM_DEFAULT_KIB * 1024);
+        /* Trim once the collector has freed the large strings: the heap
+         * down by half the old slack. One not that much over the small
+         * slack has freed them already: trim now. */
+        long below = heap_kib - (long)(lb->gc_trim_kib / 4);
+        lb->gc_trim_below = below > GC_SLACK_KIB ? below : LONG_MAX;
+        lb->gc_trim_kib = 0;
+    }
+    if (lb->gc_trim_below && heap_kib <= lb->gc_trim_below) {
+        /* At most every GC_TRIM_EVERY s: a mix of sizes that crosses the
+         * gap back and forth must not make the loop walk the heap each time */
+        double now = ev_now(lb->srv->loop);
+        if (now - lb->gc_trimmed >= GC_TRIM_EVERY) {
+            malloc_trim(0);
+            lb->gc_trimmed = now;
+        }
+        lb->gc_trim_below = 0;
+    }
 #else
     (void)lb;
     (void)slack_kib;
+    (void)heap_kib;
 #endif
 }
 
@@ -1617,17 +1647,16 @@ void lbridge_tune_gc(struct lbridge *lb)
         lb->gc_seen_msgs = lb->gc_msgs;
         lb->gc_seen_bytes = lb->gc_bytes;
     }
-    long slack = (long)(lb->gc_msg_size * GC_SLACK_MSGS / 1024);
+    size_t slack = lb->gc_msg_size * GC_SLACK_MSGS / 1024;
+    if (slack > GC_SLACK_MAX_KIB)
+        slack = GC_SLACK_MAX_KIB;
+    long kib = lua_gc(lb->L, LUA_GCCOUNT, 0);
+    keep_mapped(lb, slack, kib);
     if (slack < GC_SLACK_KIB)
         slack = GC_SLACK_KIB;
-    else if (slack > GC_SLACK_MAX_KIB)
-        slack = GC_SLACK_MAX_KIB;
-    if (slack > GC_SLACK_KIB)
-        keep_mapped(lb, slack);
-    long kib = lua_gc(lb->L, LUA_GCCOUNT, 0);
     int pause = GC_PAUSE_DEFAULT;
-    if (kib > 0 && kib < slack)
-        pause = (int)(100 * (kib + slack) / kib);
+    if (kib > 0 && kib < (long)slack)
+        pause = (int)(100 * (kib + (long)slack) / kib);
     if (pause != lb->gc_pause) {
         lua_gc(lb->L, LUA_GCSETPAUSE, pause);
         lb->gc_pause = pause;

@@ -143,7 +143,9 @@ struct lbridge {
      * lbridge_tune_gc last saw them, and their mean size, recently. */
     uint64_t gc_msgs, gc_bytes, gc_seen_msgs, gc_seen_bytes;
     size_t gc_msg_size;
-    size_t gc_trim_kib; /* malloc's trim threshold as last raised; 0: untouched */
+    size_t gc_trim_kib; /* malloc's trim threshold as last raised; 0: glibc's */
+    long gc_trim_below; /* malloc_trim once the Lua heap is down to this (KiB); 0: no */
+    double gc_trimmed;  /* when malloc_trim last ran (ev_now) */
     /* The coroutine handlers run in while nobody waits (lwait.h): reused
      * from call to call, replaced when a handler waits in it. */
     lua_State *co;

@@ -14,10 +14,10 @@
 #include <lauxlib.h>
 #include <luajit.h>
 #include <lualib.h>
+#include <limits.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>

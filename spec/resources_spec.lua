@@ -84,23 +84,35 @@ describe("resources", function()
     server:cleanup()
   end)
 
-  it("echoes 16 KiB messages under load with RSS growth bounded", function()
-    -- With 400 messages of 16 KiB in flight the server must stay well under
-    -- their sum plus what it had, whatever the collector's pacing. Under
-    -- ASan, freed memory would sit in its quarantine instead, so that is off.
-    local server = assert(testing.start {
+  -- An echo server whose freed memory is freed: under ASan it would sit in
+  -- the quarantine instead, so that is off.
+  local function start_echo()
+    return assert(testing.start {
       apps = { echo = ECHO },
       env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
     })
-    local before = server:rss_kib()
+  end
+
+  -- build/bench/loadgen's echo load with args for 3 s; fails the test unless
+  -- every echo came back intact, and returns how many did.
+  local function echo_load(server, args)
     local dir = testing.temp_dir()
-    local rc = os.execute("build/bench/loadgen echo -c 100 -p 4 -s 16384 --binary -d 3 -w 0 --json --url ws://127.0.0.1:"
+    local rc = os.execute("build/bench/loadgen echo " .. args .. " -d 3 -w 0 --json --url ws://127.0.0.1:"
                           .. server.port .. "/echo > " .. dir .. "/out 2>&1")
     local out = testing.read_file(dir .. "/out")
     os.execute("rm -rf " .. testing.quote(dir))
-    assert.is_true(rc == true or rc == 0, out) -- every echo came back intact
+    assert.is_true(rc == true or rc == 0, out)
     local echoed = tonumber(out:match('"checked": (%d+)'))
     assert.is_true(echoed and echoed > 1000, out)
+    return echoed
+  end
+
+  it("echoes 16 KiB messages under load with RSS growth bounded", function()
+    -- With 400 messages of 16 KiB in flight the server must stay well under
+    -- their sum plus what it had, whatever the collector's pacing.
+    local server = start_echo()
+    local before = server:rss_kib()
+    local echoed = echo_load(server, "-c 100 -p 4 -s 16384 --binary")
     local grown = server:rss_kib() - before
     io.stderr:write(string.format("\n[resources_spec] 16 KiB echo, %d messages: RSS grew %d KiB\n",
                                   echoed, grown))
@@ -116,26 +128,13 @@ describe("resources", function()
     -- freed heap goes back to the system. ASan's allocator keeps what it
     -- frees whatever moonport asks of glibc's, so under ASan only the bound
     -- is checked.
-    local server = assert(testing.start {
-      apps = { echo = ECHO },
-      env = 'ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=0"',
-    })
+    local server = start_echo()
     local asan = (os.getenv("MOONPORT_BIN") or ""):match("asan")
-    local dir = testing.temp_dir()
-    local function load(args)
-      local rc = os.execute("build/bench/loadgen echo " .. args .. " -d 3 -w 0 --json --url ws://127.0.0.1:"
-                            .. server.port .. "/echo > " .. dir .. "/out 2>&1")
-      local out = testing.read_file(dir .. "/out")
-      assert.is_true(rc == true or rc == 0, out) -- every echo came back intact
-      local echoed = tonumber(out:match('"checked": (%d+)'))
-      assert.is_true(echoed and echoed > 1000, out)
-    end
     local before = server:rss_kib()
-    load("-c 100 -p 4 -s 65536 --binary")
+    echo_load(server, "-c 100 -p 4 -s 65536 --binary")
     local peak = server:rss_kib()
-    load("-c 100 -p 16 -s 64 --text")
+    echo_load(server, "-c 100 -p 16 -s 64 --text")
     local after = server:rss_kib()
-    os.execute("rm -rf " .. testing.quote(dir))
     io.stderr:write(string.format("\n[resources_spec] RSS %d KiB, after 64 KiB echoes %d, after 64 B echoes %d\n",
                                   before, peak, after))
     assert.is_true(peak - before < 96 * 1024, "server RSS grew by " .. (peak - before) .. " KiB")

@@ -65,6 +65,7 @@ function cmds.boom(ws)
   return t.field -- an error after a wait
 end
 function cmds.version(ws, s)
+  mark("version waits", ws.id)
   moonport.sleep(tonumber(s))
   ws:send("version " .. VERSION)
 end
@@ -387,8 +388,10 @@ describe("handlers that wait", function()
     end)
 
     it("lets a waiting handler finish with the code it started with across a reload", function()
-        local ws = connect()
+        local ws, id = connect()
         assert(ws:send("version 0.5"))
+        -- the v1 handler is waiting before the reload starts, not only sent to
+        server:wait_log("mark %d+ version waits " .. id, 5)
         server:write_app("waits", app_source("v2"))
         assert(server:signal("HUP"))
         server:wait_log("reload waits %(.-%) v2 ok", 5)

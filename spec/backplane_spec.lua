@@ -78,7 +78,9 @@ local function stats(ws)
   local s = ask(ws, "stats")
   if s == "none" then return nil end
   local t = {}
-  for k, v in s:gmatch("(%w[%w_]*)=(%S+)") do t[k] = tonumber(v) or v end
+  -- the node id is 16 hex digits, which tonumber may read as a number
+  -- ("0123456789012345", "12e4..."): it stays a string
+  for k, v in s:gmatch("(%w[%w_]*)=(%S+)") do t[k] = k ~= "node" and tonumber(v) or v end
   return t
 end
 

@@ -41,7 +41,7 @@ LIBS       := -lev $(LUAJIT_LIBS) $(LLHTTP_LIBS) $(HIREDIS_LIBS) -lssl -lcrypto 
 
 SRC      := $(wildcard src/*.c)
 # The pure modules: no libev, no Lua, no sockets. Unit tests and fuzz targets link only these.
-PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/ws_deflate.c src/buf.c src/sha1.c src/topic.c src/bpwire.c src/metrics.c src/proxy.c src/origin.c src/ipcount.c src/httpc.c
+PURE_SRC := src/ws_frame.c src/ws_utf8.c src/handshake.c src/snapshot.c src/slab.c src/ws_deflate.c src/buf.c src/sha1.c src/topic.c src/bpwire.c src/metrics.c src/proxy.c src/origin.c src/ipcount.c src/httpc.c
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 REL_OBJ  := $(SRC:src/%.c=build/rel/%.o) $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/rel/llhttp_%.o)
@@ -95,12 +95,16 @@ build/rel/lhttpc.o build/asan/lhttpc.o: build/gen/http_lua.h
 LLHTTP_ASAN_OBJ := $(LLHTTP_SRC:$(LLHTTP_DIR)/%.c=build/asan/llhttp_%.o)
 build/unit/%: spec/c/%.c $(PURE_SRC) $(LLHTTP_ASAN_OBJ) $(wildcard src/*.h) spec/c/unit.h
 	@mkdir -p $(@D)
-	$(CC) $(CSTD) $(WARN) -O1 -g $(SAN) -Isrc $(LLHTTP_CFLAGS) $(LUAJIT_CFLAGS) -o $@ $< $(PURE_SRC) \
+	$(CC) $(CSTD) $(WARN) -O1 -g $(SAN) -Isrc $(LLHTTP_CFLAGS) $(LUAJIT_CFLAGS) -o $@ $< \
+	    $(filter-out $(UNIT_INCLUDED),$(PURE_SRC)) \
 	    $(LLHTTP_ASAN_OBJ) $(LLHTTP_LIBS) $(LUAJIT_LIBS) -lcrypto -lz -lm $(UNIT_LIBS)
 
 # These include the code they test (to test it as it runs outside ASan).
 build/unit/test_slab: src/slab.c
+build/unit/test_slab: UNIT_INCLUDED := src/slab.c
 build/unit/test_lalloc: src/slab.c src/lalloc.c
+build/unit/test_lalloc: UNIT_INCLUDED := src/slab.c
+build/unit/test_snapshot: UNIT_INCLUDED := src/slab.c
 build/unit/test_resolve: src/resolve.c
 build/unit/test_resolve: UNIT_LIBS := -lev -pthread
 

@@ -9,6 +9,42 @@
 
 #include "handshake.h"
 #include "router.h"
+#include "slab.h"
+
+/* A snapshot lives as long as its connection, and an idle connection costs
+ * little else: malloc would give each an 8-byte header and round it up to
+ * 16 bytes, and put it among the handshake's short-lived blocks. So blocks
+ * up to SNAP_SLAB_MAX bytes come from slabs (slab.h) of one size class
+ * each, SNAP_STEP bytes apart; a block's size is not stored, it is read
+ * off the snapshot (snap_size). Larger ones are malloc's. */
+#define SNAP_STEP 8
+#define SNAP_SLAB_MAX 512
+static struct slab_cache classes[SNAP_SLAB_MAX / SNAP_STEP];
+
+static struct slab_cache *class_of(size_t n)
+{
+    if (n > SNAP_SLAB_MAX)
+        return NULL;
+    struct slab_cache *sc = &classes[(n - 1) / SNAP_STEP];
+    if (!sc->size)
+        sc->size = (n + SNAP_STEP - 1) / SNAP_STEP * SNAP_STEP;
+    return sc;
+}
+
+static void *block_alloc(size_t n)
+{
+    struct slab_cache *sc = class_of(n);
+    return sc ? slab_alloc_raw(sc) : malloc(n);
+}
+
+static void block_free(void *p, size_t n)
+{
+    struct slab_cache *sc = class_of(n);
+    if (sc)
+        slab_free(sc, p);
+    else
+        free(p);
+}
 
 /* Header names common in WebSocket handshakes. A stored name that is one
  * byte below 0x20 is an index into this table: a header name is an RFC 9110
@@ -88,7 +124,7 @@ struct snapshot *snap_new(const struct sockaddr *client, double started)
     const void *bytes;
     uint8_t family = addr_split(client, &port, &bytes);
     size_t alen = addr_len(family);
-    struct snapshot *s = malloc(offsetof(struct snapshot, data) + alen + 2);
+    struct snapshot *s = block_alloc(offsetof(struct snapshot, data) + alen + 2);
     if (!s)
         return NULL;
     memset(s, 0, offsetof(struct snapshot, data));
@@ -136,6 +172,15 @@ static char *put_name(char *w, const char *name)
     return code ? put(w, &code, 1) : put(w, name, strlen(name));
 }
 
+/* Sec-WebSocket-Key is the handshake's one-time nonce: answered with
+ * Sec-WebSocket-Accept, it has served its purpose, and its 24 bytes,
+ * different on every connection, would be a tenth of a browser's request
+ * and a third of a minimal one. */
+static int kept_header(const char *name)
+{
+    return strcmp(name, "sec-websocket-key") != 0;
+}
+
 int snap_complete(struct snapshot **sp, const struct sockaddr *server, const char *target,
                   const struct route_match *m, const struct hs_request *hs)
 {
@@ -146,24 +191,27 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
     size_t clen = addr_len(old->client_family), slen = addr_len(sfamily);
     size_t plen = strcspn(target, "?#");
     size_t tlen = strlen(target);
-    size_t nh = hs_header_count(hs);
+    size_t nh = hs_header_count(hs), kept = 0;
 
     size_t size = clen + slen + tlen + 2;
     for (unsigned i = 0; i < m->nparams; i++)
         size += m->params[i].name_len + m->params[i].value_len + 2;
     for (size_t i = 0; i < nh; i++) {
         const struct hs_header *h = hs_header_at(hs, i);
+        if (!kept_header(h->name))
+            continue;
         size += stored_name_len(h->name) + (value_code(h->value, h->value_len) ? 1 : h->value_len) + 2;
+        kept++;
     }
-    if (m->nparams > 15 || nh > UINT16_MAX)
+    if (m->nparams > 15 || kept > UINT16_MAX)
         return -1;
-    struct snapshot *s = malloc(offsetof(struct snapshot, data) + size);
+    struct snapshot *s = block_alloc(offsetof(struct snapshot, data) + size);
     if (!s)
         return -1;
     memcpy(s, old, offsetof(struct snapshot, data) + clen);
     s->nparams = (uint8_t)m->nparams & 15;
     s->has_reason = 0;
-    s->nheaders = (uint16_t)nh;
+    s->nheaders = (uint16_t)kept;
     s->server_family = sfamily & 15;
     s->server_port = sport;
     char *w = s->data + clen;
@@ -178,18 +226,15 @@ int snap_complete(struct snapshot **sp, const struct sockaddr *server, const cha
     }
     for (size_t i = 0; i < nh; i++) {
         const struct hs_header *h = hs_header_at(hs, i);
+        if (!kept_header(h->name))
+            continue;
         w = put_name(w, h->name);
         char code = value_code(h->value, h->value_len);
         w = code ? put(w, &code, 1) : put(w, h->value, h->value_len);
     }
-    free(*sp);
+    snap_free(*sp);
     *sp = s;
     return 0;
-}
-
-void snap_free(struct snapshot *s)
-{
-    free(s);
 }
 
 /* Bytes of the block up to the end of its strings. */
@@ -202,14 +247,28 @@ static size_t strings_end(const struct snapshot *s)
     return (size_t)(p - (const char *)s);
 }
 
+/* Bytes of the block: the strings, and the room for a close reason. */
+static size_t snap_size(const struct snapshot *s)
+{
+    return strings_end(s) + (s->has_reason ? SNAP_REASON_MAX : 0);
+}
+
+void snap_free(struct snapshot *s)
+{
+    if (s)
+        block_free(s, snap_size(s));
+}
+
 char *snap_reason_room(struct snapshot **sp)
 {
     struct snapshot *s = *sp;
     size_t end = strings_end(s);
     if (!s->has_reason) {
-        if (!(s = realloc(s, end + SNAP_REASON_MAX)))
+        if (!(s = block_alloc(end + SNAP_REASON_MAX)))
             return NULL;
+        memcpy(s, *sp, end);
         s->has_reason = 1;
+        snap_free(*sp);
         *sp = s;
     }
     return (char *)s + end;

@@ -70,6 +70,13 @@ describe("config keys", function()
             'max_message, max_fragments,', 1, true), out)
     end)
 
+    it("refuses a max_message over 4 GiB - 1, the most a message can have", function()
+        local status, out = start_with("limits = { max_message = 4294967296 }")
+        assert.are.equal(1, status, out)
+        assert.truthy(out:find("limits.max_message must be between 1 and 4294967295, " ..
+            "not 4294967296", 1, true), out)
+    end)
+
     it("refuses a setting without a name", function()
         local status, out = start_with("8080")
         assert.are.equal(1, status, out)

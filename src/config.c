@@ -17,6 +17,7 @@
 #include "log.h"
 #include "origin.h"
 #include "proxy.h"
+#include "ws_frame.h"
 
 static const char usage[] =
     "usage: moonport [options] [APPS_DIR]\n"
@@ -225,7 +226,10 @@ static int field_number(lua_State *L, int t, const char *key, const char *where,
     double v = lua_tonumber(L, -1);
     lua_pop(L, 1);
     if (!(v >= min && v <= max)) {
-        snprintf(err, errlen, "%s%s must be between %g and %g, not %g", where, key, min, max, v);
+        /* %.15g: every whole number a limit takes, digit for digit (%g
+         * would say 4294967296 is not between 1 and 4.29497e+09) */
+        snprintf(err, errlen, "%s%s must be between %.15g and %.15g, not %.15g", where, key, min,
+                 max, v);
         return -1;
     }
     *out = v;
@@ -766,7 +770,7 @@ static int load_file(struct config *c, const char *file, char *err, size_t errle
         int l = lua_gettop(L);
         if (check_keys(L, l, "limits", msg, sizeof msg))
             goto bad;
-        NUM(l, "limits.", "max_message", 1, 1ull << 40, c->max_message);
+        NUM(l, "limits.", "max_message", 1, WS_MESSAGE_MAX, c->max_message);
         NUM(l, "limits.", "max_fragments", 1, 1u << 31, c->max_fragments);
         NUM(l, "limits.", "max_head", 512, 1 << 24, c->max_head);
         NUM(l, "limits.", "max_headers", 1, 10000, c->max_headers);

@@ -178,8 +178,10 @@ static long header_check(struct ws_parser *p, const uint8_t *h, size_t n)
     const struct ws_limits *lim = p->limits;
     if (lim->max_fragments && p->msg_frames >= lim->max_fragments)
         return fail(p, WS_ERR_TOO_BIG, WHY_FRAGMENT_LIMIT);
-    /* msg_len never exceeds max_message, so the subtraction cannot wrap. */
-    if (lim->max_message && len > lim->max_message - p->msg_len)
+    uint64_t max = lim->max_message && lim->max_message < WS_MESSAGE_MAX ? lim->max_message
+                                                                         : WS_MESSAGE_MAX;
+    /* msg_len never exceeds max, so the subtraction cannot wrap. */
+    if (len > max - p->msg_len)
         return fail(p, WS_ERR_TOO_BIG, WHY_SIZE_LIMIT);
     return 0;
 }
@@ -192,7 +194,7 @@ static void data_start(struct ws_parser *p, const uint8_t *h)
 
     p->frame_fin = (h[0] & HDR_FIN) != 0;
     p->frame_rsv = h[0] & HDR_RSV;
-    p->frame_left = header_payload_len(h);
+    p->frame_left = (uint32_t)header_payload_len(h); /* <= WS_MESSAGE_MAX: checked */
     memcpy(p->mask, h + header_size(h) - 4, 4);
     p->mask_pos = 0;
     if (op != WS_OP_CONT) {
@@ -227,8 +229,8 @@ static long data_feed(struct ws_parser *p, uint8_t *buf, size_t len, struct ws_c
      * empty chunk and ends; its successors have msg_frames > 1). */
     if (p->msg_frames == 1 && p->msg_len == 0)
         out->flags |= WS_CHUNK_MSG_START;
-    p->msg_len += n;
-    p->frame_left -= n;
+    p->msg_len += (uint32_t)n;
+    p->frame_left -= (uint32_t)n;
     if (p->frame_left == 0) {
         if (p->frame_fin) {
             if (text && !ws_utf8_complete(&p->utf8))

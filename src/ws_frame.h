@@ -67,10 +67,15 @@ struct ws_chunk {
     size_t len;
 };
 
+/* The most payload a message can have, whatever max_message says: a parser
+ * counts it in 32 bits, since every byte of a parser is paid by every
+ * connection. A longer message fails as one over max_message does. */
+#define WS_MESSAGE_MAX UINT32_MAX
+
 /* Limits of a parser. Many parsers share one (a connection's parser points
  * at the server's), so a connection pays 8 bytes for them, not 16. */
 struct ws_limits {
-    uint64_t max_message;   /* bytes of payload in one message; 0 = no limit */
+    uint64_t max_message;   /* bytes of payload in one message; 0: WS_MESSAGE_MAX */
     uint32_t max_fragments; /* frames in one message; 0 = no limit */
 };
 
@@ -90,8 +95,8 @@ struct ws_parser {
     struct ws_utf8 utf8;    /* state across a text message's chunks */
     uint8_t why;            /* after a negative return: why (ws_parser_error) */
     uint32_t msg_frames;    /* frames of the open message so far */
-    uint64_t frame_left;    /* payload bytes of the current data frame still to come */
-    uint64_t msg_len;       /* payload bytes of the open message so far */
+    uint32_t frame_left;    /* payload bytes of the current data frame still to come */
+    uint32_t msg_len;       /* payload bytes of the open message so far */
 };
 
 /* The most bytes ws_parser_feed leaves unconsumed at the end of its input:

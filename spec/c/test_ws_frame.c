@@ -706,6 +706,56 @@ static void test_header_split(void)
     }
 }
 
+/* With no max_message, WS_MESSAGE_MAX still bounds a message (a parser
+ * counts it in 32 bits): a frame of exactly that many bytes starts, one
+ * byte more fails on its header, and so does a second fragment that would
+ * take the message past it (the first one's 4 GiB fed in reused pieces). */
+static void test_message_max(void)
+{
+    struct ws_parser p;
+    struct ws_chunk c;
+    uint8_t *b = scratch;
+    static const uint8_t at_max[] = {0x82, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4};
+    static const uint8_t over[] = {0x82, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4};
+    CHECK_EQ(WS_MESSAGE_MAX, 0xffffffffu);
+    ws_parser_init(&p, 0, 0);
+    memcpy(b, at_max, sizeof at_max);
+    CHECK_EQ(ws_parser_feed(&p, b, sizeof at_max, &c), (long)sizeof at_max);
+    ws_parser_init(&p, 0, 0);
+    memcpy(b, over, sizeof over);
+    CHECK_EQ(ws_parser_feed(&p, b, sizeof over, &c), WS_ERR_TOO_BIG);
+    CHECK(strcmp(ws_parser_error(&p), "message over the size limit") == 0);
+    /* max_message over the ceiling is the ceiling */
+    ws_parser_init(&p, (uint64_t)1 << 40, 0);
+    memcpy(b, over, sizeof over);
+    CHECK_EQ(ws_parser_feed(&p, b, sizeof over, &c), WS_ERR_TOO_BIG);
+
+    /* 0x02 (binary, not FIN) of 2^32 - 16 bytes, then a continuation of 15
+     * passes; one of 16 fails. */
+    for (int extra = 15; extra <= 16; extra++) {
+        static const uint8_t first[] = {0x02, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0};
+        uint8_t second[] = {0x80, (uint8_t)(0x80 | extra), 0, 0, 0, 0};
+        ws_parser_init(&p, 0, 0);
+        memcpy(b, first, sizeof first);
+        CHECK_EQ(ws_parser_feed(&p, b, sizeof first, &c), (long)sizeof first);
+        uint64_t left = 0xfffffff0u;
+        size_t piece = sizeof(struct wire);
+        int bad = 0;
+        while (left) {
+            size_t n = left < piece ? (size_t)left : piece;
+            bad += ws_parser_feed(&p, b, n, &c) != (long)n;
+            left -= n;
+        }
+        CHECK_EQ(bad, 0);
+        memcpy(b, second, sizeof second);
+        long r = ws_parser_feed(&p, b, sizeof second, &c);
+        if (extra == 15)
+            CHECK_EQ(r, (long)sizeof second);
+        else
+            CHECK_EQ(r, WS_ERR_TOO_BIG);
+    }
+}
+
 /* Feed w in three pieces, cut at i and j, staged as the server does. */
 static void run_cut(struct run *r, const struct wire *w, size_t i, size_t j)
 {
@@ -1197,6 +1247,7 @@ int main(void)
     test_protocol_errors();
     test_utf8_errors();
     test_limits();
+    test_message_max();
     test_round_trip();
     test_small_messages();
     free(scratch);

@@ -422,6 +422,8 @@ describe("app API", function()
             assert.equal("a, b, c", h["x-multi"])
             assert.equal("websocket", h.upgrade)
             assert.equal("13", h["sec-websocket-version"])
+            -- the handshake's one-time nonce is answered, not kept
+            assert.is_nil(h["sec-websocket-key"])
         end)
 
         it("hides a header whose name has '_' (X_Forwarded_For) but shows X-Forwarded-For",

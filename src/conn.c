@@ -103,8 +103,8 @@ union conn_addr {
 static void local_addr(const struct conn *c, union conn_addr *a)
 {
     socklen_t len = sizeof *a;
-    if (c->srv->local_known) {
-        memcpy(a, &c->srv->local, sizeof *a);
+    if (conn_srv(c)->local_known) {
+        memcpy(a, &conn_srv(c)->local, sizeof *a);
         return;
     }
     memset(a, 0, sizeof *a);
@@ -149,12 +149,13 @@ static int set_client(struct conn *c, const struct proxy_addr *a)
     return 0;
 }
 
-/* Every struct conn, from slabs: 216 bytes each rather than malloc's
- * 224-byte chunk, and apart from the short-lived blocks of the heap. */
+/* Every struct conn, from slabs: 192 bytes each rather than malloc's
+ * 208-byte chunk, and apart from the short-lived blocks of the heap. */
 static struct slab_cache conns = SLAB_CACHE_INIT(sizeof(struct conn));
+struct server *conn_server;
 #if defined(__x86_64__)
 /* Every byte of struct conn is paid by every idle connection (conn.h). */
-_Static_assert(sizeof(struct conn) <= 208, "struct conn grew past 208 bytes");
+_Static_assert(sizeof(struct conn) <= 192, "struct conn grew past 192 bytes");
 #endif
 
 struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
@@ -182,7 +183,8 @@ struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *peer)
         slab_free(&conns, c);
         return NULL;
     }
-    c->srv = srv;
+    assert(!conn_server || conn_server == srv); /* one server per process */
+    conn_server = srv;
     c->lua_ref = LUA_NOREF;
     c->id = srv->shared ? workers_next_id(srv->shared) : ++srv->next_id;
     ws_parser_init_shared(&c->parser, limits);
@@ -228,7 +230,7 @@ static void ref_release(struct conn *c, const struct out_ref *r)
     if (r->frame)
         conn_frame_release(r->frame);
     else
-        lbridge_unref(c->srv->lb, r->ref);
+        lbridge_unref(conn_srv(c)->lb, r->ref);
 }
 
 /* Output that will never be written: let go of the strings it holds. */
@@ -301,7 +303,7 @@ void conn_free(struct conn *c)
 
 struct conn_reply *conn_reply(const struct conn *c)
 {
-    return c->in_connect ? c->srv->connect_reply : NULL;
+    return c->in_connect ? conn_srv(c)->connect_reply : NULL;
 }
 
 int conn_can_send(const struct conn *c)
@@ -339,21 +341,21 @@ static void finish(struct conn *c)
     if (c->per_ip) { /* its address may take another connection now */
         struct proxy_addr a;
         client_addr(c, &a);
-        ipcount_put(c->srv->per_ip, &a);
+        ipcount_put(conn_srv(c)->per_ip, &a);
         c->per_ip = 0;
     }
     pubsub_conn_end(c); /* before on_close: its publishes do not reach c */
     if (!c->accepted || c->on_close_done)
         return;
     c->on_close_done = 1;
-    lbridge_settle(c->srv->lb, c); /* a handler of its batch may be ending it */
+    lbridge_settle(conn_srv(c)->lb, c); /* a handler of its batch may be ending it */
     uint16_t code = c->close_code ? c->close_code : WS_CLOSE_ABNORMAL;
     METRIC_SUB(c->app->metrics->open, 1);
     if (c->closed_by == MB_NONE) /* counted when it began, if it did */
-        metrics_close(c->srv->metrics, WS_CLOSE_ABNORMAL, MB_NONE);
+        metrics_close(conn_srv(c)->metrics, WS_CLOSE_ABNORMAL, MB_NONE);
     struct access_event e = access_event(c, "WSDISCONNECT", NULL);
     e.code = code;
-    e.duration = ev_now(c->srv->loop) - c->req->started;
+    e.duration = ev_now(conn_srv(c)->loop) - c->req->started;
     e.msgs_in = c->msgs_in;
     e.msgs_out = c->msgs_out;
     e.bytes_in = c->bytes_in;
@@ -361,7 +363,7 @@ static void finish(struct conn *c)
     e.close_reason = conn_close_reason(c);
     e.close_reason_len = c->close_reason_len;
     log_access_event(&e);
-    lbridge_close(c->srv->lb, c, code, conn_close_reason(c), c->close_reason_len);
+    lbridge_close(conn_srv(c)->lb, c, code, conn_close_reason(c), c->close_reason_len);
 }
 
 void conn_abort(struct conn *c, const char *why)
@@ -373,13 +375,13 @@ void conn_abort(struct conn *c, const char *why)
     finish(c);
     if (c->state == CONN_DEAD) /* on_close cannot kill it, but be sure */
         return;
-    ev_io_stop(c->srv->loop, &c->io);
+    ev_io_stop(conn_srv(c)->loop, &c->io);
     close(c->io.fd);
     ev_io_set(&c->io, -1, 0);
     buf_reset(&c->out);
     refs_drop(c);
-    server_conn_dead(c->srv, c);
-    lbridge_release(c->srv->lb, c);
+    server_conn_dead(conn_srv(c), c);
+    lbridge_release(conn_srv(c)->lb, c);
 }
 
 /* Forget the bytes kept from an incomplete frame: they have been copied
@@ -416,7 +418,7 @@ static void update_io(struct conn *c)
                               (conn_out_pending(c) ? EV_WRITE : 0);
     if (events == c->io_events)
         return;
-    struct ev_loop *loop = c->srv->loop;
+    struct ev_loop *loop = conn_srv(c)->loop;
     ev_io_stop(loop, &c->io);
     ev_io_set(&c->io, c->io.fd, events);
     if (events)
@@ -431,7 +433,7 @@ void conn_hold(struct conn *c, int hold)
     /* As when the send buffer's pause ends (conn_flush): input OpenSSL
      * holds will not make the socket readable. */
     if (!hold && conn_tls(c) && c->state != CONN_DEAD && tls_pending(conn_tls(c)))
-        ev_feed_event(c->srv->loop, &c->io, EV_READ);
+        ev_feed_event(conn_srv(c)->loop, &c->io, EV_READ);
 }
 
 static int queued(struct conn *c);
@@ -488,12 +490,12 @@ static int queue_frame_ref(struct conn *c, uint8_t first_byte, const void *data,
     size_t hl = ws_frame_header(hdr, first_byte, len);
     struct out_refs *rs = refs_room(c);
     if (!rs) {
-        lbridge_unref(c->srv->lb, ref);
+        lbridge_unref(conn_srv(c)->lb, ref);
         conn_abort(c, "out of memory for the output queue");
         return -1;
     }
     if (buf_append(&c->out, hdr, hl)) {
-        lbridge_unref(c->srv->lb, ref);
+        lbridge_unref(conn_srv(c)->lb, ref);
         conn_abort(c, "out of memory for the output queue");
         return -1;
     }
@@ -506,13 +508,13 @@ static int queue_frame_ref(struct conn *c, uint8_t first_byte, const void *data,
  * (later: within timeouts.publish_delay, for a published frame). */
 static int queued_then(struct conn *c, int later)
 {
-    const struct config *cfg = c->srv->cfg;
+    const struct config *cfg = conn_srv(c)->cfg;
     size_t pending = conn_out_pending(c);
     if (pending > cfg->max_send_buffer) {
         log_warn("conn %llu %s: %zu bytes waiting to be sent, over limits.max_send_buffer: "
                  "dropping the connection",
                  (unsigned long long)c->id, conn_path(c), pending);
-        METRIC_ADD(c->srv->metrics->send_buffer_drops, 1);
+        METRIC_ADD(conn_srv(c)->metrics->send_buffer_drops, 1);
         conn_abort(c, "send buffer over limit");
         return -1;
     }
@@ -523,9 +525,9 @@ static int queued_then(struct conn *c, int later)
         update_io(c);
     }
     if (later)
-        server_want_flush_later(c->srv, c);
+        server_want_flush_later(conn_srv(c), c);
     else
-        server_want_flush(c->srv, c);
+        server_want_flush(conn_srv(c), c);
     return 0;
 }
 
@@ -542,7 +544,7 @@ static int send_compressed(struct conn *c, uint8_t opcode, const void *data, siz
     const uint8_t *z;
     size_t zlen;
     if (!c->deflate || (opcode != WS_OP_TEXT && opcode != WS_OP_BINARY) ||
-        !compress_deflate(c->srv->z, conn_deflate_window(c), data, len, &z, &zlen))
+        !compress_deflate(conn_srv(c)->z, conn_deflate_window(c), data, len, &z, &zlen))
         return 0;
     *rc = queue_frame(c, (uint8_t)(0x80 | 0x40 | opcode), z, zlen);
     return 1;
@@ -576,7 +578,7 @@ int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size
         return -1;
     if (c->deflate || len >= CONN_REF_MIN)
         return 1;
-    const struct config *cfg = c->srv->cfg;
+    const struct config *cfg = conn_srv(c)->cfg;
     size_t pending = conn_out_pending(c) + ws_frame_header_size(len) + len;
     /* Past max_send_buffer the slow path decides: it drops the connection,
      * and on_close is owed. */
@@ -585,7 +587,7 @@ int conn_send_frame_quick(struct conn *c, uint8_t opcode, const void *data, size
     if (pending > cfg->send_buffer)
         queued(c); /* pauses reading; within max_send_buffer: cannot fail */
     else if (!c->in_flush_list) /* under both limits: only a flush is owed */
-        server_want_flush(c->srv, c);
+        server_want_flush(conn_srv(c), c);
     return count_out(c, opcode, len, 0);
 }
 
@@ -593,7 +595,7 @@ int conn_send_frame_ref(struct conn *c, uint8_t opcode, const void *data, size_t
 {
     int rc = -1;
     if (!conn_can_send(c) || send_compressed(c, opcode, data, len, &rc)) {
-        lbridge_unref(c->srv->lb, ref); /* not needed: refused, or compressed into a copy */
+        lbridge_unref(conn_srv(c)->lb, ref); /* not needed: refused, or compressed into a copy */
         return count_out(c, opcode, len, rc);
     }
     return count_out(c, opcode, len, queue_frame_ref(c, (uint8_t)(0x80 | opcode), data, len, ref));
@@ -669,11 +671,11 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
     set_reason(c, code, reason, strlen(reason));
     c->close_code = 0; /* on_close reports the peer's answer, not our request */
     c->closed_by = MB_SERVER;
-    metrics_close(c->srv->metrics, code, MB_SERVER);
+    metrics_close(conn_srv(c)->metrics, code, MB_SERVER);
     queue_close(c, code, conn_close_reason(c), c->close_reason_len);
     if (c->state != CONN_OPEN) /* the queue overflowed and dropped it */
         return;
-    server_conn_enter(c->srv, c, CONN_CLOSING);
+    server_conn_enter(conn_srv(c), c, CONN_CLOSING);
     /* The peer's close frame must be read; its data is dropped from now
      * on, so neither a rate nor a budget has a reason to hold it. */
     if (c->held)
@@ -683,14 +685,14 @@ void conn_close(struct conn *c, uint16_t code, const char *reason)
 /* The peer broke a rule: send the close code that says which, and close. */
 static void conn_fail(struct conn *c, uint16_t code, const char *why)
 {
-    lbridge_dispatch(c->srv->lb); /* the messages before the fault go first */
+    lbridge_dispatch(conn_srv(c)->lb); /* the messages before the fault go first */
     log_info("conn %llu %s: failing the connection with %u: %s", (unsigned long long)c->id,
              conn_path(c), code, why);
     if (c->state == CONN_OPEN)
         queue_close(c, code, why, strlen(why));
     if (c->state == CONN_OPEN) {
         c->closed_by = MB_SERVER;
-        metrics_close(c->srv->metrics, code, MB_SERVER);
+        metrics_close(conn_srv(c)->metrics, code, MB_SERVER);
     }
     if (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
         set_reason(c, code, why, strlen(why));
@@ -705,7 +707,7 @@ static void enter_linger(struct conn *c)
 {
     if (c->state == CONN_LINGER || c->state == CONN_DEAD)
         return;
-    server_conn_enter(c->srv, c, CONN_LINGER);
+    server_conn_enter(conn_srv(c), c, CONN_LINGER);
     msg_reset(c);
     if (c->held) /* from now on it reads only to see the peer's EOF */
         throttle_release(c);
@@ -718,7 +720,7 @@ static void enter_linger(struct conn *c)
         c->wait_paused = 0;
         update_io(c);
     }
-    server_want_flush(c->srv, c);
+    server_want_flush(conn_srv(c), c);
 }
 
 /* Answer the handshake with an HTTP error (or an app's rejection) and close. */
@@ -738,7 +740,7 @@ static void http_reply(struct conn *c, int status, const char *why, const char *
                      status, hs_reason(status), body_len,
                      headers_len && memmem(headers, headers_len, "Content-Type:", 13) ? ""
                                                                  : "Content-Type: text/plain\r\n");
-    struct metrics_app *ma = c->app ? c->app->metrics : metrics_no_app(c->srv->metrics);
+    struct metrics_app *ma = c->app ? c->app->metrics : metrics_no_app(conn_srv(c)->metrics);
     METRIC_ADD(ma->handshakes[metrics_status_of(status)], 1);
     struct access_event e = access_event(c, "WSREJECT", why);
     e.status = status;
@@ -772,10 +774,10 @@ static void frames_parse(struct conn *c, uint8_t *buf, size_t n);
 
 void conn_keepalive(struct conn *c)
 {
-    const struct config *cfg = c->srv->cfg;
+    const struct config *cfg = conn_srv(c)->cfg;
     if (c->state != CONN_OPEN)
         return;
-    ev_tstamp silent = server_since(c->srv, c->stamp);
+    ev_tstamp silent = server_since(conn_srv(c), c->stamp);
     if (cfg->idle_timeout > 0 && silent >= cfg->idle_timeout) {
         log_info("conn %llu %s: nothing from the client for %gs: closing with 1001",
                  (unsigned long long)c->id, conn_path(c), silent);
@@ -820,7 +822,7 @@ static void send_101(struct conn *c, const char *key, const struct conn_reply *r
         buf_append(&head, buf_head(&c->out), buf_pending(&c->out));
     buf_reset(&c->out);
     c->out = head;
-    server_want_flush(c->srv, c);
+    server_want_flush(conn_srv(c), c);
 }
 
 static void reply_free(struct conn_reply *r)
@@ -837,7 +839,7 @@ static void reply_free(struct conn_reply *r)
  * Returns 0, or -1 when out of memory. */
 static int forwarded(struct conn *c)
 {
-    const struct config *cfg = c->srv->cfg;
+    const struct config *cfg = conn_srv(c)->cfg;
     struct proxy_addr peer, client;
     client_addr(c, &peer);
     if (!proxy_trusted(cfg->trusted, cfg->ntrusted, &peer))
@@ -866,7 +868,7 @@ static int forwarded(struct conn *c)
  * the handshake's Origin; else answer 403 and return 0. */
 static int origin_ok(struct conn *c, const struct route *route)
 {
-    const struct config *cfg = c->srv->cfg;
+    const struct config *cfg = conn_srv(c)->cfg;
     const struct origin_list *allowed = cfg->origins;
     for (size_t i = 0; i < cfg->nroutes; i++)
         if (cfg->routes[i].origins && strcmp(cfg->routes[i].pattern, route->pattern) == 0)
@@ -877,7 +879,7 @@ static int origin_ok(struct conn *c, const struct route *route)
     if (!origin) {
         if (!cfg->origins_required)
             return 1;
-        METRIC_ADD(c->srv->metrics->refusals[MR_ORIGIN], 1);
+        METRIC_ADD(conn_srv(c)->metrics->refusals[MR_ORIGIN], 1);
         http_error(c, 403, "no Origin header (origins_required)");
         return 0;
     }
@@ -887,7 +889,7 @@ static int origin_ok(struct conn *c, const struct route *route)
      * Origin goes to the server log, which reads it from the request. */
     log_info("conn %llu %s from %s: Origin \"%.200s\" is not in origins: refused with 403",
              (unsigned long long)c->id, conn_path(c), conn_peer(c), origin);
-    METRIC_ADD(c->srv->metrics->refusals[MR_ORIGIN], 1);
+    METRIC_ADD(conn_srv(c)->metrics->refusals[MR_ORIGIN], 1);
     http_error(c, 403, "origin not allowed");
     return 0;
 }
@@ -897,7 +899,7 @@ static int origin_ok(struct conn *c, const struct route *route)
  * return 0. */
 static int per_ip_ok(struct conn *c)
 {
-    struct server *srv = c->srv;
+    struct server *srv = conn_srv(c);
     unsigned limit = srv->cfg->max_connections_per_ip;
     if (!limit)
         return 1;
@@ -944,7 +946,7 @@ static void connect_answer(struct conn *c, struct conn_reply *reply, const char 
                    buf_pending(&reply->body));
     } else {
         send_101(c, key, reply, extensions);
-        server_conn_enter(c->srv, c, CONN_OPEN);
+        server_conn_enter(conn_srv(c), c, CONN_OPEN);
         c->accepted = 1;
         METRIC_ADD(c->app->metrics->handshakes[MS_101], 1);
         METRIC_ADD(c->app->metrics->open, 1);
@@ -982,24 +984,24 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     if (r == HS_ERROR) {
         /* A PROXY header where none is believed: say so rather than
          * "bad request", so the operator sees proxy.trusted is missing it. */
-        if (c->srv->cfg->proxy_protocol && !hs_target_read(c->hs) && proxy_header_like(buf, n)) {
+        if (conn_srv(c)->cfg->proxy_protocol && !hs_target_read(c->hs) && proxy_header_like(buf, n)) {
             log_info("conn %llu from %s: PROXY header from a peer not in proxy.trusted: refused",
                      (unsigned long long)c->id, conn_peer(c));
-            METRIC_ADD(c->srv->metrics->refusals[MR_PROXY_HEADER], 1);
+            METRIC_ADD(conn_srv(c)->metrics->refusals[MR_PROXY_HEADER], 1);
             http_error(c, 400, "PROXY header from an untrusted peer");
             return;
         }
         http_error(c, hs_status(c->hs), hs_error(c->hs));
         return;
     }
-    if (c->srv->cfg->ntrusted && forwarded(c)) {
+    if (conn_srv(c)->cfg->ntrusted && forwarded(c)) {
         http_error(c, 500, "out of memory for the request");
         return;
     }
     const char *target = hs_target(c->hs);
     struct route_match m;
     m.route = NULL; /* router_match sets it when it matches; say so to the compiler */
-    int routed = router_match(c->srv->router, target, strcspn(target, "?#"), &m);
+    int routed = router_match(conn_srv(c)->router, target, strcspn(target, "?#"), &m);
     union conn_addr local;
     local_addr(c, &local);
     if (!routed)
@@ -1024,7 +1026,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         return;
     char extensions[WS_DEFLATE_RESPONSE_MAX];
     int window;
-    int deflate = compress_negotiate(c->srv->z, up.extensions, &window, extensions);
+    int deflate = compress_negotiate(conn_srv(c)->z, up.extensions, &window, extensions);
     if (deflate == WS_DEFLATE_MALFORMED) { /* RFC 6455 9.1: fail the connection */
         http_error(c, 400, "malformed Sec-WebSocket-Extensions");
         return;
@@ -1037,18 +1039,18 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
     log_event(c, "WSCONNECTING", NULL);
 
     struct conn_connect cx = {.reply = {0}};
-    c->srv->connect_reply = &cx.reply;
+    conn_srv(c)->connect_reply = &cx.reply;
     c->in_connect = 1;
-    int rc = lbridge_connect(c->srv->lb, c);
+    int rc = lbridge_connect(conn_srv(c)->lb, c);
     c->in_connect = 0;
-    c->srv->connect_reply = NULL;
+    conn_srv(c)->connect_reply = NULL;
     if (rc == LB_WAITING) {
         /* on_connect waits: keep what the answer needs, and the frames
          * that came with the head, until it returns (conn_connect_done). */
         size_t rest = n - used;
         struct conn_connect *cc = malloc(sizeof *cc + rest);
         if (!cc) { /* the handler still runs; the client gets the 500 */
-            lbridge_connect_kept(c->srv->lb, c, NULL);
+            lbridge_connect_kept(conn_srv(c)->lb, c, NULL);
             reply_free(&cx.reply);
             http_error(c, 500, "out of memory for a waiting on_connect");
             return;
@@ -1060,7 +1062,7 @@ static void handshake_input(struct conn *c, uint8_t *buf, size_t n)
         cc->nrest = rest;
         memcpy(cc->rest, buf + used, rest);
         conn_wait_pause(c, 1); /* the request is whole: nothing to read until the answer */
-        lbridge_connect_kept(c->srv->lb, c, cc);
+        lbridge_connect_kept(conn_srv(c)->lb, c, cc);
         return;
     }
     connect_answer(c, &cx.reply, up.key, extensions, buf + used, n - used, rc);
@@ -1074,14 +1076,14 @@ void conn_wait_pause(struct conn *c, int pause)
     update_io(c);
     /* As when the send buffer's pause ends (conn_flush). */
     if (!pause && conn_tls(c) && !(c->read_paused | c->held) && tls_pending(conn_tls(c)))
-        ev_feed_event(c->srv->loop, &c->io, EV_READ);
+        ev_feed_event(conn_srv(c)->loop, &c->io, EV_READ);
 }
 
 void conn_connect_enter(struct conn *c, struct conn_connect *cc)
 {
     if (c->state != CONN_HANDSHAKE) /* answered meanwhile (a 504): ws calls see it closed */
         return;
-    c->srv->connect_reply = &cc->reply;
+    conn_srv(c)->connect_reply = &cc->reply;
     c->in_connect = 1;
 }
 
@@ -1109,13 +1111,13 @@ static void deliver(struct conn *c, uint8_t op, const uint8_t *data, size_t len,
 {
     if (!data) /* an empty message that never needed a buffer */
         data = (const uint8_t *)"";
-    lbridge_message(c->srv->lb, c, data, len, op == WS_OP_BINARY, stable);
+    lbridge_message(conn_srv(c)->lb, c, data, len, op == WS_OP_BINARY, stable);
 }
 
 /* Run the batch waiting for the app; 1 if c is still open after it. */
 static int dispatch(struct conn *c)
 {
-    lbridge_dispatch(c->srv->lb);
+    lbridge_dispatch(conn_srv(c)->lb);
     return c->state == CONN_OPEN;
 }
 
@@ -1140,7 +1142,7 @@ static void on_close_frame(struct conn *c, const struct ws_chunk *ch)
     }
     if (c->state == CONN_OPEN) { /* echo the peer's code, as RFC 6455 5.5.1 asks */
         c->closed_by = MB_CLIENT;
-        metrics_close(c->srv->metrics, code, MB_CLIENT);
+        metrics_close(conn_srv(c)->metrics, code, MB_CLIENT);
         queue_close(c, code, NULL, 0);
     }
     set_reason(c, code, (const char *)reason, rlen);
@@ -1153,8 +1155,8 @@ static void deliver_compressed(struct conn *c, uint8_t op, const uint8_t *data, 
 {
     const uint8_t *msg;
     size_t n;
-    struct compress *z = c->srv->z;
-    int r = compress_inflate(z, data, len, c->srv->cfg->max_message, &msg, &n);
+    struct compress *z = conn_srv(c)->z;
+    int r = compress_inflate(z, data, len, conn_srv(c)->cfg->max_message, &msg, &n);
     if (r) {
         fail_message(c, ws_deflate_close_code(r),
                   r == WS_ERR_TOO_BIG      ? "inflated message over the size limit"
@@ -1203,7 +1205,7 @@ static void handle_chunk(struct conn *c, const struct ws_chunk *ch)
     case WS_OP_PONG:
         return;
     case WS_OP_CLOSE:
-        lbridge_dispatch(c->srv->lb);
+        lbridge_dispatch(conn_srv(c)->lb);
         on_close_frame(c, ch);
         return;
     }
@@ -1230,7 +1232,7 @@ static void partial_keep(struct conn *c, const uint8_t *p, size_t n)
 static void frames_input(struct conn *c, uint8_t *buf, size_t n)
 {
     frames_parse(c, buf, n);
-    lbridge_dispatch(c->srv->lb);
+    lbridge_dispatch(conn_srv(c)->lb);
 }
 
 static void frames_parse(struct conn *c, uint8_t *buf, size_t n)
@@ -1239,7 +1241,7 @@ static void frames_parse(struct conn *c, uint8_t *buf, size_t n)
     /* Any bytes count as a sign of life; the keepalive sweep reads this.
      * Once closing, stamp is when that began: its timeout runs from then. */
     if (c->state == CONN_OPEN) {
-        c->stamp = server_ms(c->srv);
+        c->stamp = server_ms(conn_srv(c));
         c->pinged = 0;
     }
     while (c->state == CONN_OPEN || c->state == CONN_CLOSING) {
@@ -1315,11 +1317,11 @@ static size_t take_partial(struct conn *c, uint8_t *buf)
  * read while it holds some. */
 static void on_readable_tls(struct conn *c)
 {
-    uint8_t *buf = c->srv->rbuf;
+    uint8_t *buf = conn_srv(c)->rbuf;
     do {
         size_t kept = take_partial(c, buf);
         size_t room = SERVER_READ_BUF - kept;
-        if (c->srv->throttle.rate_on)
+        if (conn_srv(c)->throttle.rate_on)
             room = throttle_read_room(c, room);
         long n = tls_read(conn_tls(c), buf + kept, room);
         if (n == TLS_WANT_READ || n == TLS_WANT_WRITE) {
@@ -1337,7 +1339,7 @@ static void on_readable_tls(struct conn *c)
             return;
         }
         input(c, buf, kept + (size_t)n);
-        if (c->srv->throttle.rate_on)
+        if (conn_srv(c)->throttle.rate_on)
             throttle_read(c, (size_t)n);
     } while (c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused) &&
              tls_pending(conn_tls(c)));
@@ -1349,10 +1351,10 @@ static void on_readable(struct conn *c)
         on_readable_tls(c);
         return;
     }
-    uint8_t *buf = c->srv->rbuf;
+    uint8_t *buf = conn_srv(c)->rbuf;
     size_t kept = take_partial(c, buf);
     size_t room = SERVER_READ_BUF - kept;
-    if (c->srv->throttle.rate_on)
+    if (conn_srv(c)->throttle.rate_on)
         room = throttle_read_room(c, room);
     ssize_t n = recv(c->io.fd, buf + kept, room, 0);
     if (n < 0) {
@@ -1366,7 +1368,7 @@ static void on_readable(struct conn *c)
         return;
     }
     input(c, buf, kept + (size_t)n);
-    if (c->srv->throttle.rate_on) /* once per read, not per message */
+    if (conn_srv(c)->throttle.rate_on) /* once per read, not per message */
         throttle_read(c, (size_t)n);
 }
 
@@ -1515,7 +1517,7 @@ void conn_flush(struct conn *c)
     /* Back at half of send_buffer, not just under it: reading resumes, and
      * on_drain runs, only once there is room for a good part of the queue
      * again, rather than at every write that goes a byte under. */
-    if (c->read_paused && pending <= c->srv->cfg->send_buffer / 2) {
+    if (c->read_paused && pending <= conn_srv(c)->cfg->send_buffer / 2) {
         c->read_paused = 0;
         resumed = 1;
     }
@@ -1529,10 +1531,10 @@ void conn_flush(struct conn *c)
      * make the socket readable: have the loop read it. After update_io,
      * which would forget the event. */
     if (resumed && conn_tls(c) && c->state != CONN_DEAD && tls_pending(conn_tls(c)))
-        ev_feed_event(c->srv->loop, &c->io, EV_READ);
+        ev_feed_event(conn_srv(c)->loop, &c->io, EV_READ);
     /* Last: the app's on_drain may send, close, or drop this connection. */
     if (resumed && c->state == CONN_OPEN && c->accepted)
-        lbridge_drain(c->srv->lb, c);
+        lbridge_drain(conn_srv(c)->lb, c);
 }
 
 /* One watcher per socket: readable unless paused, writable while output
@@ -1548,9 +1550,9 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         if (write_ready)
             conn_flush(c);
         if (read_ready && c->state != CONN_DEAD && !(c->read_paused | c->held | c->wait_paused)) {
-            server_read_begin(c->srv, c);
+            server_read_begin(conn_srv(c), c);
             on_readable_tls(c);
-            server_read_end(c->srv, c);
+            server_read_end(conn_srv(c), c);
         }
         return;
     }
@@ -1558,9 +1560,9 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         conn_flush(c);
     if ((revents & EV_READ) && c->state != CONN_DEAD &&
         !(c->read_paused | c->held | c->wait_paused)) {
-        server_read_begin(c->srv, c);
+        server_read_begin(conn_srv(c), c);
         on_readable(c);
-        server_read_end(c->srv, c);
+        server_read_end(conn_srv(c), c);
     }
 }
 
@@ -1573,11 +1575,11 @@ static void proxy_refuse(struct conn *c, const char *why)
              (unsigned long long)c->id, conn_peer(c), why);
     c->proxy_wait = 0;
     ev_set_cb(&c->io, on_io); /* the linger state's reads and writes */
-    METRIC_ADD(c->srv->metrics->refusals[MR_PROXY_HEADER], 1);
+    METRIC_ADD(conn_srv(c)->metrics->refusals[MR_PROXY_HEADER], 1);
     if (conn_tls(c)) {
         log_access("%s \"WSREJECT -\" id=%llu status=400 reason=bad PROXY header: %s",
                    conn_peer(c), (unsigned long long)c->id, why);
-        METRIC_ADD(metrics_no_app(c->srv->metrics)->handshakes[MS_400], 1);
+        METRIC_ADD(metrics_no_app(conn_srv(c)->metrics)->handshakes[MS_400], 1);
         conn_abort(c, "bad PROXY header");
         return;
     }
@@ -1591,7 +1593,7 @@ static void proxy_refuse(struct conn *c, const char *why)
  * partial meanwhile; it is at most PROXY_HEADER_MAX bytes. */
 static void proxy_read(struct conn *c)
 {
-    uint8_t *buf = c->srv->rbuf;
+    uint8_t *buf = conn_srv(c)->rbuf;
     size_t kept = take_partial(c, buf);
     ssize_t n = recv(c->io.fd, buf + kept, PROXY_HEADER_MAX - kept, MSG_PEEK);
     if (n < 0) {
@@ -1641,7 +1643,7 @@ static void proxy_read(struct conn *c)
         conn_abort(c, "out of memory for the request");
         return;
     }
-    if (!(c->hs = hs_new(c->srv->cfg->max_head, c->srv->cfg->max_headers))) {
+    if (!(c->hs = hs_new(conn_srv(c)->cfg->max_head, conn_srv(c)->cfg->max_headers))) {
         conn_abort(c, "out of memory for the request");
         return;
     }
@@ -1666,21 +1668,21 @@ void conn_timeout(struct conn *c)
     case CONN_HANDSHAKE:
         if (c->wait_paused) { /* on_connect waits: the client hears why */
             log_info("conn %llu %s: on_connect did not return within %gs: 504",
-                     (unsigned long long)c->id, conn_path(c), c->srv->cfg->handshake_timeout);
+                     (unsigned long long)c->id, conn_path(c), conn_srv(c)->cfg->handshake_timeout);
             http_error(c, 504, "on_connect did not return within timeouts.handshake");
             break;
         }
         log_info("conn %llu from %s: handshake not complete after %gs: closing",
-                 (unsigned long long)c->id, conn_peer(c), c->srv->cfg->handshake_timeout);
+                 (unsigned long long)c->id, conn_peer(c), conn_srv(c)->cfg->handshake_timeout);
         char why[80];
         snprintf(why, sizeof why, "handshake not complete after %gs",
-                 c->srv->cfg->handshake_timeout);
+                 conn_srv(c)->cfg->handshake_timeout);
         log_event(c, "WSTIMEOUT", why);
         conn_abort(c, "handshake timeout");
         break;
     case CONN_CLOSING:
         log_info("conn %llu %s: no close frame from the peer after %gs: closing",
-                 (unsigned long long)c->id, conn_path(c), c->srv->cfg->close_timeout);
+                 (unsigned long long)c->id, conn_path(c), conn_srv(c)->cfg->close_timeout);
         c->close_code = WS_CLOSE_ABNORMAL;
         conn_abort(c, "close timeout");
         break;

@@ -40,13 +40,14 @@ struct conn_reply {
     struct buf body;
 };
 
-/* 208 bytes on x86-64, from slabs (slab.h) rather than malloc: every byte
+/* 192 bytes on x86-64, from slabs (slab.h) rather than malloc: every byte
  * here is paid by every idle connection, so state that only some
  * connections need lives elsewhere until they need it (the handshake's in
  * hs, a split frame header in partial, queued output in out and refs, a
- * close reason in the request block: snap_reason). */
+ * close reason in the request block: snap_reason), and what every
+ * connection of the process shares is not repeated here (the server:
+ * conn_srv). */
 struct conn {
-    struct server *srv;
     struct conn *prev, *next; /* the server's list for its state (server.h);
                                  once dead, next links srv->dead_list */
     /* The socket (io.fd): EV_READ unless paused, EV_WRITE while output
@@ -124,6 +125,16 @@ struct conn {
      * header's first bytes if it came split. */
     uint8_t proxy_wait : 1;
 };
+
+/* The server of every connection in this process: there is one per process
+ * (each worker is a process of its own), so a conn does not spend 8 bytes
+ * saying which. Set by the first conn_new. */
+extern struct server *conn_server;
+static inline struct server *conn_srv(const struct conn *c)
+{
+    (void)c;
+    return conn_server;
+}
 
 /* The server_max_window_bits agreed for permessage-deflate (8..15). */
 static inline int conn_deflate_window(const struct conn *c) { return 8 + c->deflate_window8; }

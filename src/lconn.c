@@ -112,7 +112,7 @@ static int lconn_send(lua_State *L)
     struct lconn *box = check_box(L, "ws:send");
     size_t len;
     const char *data;
-    const struct lbridge *lb = box->c ? box->c->srv->lb : NULL;
+    const struct lbridge *lb = box->c ? conn_srv(box->c)->lb : NULL;
     uint8_t op = check_message(L, 2, "ws:send", lb, &data, &len);
     if (!box->c || !conn_can_send(box->c))
         return closed(L);
@@ -139,7 +139,7 @@ static int lconn_send_quick(struct lconn *box, const char *data, size_t len, int
     struct conn *c = box->c;
     if (!c)
         return -1;
-    if (!binary && conn_can_send(c) && !lb_checked_text(c->srv->lb, data, len) &&
+    if (!binary && conn_can_send(c) && !lb_checked_text(conn_srv(c)->lb, data, len) &&
         !ws_utf8_valid((const uint8_t *)data, len))
         return 1;
     return conn_send_frame_quick(c, binary ? WS_OP_BINARY : WS_OP_TEXT, data, len);
@@ -227,8 +227,8 @@ static int lconn_close(lua_State *L)
     }
     if (!c || c->state != CONN_OPEN)
         return closed(L);
-    if (c->srv->lb->nwaiting)
-        lbridge_app_closes(c->srv->lb, c);
+    if (conn_srv(c)->lb->nwaiting)
+        lbridge_app_closes(conn_srv(c)->lb, c);
     conn_close(c, (uint16_t)code, reason);
     lua_pushboolean(L, 1);
     return 1;
@@ -404,7 +404,7 @@ static int lconn_subscribe(lua_State *L)
     struct conn *c = live(box);
     if (!c)
         return closed(L);
-    int r = pubsub_subscribe(c->srv, c, topic, len);
+    int r = pubsub_subscribe(conn_srv(c), c, topic, len);
     if (r < 0) {
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
@@ -422,7 +422,7 @@ static int lconn_unsubscribe(lua_State *L)
     const char *topic = lconn_checktopic(L, 2, "ws:unsubscribe", &len);
     if (!box->c)
         return closed(L);
-    lua_pushboolean(L, pubsub_unsubscribe(box->c->srv, box->c, topic, len));
+    lua_pushboolean(L, pubsub_unsubscribe(conn_srv(box->c), box->c, topic, len));
     return 1;
 }
 
@@ -434,7 +434,7 @@ static int lconn_subscribed(lua_State *L)
     const char *topic = lconn_checktopic(L, 2, "ws:subscribed", &len);
     if (!box->c)
         return closed(L);
-    lua_pushboolean(L, pubsub_subscribed(box->c->srv, box->c, topic, len));
+    lua_pushboolean(L, pubsub_subscribed(conn_srv(box->c), box->c, topic, len));
     return 1;
 }
 
@@ -444,7 +444,7 @@ static int lconn_topics(lua_State *L)
     struct lconn *box = check_box(L, "ws:topics");
     if (!box->c)
         return closed(L);
-    const struct server *srv = box->c->srv;
+    const struct server *srv = conn_srv(box->c);
     size_t n = pubsub_count(srv, box->c);
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
@@ -467,7 +467,7 @@ static int lconn_publish(lua_State *L)
         check_message(L, 3, "ws:publish", NULL, &data, &len);
         return closed(L);
     }
-    return lconn_fanout(L, 2, "ws:publish", box->c->srv, box->c);
+    return lconn_fanout(L, 2, "ws:publish", conn_srv(box->c), box->c);
 }
 
 /* ws:buffered(): bytes queued for this connection and not yet sent, and
@@ -506,7 +506,7 @@ static int start_timer(lua_State *L, const char *fname, int repeat)
     if (!timers_allowed(box))
         return closed(L);
     struct conn *c = box->c;
-    lhost_timer_start(L, c->srv, seconds, repeat, 3, 1, c->app, c->id);
+    lhost_timer_start(L, conn_srv(c), seconds, repeat, 3, 1, c->app, c->id);
     int timer = lua_gettop(L);
     push_env(L, 1, box);
     lua_getfield(L, -1, TIMERS_KEY);

@@ -141,7 +141,7 @@ size_t pubsub_publish(struct server *s, const char *name, size_t len, uint8_t op
 
 void pubsub_conn_end(struct conn *c)
 {
-    topic_leave_all(c->srv->topics, c);
+    topic_leave_all(conn_srv(c)->topics, c);
 }
 
 void pubsub_free(struct server *s)

@@ -324,7 +324,7 @@ static void on_rate(struct ev_loop *loop, ev_timer *w, int revents)
 
 void throttle_release(struct conn *c)
 {
-    struct throttle *t = &c->srv->throttle;
+    struct throttle *t = &conn_srv(c)->throttle;
     struct throttle_held *h = c->held ? held_find(t, c) : NULL;
     if (h)
         unhold(t, h, HELD_RATE | HELD_IN | HELD_OUT);
@@ -332,7 +332,7 @@ void throttle_release(struct conn *c)
 
 void throttle_conn_free(struct conn *c)
 {
-    struct throttle *t = &c->srv->throttle;
+    struct throttle *t = &conn_srv(c)->throttle;
     throttle_release(c);
     if (c->out_charged)
         throttle_out(c, 0);
@@ -349,8 +349,8 @@ void throttle_conn_free(struct conn *c)
 
 size_t throttle_read_room(struct conn *c, size_t room)
 {
-    const struct config *cfg = c->srv->cfg;
-    struct throttle *t = &c->srv->throttle;
+    const struct config *cfg = conn_srv(c)->cfg;
+    struct throttle *t = &conn_srv(c)->throttle;
     /* A read that begins in the handshake is not charged: an idle
      * connection then never has a slot. */
     t->reading = c->state == CONN_OPEN ? c : NULL;
@@ -360,15 +360,15 @@ size_t throttle_read_room(struct conn *c, size_t room)
     struct throttle_slot *s = c->throttled ? slot_find(t, c) : NULL;
     double msgs, tokens = cfg->burst_bytes;
     if (s)
-        refill(cfg, s, server_ms(c->srv), &msgs, &tokens);
+        refill(cfg, s, server_ms(conn_srv(c)), &msgs, &tokens);
     size_t may = tokens < READ_ROOM_MIN ? READ_ROOM_MIN : (size_t)tokens;
     return may < room ? may : room;
 }
 
 void throttle_read(struct conn *c, size_t n)
 {
-    struct throttle *t = &c->srv->throttle;
-    const struct config *cfg = c->srv->cfg;
+    struct throttle *t = &conn_srv(c)->throttle;
+    const struct config *cfg = conn_srv(c)->cfg;
     if (c->state != CONN_OPEN || t->reading != c)
         return; /* the handshake and the closing handshake are not charged */
     t->reading = NULL;
@@ -376,7 +376,7 @@ void throttle_read(struct conn *c, size_t n)
     struct throttle_slot *s = slot_get(t, c);
     if (!s)
         return; /* out of memory: the limit is not enforced for c, c goes on */
-    uint32_t now = server_ms(c->srv);
+    uint32_t now = server_ms(conn_srv(c));
     double m, b, wait = 0;
     refill(cfg, s, now, &m, &b);
     s->stamp = now;
@@ -394,7 +394,7 @@ void throttle_read(struct conn *c, size_t n)
     s->bytes = b;
     if (wait <= 0)
         return;
-    struct metrics *mt = c->srv->metrics;
+    struct metrics *mt = conn_srv(c)->metrics;
     if (cfg->rate_close) {
         METRIC_ADD(mt->rate_limited[1], 1);
         log_info("conn %llu %s from %s: over the rate limit (limits.%s): closing with 1008",
@@ -419,10 +419,10 @@ void throttle_read(struct conn *c, size_t n)
 
 int throttle_in_check(struct conn *c, size_t have, size_t want, const char **why)
 {
-    struct throttle *t = &c->srv->throttle;
+    struct throttle *t = &conn_srv(c)->throttle;
     if (want <= have || t->in_used + (want - have) <= t->in_budget)
         return 0;
-    struct metrics *m = c->srv->metrics;
+    struct metrics *m = conn_srv(c)->metrics;
     if (want > t->in_budget) {
         METRIC_ADD(m->budget_failed[0], 1);
         *why = "message too big for limits.inbound_memory";
@@ -443,19 +443,19 @@ int throttle_in_check(struct conn *c, size_t have, size_t want, const char **why
 
 void throttle_in_charge(struct conn *c, size_t have, size_t want)
 {
-    struct throttle *t = &c->srv->throttle;
+    struct throttle *t = &conn_srv(c)->throttle;
     if (have == want)
         return;
     t->in_holders += (want != 0) - (have != 0);
     t->in_used += want - have; /* wraps right when it shrinks */
-    METRIC_SET(c->srv->metrics->budget_used[0], t->in_used);
+    METRIC_SET(conn_srv(c)->metrics->budget_used[0], t->in_used);
     if (want < have && t->held_in && t->in_used <= LOW_WATER(t->in_budget))
         resume_all(t, HELD_IN);
 }
 
 int throttle_out(struct conn *c, size_t pending)
 {
-    struct throttle *t = &c->srv->throttle;
+    struct throttle *t = &conn_srv(c)->throttle;
     struct throttle_slot *s = slot_get(t, c);
     if (!s) /* out of memory: not charged, which only makes the budget looser */
         return 0;
@@ -464,7 +464,7 @@ int throttle_out(struct conn *c, size_t pending)
     c->out_charged = pending != 0;
     t->out_holders += (pending != 0) - (had != 0);
     t->out_used += pending - had;
-    METRIC_SET(c->srv->metrics->budget_used[1], t->out_used);
+    METRIC_SET(conn_srv(c)->metrics->budget_used[1], t->out_used);
     if (pending < had) {
         if (!pending && !t->rate_on)
             slot_remove(t, s); /* nothing left here: the slot goes */
@@ -474,7 +474,7 @@ int throttle_out(struct conn *c, size_t pending)
     }
     if (t->out_used <= t->out_budget || c->state == CONN_DEAD)
         return 0;
-    struct metrics *m = c->srv->metrics;
+    struct metrics *m = conn_srv(c)->metrics;
     if (pending > t->out_budget / t->out_holders) {
         METRIC_ADD(m->budget_failed[1], 1);
         log_warn("conn %llu %s: %zu bytes waiting to be sent, over its share of "

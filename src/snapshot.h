@@ -1,10 +1,12 @@
-/* snapshot: what a connection keeps of its request, in one allocation. At
+/* snapshot: what a connection keeps of its request, in one block (from
+ * slabs of its size class, which this module keeps: one loop, no lock). At
  * accept it holds the client's address and the time; when the handshake is
  * done it grows to hold the server's address, the path and the rest of the
  * target, the route's captures and every header, all as NUL-terminated
  * strings. Common header names and values are stored as a one-byte code
  * (as HPACK's static table does), since a handshake's headers are mostly
- * the same few names and values ("Upgrade: websocket"). Logs read the peer and the path from it; lrequest builds the req
+ * the same few names and values ("Upgrade: websocket"); Sec-WebSocket-Key,
+ * used up by the handshake, is not kept. Logs read the peer and the path from it; lrequest builds the req
  * table from it only when an app asks. Pure: no sockets, no Lua. */
 #ifndef MOONPORT_SNAPSHOT_H
 #define MOONPORT_SNAPSHOT_H

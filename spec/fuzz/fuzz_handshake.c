@@ -115,7 +115,8 @@ static void check_request(const struct hs_request *r, size_t max_head)
     }
 }
 
-/* The snapshot of an accepted request holds the same target and headers. */
+/* The snapshot of an accepted request holds the same target and headers,
+ * but for Sec-WebSocket-Key, which it does not keep. */
 static void check_snapshot(const struct hs_request *r)
 {
     struct sockaddr_in client = {.sin_family = AF_INET, .sin_port = htons(1)};
@@ -129,12 +130,17 @@ static void check_snapshot(const struct hs_request *r)
     size_t plen = strlen(path);
     CHECK(plen == strcspn(target, "?#") && memcmp(path, target, plen) == 0);
     CHECK(strcmp(rest, target + plen) == 0);
-    CHECK(s->nheaders == hs_header_count(r));
-    for (size_t i = 0; i < s->nheaders; i++) {
+    size_t kept = 0;
+    for (size_t i = 0; i < hs_header_count(r); i++) {
         const struct hs_header *h = hs_header_at(r, i);
+        if (strcmp(h->name, "sec-websocket-key") == 0)
+            continue;
+        CHECK(kept < s->nheaders);
         CHECK(strcmp(snap_header_name(snap_next(&p)), h->name) == 0);
         CHECK(strcmp(snap_header_value(snap_next(&p)), h->value) == 0);
+        kept++;
     }
+    CHECK(kept == s->nheaders);
     /* A close reason after the strings leaves them as they were. */
     char *room = snap_reason_room(&s);
     CHECK(room != NULL);
@@ -144,8 +150,10 @@ static void check_snapshot(const struct hs_request *r)
     p = snap_strings(s);
     snap_next(&p);
     snap_next(&p);
-    for (size_t i = 0; i < s->nheaders; i++) {
+    for (size_t i = 0; i < hs_header_count(r); i++) {
         const struct hs_header *h = hs_header_at(r, i);
+        if (strcmp(h->name, "sec-websocket-key") == 0)
+            continue;
         CHECK(strcmp(snap_header_name(snap_next(&p)), h->name) == 0);
         CHECK(strcmp(snap_header_value(snap_next(&p)), h->value) == 0);
     }

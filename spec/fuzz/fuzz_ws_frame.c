@@ -105,6 +105,7 @@ static void stream_chunk(struct run *r, const struct ws_chunk *c, const struct c
         CHECK(c->len == 0 || c->data != NULL);
         event_data(r, e, c->data, c->len);
         CHECK(!cfg->max_message || e->len <= cfg->max_message);
+        CHECK(e->len <= WS_MESSAGE_MAX);
         if (c->flags & WS_CHUNK_MSG_END) {
             e->ended = 1;
             r->open = -1;
@@ -257,7 +258,12 @@ static void ref_run(struct run *r, const uint8_t *in, size_t n, const struct cfg
         if (!control) {
             if (cfg->max_fragments && frames + 1 > cfg->max_fragments)
                 return ref_fail(r, WS_ERR_TOO_BIG, "message over the fragment limit");
-            if (cfg->max_message && msg_len + len > cfg->max_message)
+            /* max_message, or WS_MESSAGE_MAX when that is unset or larger:
+             * a parser counts a message in 32 bits */
+            uint64_t max = cfg->max_message && cfg->max_message < WS_MESSAGE_MAX
+                               ? cfg->max_message
+                               : WS_MESSAGE_MAX;
+            if (msg_len + len > max)
                 return ref_fail(r, WS_ERR_TOO_BIG, "message over the size limit");
         }
         if (avail < 2 + ext + 4)

@@ -5,7 +5,8 @@
 # `make bench-callgrind` counts moonport's instructions per echoed message,
 # `make bench-redis` a handler doing one Redis GET per message, moonport next
 # to OpenResty with lua-resty-redis, `make bench-floor` what one loopback
-# write costs the writer here (bench/write_floor.c).
+# write costs the writer here (bench/write_floor.c), `make bench-alternate`
+# the echo rows in alternating rounds beside uWebSockets and a control build.
 # The tools are built with -O2 and no sanitizers: they must outrun the server.
 
 BENCH_CFLAGS := -std=c11 -D_GNU_SOURCE -O2 -g $(WARN)
@@ -24,7 +25,7 @@ build/bench/codec_bench: bench/codec_bench.c src/ws_frame.c src/ws_utf8.c src/ws
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) -Isrc -o $@ bench/codec_bench.c src/ws_frame.c src/ws_utf8.c
 
-.PHONY: bench bench-peers bench-test bench-callgrind bench-compare bench-redis bench-floor
+.PHONY: bench bench-peers bench-test bench-callgrind bench-compare bench-redis bench-floor bench-alternate
 bench: all $(BENCH_TOOLS)
 	@bash bench/run
 
@@ -48,3 +49,9 @@ bench-callgrind: all build/bench/loadgen
 # uWebSockets echo server when UWS_BIN names one (see bench/README.md).
 bench-compare: all build/bench/loadgen
 	@bash bench/compare
+
+# The echo rows in alternating rounds, every server started once: the
+# comparison with uWebSockets (UWS_BIN) and an earlier build (CONTROL_BIN)
+# that holds on a machine whose samples drift by ±10%.
+bench-alternate: all build/bench/loadgen
+	@bash bench/alternate

@@ -196,6 +196,14 @@ check "a bad --aux-pid" 2 "usage: loadgen" broadcast --url "$url/broadcast" --au
 check "churn, right server" 0 "handshakes\\+closes/s" churn --url "$url/echo" -c 4 "${quick[@]}"
 check "a bad command line" 2 "usage: loadgen" echo --url "$url/echo" -s 3
 run_check "the codec micro-benchmark runs and checks the codec" 0 "text utf-8" "$CODEC" --quick
+# bench/alternate, briefly: two rounds of one row against a second
+# moonport as the control, its table of ratios, and a row it must refuse.
+run_check "bench/alternate: rounds, ratios and their interval" 0 \
+    '\| echo-64-text \| moonport / control \| [0-9.]+ [0-9.]+ \| [0-9.]+ \| [0-9.]+–[0-9.]+ \| [0-9.]+–[0-9.]+ \|' \
+    env RESULTS="$tmp/alternate.md" ALT_ROUNDS=2 ALT_SECONDS=0.5 ALT_ROWS=echo-64-text \
+    CONTROL_BIN=bin/moonport UWS_BIN= bash bench/alternate
+run_check "bench/alternate refuses a row that is not an echo" 1 "conns-10k is not an echo row" \
+    env RESULTS="$tmp/alternate.md" ALT_ROWS=conns-10k bash bench/alternate
 
 if kill -0 "$server_pid" 2>/dev/null; then
     passed=$((passed + 1))

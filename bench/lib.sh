@@ -330,6 +330,12 @@ row_command() {
     echo "taskset -c $GEN_CPU $LOADGEN ${MATRIX_ARGS[$1]} --url ws://127.0.0.1:PORT${MATRIX_PATH[$1]} --server-pid PID$extra --json"
 }
 
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now, for a
+# server that must be told its port (the peers; moonport takes --port 0).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # field JSON KEY: a value of a flat JSON object.
 field() {
     sed -n "s/.*\"$2\": \"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"
